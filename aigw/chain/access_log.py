@@ -1,0 +1,102 @@
+"""Chain stage: one structured access-log line per request, however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from aigw.chain.exchange import Exchange, Handler
+from aigw.chain.info import RouteInfo
+from aigw.logs import get_logger
+
+__all__ = ["access_log"]
+
+_log = get_logger("aigw.access")
+
+_CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
+
+
+def access_log(info: RouteInfo, next_: Handler) -> Handler:
+    """Logs the request once it has been answered, cancelled or has failed.
+
+    The route's static fields are bound here, at compile time; per request only
+    the measured values are added.
+    """
+    static: dict[str, Any] = {"route": info.name, "provider": info.provider}
+    if info.log_statistics:
+        static["model"] = info.model
+        static["deployment"] = info.deployment
+
+    async def stage(ex: Exchange) -> web.StreamResponse:
+        status = 500
+        try:
+            response = await next_(ex)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the client disconnects.
+            status = _CLIENT_CLOSED
+            if ex.outcome == "ok":
+                ex.outcome = "client_disconnect"
+            raise
+        except ConnectionResetError:
+            status = _CLIENT_CLOSED
+            ex.outcome = "client_disconnect"
+            raise
+        finally:
+            _emit(ex, info, static, status)
+
+    return stage
+
+
+def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) -> None:
+    now = time.perf_counter_ns()
+    request = ex.request
+    event: dict[str, Any] = {
+        "request_id": ex.request_id,
+        **static,
+        "method": request.method,
+        # The normalised path, never the query: query strings can carry keys.
+        "path": ex.path,
+        "status": status,
+        "latency_ms": _ms(now - ex.started_ns),
+        "upstream_latency_ms": _ms_between(ex.upstream_sent_ns, ex.upstream_headers_ns),
+        "stream": ex.stream,
+        "outcome": ex.outcome,
+        "bytes_in": len(ex.client_body),
+        "bytes_out": ex.bytes_out,
+        "client": request.remote,
+        "generation": ex.generation,
+    }
+    if ex.upstream_status is not None:
+        event["upstream_status"] = ex.upstream_status
+        event["api_version"] = ex.api_version
+        event["upstream_request_id"] = ex.upstream_request_id
+    if ex.stream:
+        event["ttft_ms"] = _ms_between(ex.started_ns, ex.first_token_ns)
+    if info.log_statistics:
+        event["response_model"] = ex.response_model
+        usage = ex.usage or {}
+        event["prompt_tokens"] = usage.get("prompt_tokens")
+        event["completion_tokens"] = usage.get("completion_tokens")
+        event["total_tokens"] = usage.get("total_tokens")
+    if ex.error is not None:
+        event["error"] = ex.error
+    if info.log_payloads:
+        event["request_body"] = ex.client_body.decode("utf-8", "replace")
+        if ex.response_body is not None:
+            event["response_body"] = ex.response_body.decode("utf-8", "replace")
+    _log.info("request", **event)
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 3)
+
+
+def _ms_between(start: int | None, end: int | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return _ms(end - start)

@@ -1,0 +1,201 @@
+"""Chain stage: read, bound and check the request body before anything is forwarded.
+
+Per route type (Kong's ``route_type``):
+
+* ``llm/v1/chat`` needs a non-empty ``messages`` array, ``llm/v1/completions``
+  a ``prompt``, ``llm/v1/embeddings`` an ``input``;
+* a body ``model`` that differs from the configured ``model.name`` is refused
+  (the SDK sends the deployment name there; Kong refuses the same way);
+* ``max_tokens`` / ``temperature`` / ``top_p`` from ``model.options`` fill in
+  what the client left out; they never override the client;
+* a chat or completions stream gets ``stream_options.include_usage`` so every
+  stream is accounted; the relay hides the extra chunk from a client that did
+  not ask for it;
+* ``preserve`` forwards the body untouched.
+
+The JSON is re-serialised only when one of these rules changed it; otherwise
+the client's bytes go upstream as they came.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from aigw.chain.exchange import Exchange, Handler
+from aigw.config.model import AiProxyAdvancedConfig, TargetConfig
+from aigw.errors import BadRequest, PayloadTooLarge
+
+__all__ = ["body_checks", "read_bounded"]
+
+_STREAMING_TYPES = frozenset({"llm/v1/chat", "llm/v1/completions"})
+_REQUIRED_FIELD = {
+    "llm/v1/chat": "messages",
+    "llm/v1/completions": "prompt",
+    "llm/v1/embeddings": "input",
+}
+
+
+async def read_bounded(request: web.Request, limit: int) -> bytes:
+    """Reads the whole request body, refusing more than *limit* bytes (0: no limit)."""
+    declared = request.content_length
+    if limit and declared is not None and declared > limit:
+        # Refused before reading a byte of it.
+        raise _too_large(limit)
+    if not request.body_exists:
+        return b""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if limit and size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        "request_too_large",
+        f"the request body is larger than this route's max_request_body_size ({limit} bytes)",
+    )
+
+
+def body_checks(proxy: AiProxyAdvancedConfig, target: TargetConfig, next_: Handler) -> Handler:
+    """Builds the body stage for one route (all decisions that can be made now, are)."""
+    limit = proxy.max_request_body_size
+    route_type = target.route_type
+    if route_type == "preserve":
+        return _preserve_stage(limit, next_)
+
+    required = _REQUIRED_FIELD[route_type]
+    streams = route_type in _STREAMING_TYPES
+    streaming_mode = proxy.response_streaming
+    model_name = target.model.name
+    options = target.model.options
+    defaults: tuple[tuple[str, Any], ...] = ()
+    if streams:
+        defaults = tuple(
+            (key, value)
+            for key, value in (
+                ("max_tokens", options.max_tokens),
+                ("temperature", options.temperature),
+                ("top_p", options.top_p),
+            )
+            if value is not None
+        )
+
+    async def stage(ex: Exchange) -> web.StreamResponse:
+        body = await read_bounded(ex.request, limit)
+        ex.client_body = ex.upstream_body = body
+        payload = _parse_object(body)
+        _require(payload, required)
+        requested = payload.get("model")
+        if isinstance(requested, str) and requested:
+            ex.requested_model = requested
+            if model_name is not None and requested != model_name:
+                raise BadRequest(
+                    "model_mismatch",
+                    f"model {requested[:200]!r} is not served here: this route serves "
+                    f"{model_name!r}",
+                    param="model",
+                )
+        changed = False
+        if streams:
+            stream = payload.get("stream") is True
+            if stream and streaming_mode == "deny":
+                raise BadRequest(
+                    "streaming_disabled",
+                    "response streaming is disabled for this route (response_streaming: deny)",
+                    param="stream",
+                )
+            if not stream and streaming_mode == "always":
+                payload["stream"] = stream = changed = True
+            if stream:
+                ex.stream = True
+                changed |= _ask_for_usage(ex, payload)
+            for key, value in defaults:
+                if key not in payload and not (
+                    key == "max_tokens" and "max_completion_tokens" in payload
+                ):
+                    payload[key] = value
+                    changed = True
+        ex.payload = payload
+        if changed:
+            ex.upstream_body = dump_json(payload)
+        return await next_(ex)
+
+    return stage
+
+
+def _preserve_stage(limit: int, next_: Handler) -> Handler:
+    async def stage(ex: Exchange) -> web.StreamResponse:
+        body = await read_bounded(ex.request, limit)
+        ex.client_body = ex.upstream_body = body
+        # Pass-through: the body is never rewritten; it is only peeked at so a
+        # stream is logged as one.
+        if b'"stream"' in body:
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None
+            ex.stream = isinstance(payload, dict) and payload.get("stream") is True
+        return await next_(ex)
+
+    return stage
+
+
+def _parse_object(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise BadRequest("invalid_json", "the request body is empty; expected a JSON object")
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise BadRequest("invalid_json", "the request body is not valid UTF-8") from exc
+    except ValueError as exc:
+        raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest(
+            "invalid_json",
+            f"the request body must be a JSON object, not {type(payload).__name__}",
+        )
+    return payload
+
+
+def _require(payload: dict[str, Any], field: str) -> None:
+    value = payload.get(field)
+    if field == "messages":
+        valid = isinstance(value, list) and len(value) > 0
+        expected = "a non-empty array"
+    else:
+        valid = isinstance(value, (str, list)) and len(value) > 0
+        expected = "a non-empty string or array"
+    if not valid:
+        state = "missing" if value is None else f"not {expected}"
+        raise BadRequest(
+            "invalid_request_body",
+            f"'{field}' is {state}; this route ({_route_kind(field)}) needs {expected}",
+            param=field,
+        )
+
+
+def _route_kind(field: str) -> str:
+    return {v: k for k, v in _REQUIRED_FIELD.items()}[field]
+
+
+def _ask_for_usage(ex: Exchange, payload: dict[str, Any]) -> bool:
+    options = payload.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    if options is not None and not isinstance(options, dict):
+        return False  # malformed: let Azure say so in its own words
+    payload["stream_options"] = {**(options or {}), "include_usage": True}
+    ex.hide_usage_chunk = True
+    return True
+
+
+def dump_json(payload: dict[str, Any]) -> bytes:
+    """Compact JSON, as the SDK itself sends it."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

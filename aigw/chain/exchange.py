@@ -1,0 +1,64 @@
+"""The per-request state that travels down a route's chain and back.
+
+Compiled routes and their closures are immutable and shared by every request;
+anything that varies per request lives here, on a fresh ``Exchange``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientSession, web
+
+__all__ = ["Exchange", "Handler"]
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """One request's journey through the gateway.
+
+    Attributes are filled in by the chain stages in order: the gateway sets the
+    request and path; ``request_id`` the id; ``body`` the payload
+    fields; the relay the upstream and usage fields; ``access_log`` reads them
+    all at the end.
+    """
+
+    request: web.Request
+    path: str
+    session: ClientSession
+    generation: int = 0
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+    request_id: str = ""
+    preset_error: Exception | None = None
+
+    # Request body: what the client sent, and what goes upstream (differs only
+    # when aigw rewrote the JSON: defaults, include_usage, body-param auth).
+    client_body: bytes = b""
+    upstream_body: bytes = b""
+    payload: dict[str, Any] | None = None
+    stream: bool = False
+    hide_usage_chunk: bool = False
+    requested_model: str | None = None
+    extra_query: tuple[tuple[str, str], ...] = ()
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+    # Upstream side, filled by the relay.
+    api_version: str | None = None
+    upstream_status: int | None = None
+    upstream_sent_ns: int | None = None
+    upstream_headers_ns: int | None = None
+    upstream_request_id: str | None = None
+    first_token_ns: int | None = None
+    response_model: str | None = None
+    usage: dict[str, Any] | None = None
+    response_body: bytes | None = None
+    bytes_out: int = 0
+    outcome: str = "ok"
+    error: str | None = None
+
+
+Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]
+"""A compiled chain stage: takes the exchange, returns the response it sent."""

@@ -1,0 +1,118 @@
+"""The gateway: the one place that reads the current route table.
+
+Every request reads ``Gateway._table`` exactly once, into a local, and runs to
+completion on that snapshot: a table published mid-request (hot reload) is
+seen only by the requests that start after it. Publishing is one reference
+assignment on the event loop thread, so there is no lock and no moment where a
+request can see half a table.
+
+The upstream connection pool (``ClientSession``) belongs to the gateway (and
+through it to the app), never to a table: swapping tables never closes a
+connection an in-flight stream is using.
+"""
+
+from __future__ import annotations
+
+from aiohttp import ClientSession, web
+
+from aigw.chain.access_log import access_log
+from aigw.chain.errors import error_responses
+from aigw.chain.exchange import Exchange
+from aigw.chain.info import UNMATCHED
+from aigw.chain.request_id import request_id
+from aigw.errors import BadRequest, MethodNotAllowed, RouteNotFound
+from aigw.logs import scrubber
+from aigw.route import compile_chain
+from aigw.routing import InvalidPath, Match, normalize_request_path
+from aigw.table import RouteTable
+
+__all__ = ["Gateway"]
+
+
+async def _raise_preset(ex: Exchange) -> web.StreamResponse:
+    assert ex.preset_error is not None
+    raise ex.preset_error
+
+
+# Requests that match no route still get an id, a JSON error and a log line:
+# they run through the same stages as routed ones, compiled once.
+_UNMATCHED_CHAIN = compile_chain(
+    [
+        ("request_id", request_id),
+        ("access_log", lambda next_: access_log(UNMATCHED, next_)),
+        ("error_responses", lambda next_: error_responses(UNMATCHED, next_)),
+    ],
+    _raise_preset,
+)
+
+
+class Gateway:
+    """Dispatches each request to the route its path names.
+
+    Args:
+        table: The first route table to serve.
+        session: The app's upstream connection pool.
+    """
+
+    __slots__ = ("_session", "_table")
+
+    def __init__(self, table: RouteTable, session: ClientSession) -> None:
+        self._session = session
+        self._table = table
+        scrubber.replace(table.secrets())
+
+    @property
+    def table(self) -> RouteTable:
+        """The table new requests are served from."""
+        return self._table
+
+    def swap(self, table: RouteTable) -> RouteTable:
+        """Publishes *table* for new requests and returns the previous one."""
+        # Secrets of both tables stay scrubbed until the old one has drained.
+        scrubber.replace(table.secrets() | self._table.secrets())
+        previous, self._table = self._table, table
+        return previous
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp handler for every request on the proxy port."""
+        table = self._table  # NOTE: read once; see the module docstring.
+        raw_path = request.raw_path
+        query_at = raw_path.find("?")
+        if query_at >= 0:
+            raw_path = raw_path[:query_at]
+        try:
+            path = normalize_request_path(raw_path)
+        except InvalidPath as exc:
+            return await self._reject(
+                request, raw_path[:200], table, BadRequest("invalid_path", str(exc))
+            )
+        found = table.router.match(request.method, path)
+        if isinstance(found, Match):
+            ex = Exchange(
+                request=request, path=path, session=self._session, generation=table.generation
+            )
+            return await found.value.handler(ex)
+        if found is None:
+            error: Exception = RouteNotFound(
+                "route_not_found", f"no route for {request.method} {path}"
+            )
+        else:
+            allowed = ", ".join(sorted(found.allowed))
+            error = MethodNotAllowed(
+                "method_not_allowed",
+                f"{request.method} is not allowed on {path}; allowed: {allowed}",
+                headers={"Allow": allowed},
+            )
+        return await self._reject(request, path, table, error)
+
+    async def _reject(
+        self, request: web.Request, path: str, table: RouteTable, error: Exception
+    ) -> web.StreamResponse:
+        ex = Exchange(
+            request=request,
+            path=path,
+            session=self._session,
+            generation=table.generation,
+            preset_error=error,
+        )
+        return await _UNMATCHED_CHAIN(ex)

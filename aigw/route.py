@@ -1,0 +1,99 @@
+"""Compile one validated route file into a route: its target and its chain.
+
+All the work a request would otherwise repeat happens here, once per route per
+config load: URL building, header tuples, defaults, the fold of the chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from aigw.chain.access_log import access_log
+from aigw.chain.body import body_checks
+from aigw.chain.credentials import credentials
+from aigw.chain.errors import error_responses
+from aigw.chain.exchange import Handler
+from aigw.chain.info import RouteInfo
+from aigw.chain.request_id import request_id
+from aigw.config.model import RouteFile
+from aigw.upstream.relay import make_relay
+from aigw.upstream.target import UpstreamTarget, compile_target
+
+__all__ = ["CompiledRoute", "Stage", "compile_chain", "compile_route"]
+
+Stage = tuple[str, Callable[[Handler], Handler]]
+"""A named chain stage factory: given the next handler, returns this stage's."""
+
+_DONE_TERMINATED = frozenset({"llm/v1/chat", "llm/v1/completions"})
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A route ready to serve: immutable, shared by every request it matches.
+
+    Attributes:
+        info: Static facts for logs and errors.
+        file: The validated config it was compiled from.
+        target: Where it forwards.
+        handler: The folded chain; calling it runs every stage then the relay.
+        stages: The chain's stage names, outermost first (for ``aigw check``).
+    """
+
+    info: RouteInfo
+    file: RouteFile
+    target: UpstreamTarget
+    handler: Handler
+    stages: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """``route.name`` from the config."""
+        return self.info.name
+
+
+def compile_chain(stages: Sequence[Stage], terminal: Handler) -> Handler:
+    """Folds *stages* around *terminal*; ``stages[0]`` runs first (outermost)."""
+    handler = terminal
+    for _name, factory in reversed(stages):
+        handler = factory(handler)
+    return handler
+
+
+def compile_route(file: RouteFile, *, azure_base_url: str | None = None) -> CompiledRoute:
+    """Builds the target and the chain for one route file."""
+    proxy = file.proxy
+    target_config = proxy.targets[0]
+    options = target_config.model.options
+    info = RouteInfo(
+        name=file.route.name,
+        source=file.source,
+        provider=target_config.model.provider,
+        model=target_config.model.name,
+        deployment=options.azure_deployment_id,
+        route_type=target_config.route_type,
+        log_statistics=target_config.logging.log_statistics,
+        log_payloads=target_config.logging.log_payloads,
+    )
+    target = compile_target(target_config, azure_base_url=azure_base_url)
+    stages: list[Stage] = [
+        ("request_id", request_id),
+        ("access_log", partial(access_log, info)),
+        ("error_responses", partial(error_responses, info)),
+        ("body_checks", partial(body_checks, proxy, target_config)),
+        ("credentials", partial(credentials, target_config.auth)),
+    ]
+    terminal = make_relay(
+        target,
+        require_done=target_config.route_type in _DONE_TERMINATED,
+        model_header=proxy.model_name_header,
+        capture_body=target_config.logging.log_payloads,
+    )
+    return CompiledRoute(
+        info=info,
+        file=file,
+        target=target,
+        handler=compile_chain(stages, terminal),
+        stages=(*(name for name, _ in stages), "relay"),
+    )

@@ -1,0 +1,87 @@
+"""Which headers cross the gateway, in each direction.
+
+SECURITY: both directions are built from an allowlist, never by copying and
+then removing. aiohttp's client sends every header it is given (hop-by-hop
+headers, the client's own ``api-key``, a header named in ``Connection``), so a
+denylist forgets something the day a client invents a header. What is not
+listed here does not cross; in particular the client's ``api-key`` and
+``Authorization`` never reach Azure, and Azure's ``Set-Cookie`` never reaches
+the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict
+
+__all__ = ["HeaderPolicy", "REQUEST_POLICY", "RESPONSE_POLICY"]
+
+
+class HeaderPolicy:
+    """Decides, per header name, whether it crosses the gateway.
+
+    PERF: the decision for a name is computed once and cached; clients send
+    the same few dozen header names over and over, so the per-request cost is
+    one dict lookup per header.
+    """
+
+    __slots__ = ("_cache", "_names", "_prefixes")
+
+    _CACHE_LIMIT = 4096
+
+    def __init__(self, names: Iterable[str], prefixes: Iterable[str]) -> None:
+        self._names = frozenset(n.lower() for n in names)
+        self._prefixes = tuple(p.lower() for p in prefixes)
+        self._cache: dict[str, bool] = {}
+
+    def allows(self, name: str) -> bool:
+        """True if a header called *name* may cross."""
+        allowed = self._cache.get(name)
+        if allowed is None:
+            lower = name.lower()
+            allowed = lower in self._names or lower.startswith(self._prefixes)
+            # Bounded, so a client sending random header names cannot grow it.
+            if len(self._cache) < self._CACHE_LIMIT:
+                self._cache[name] = allowed
+        return allowed
+
+    def filter(self, headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+        """The allowed subset of *headers*, in order."""
+        allows = self.allows
+        return CIMultiDict((k, v) for k, v in headers if allows(k))
+
+
+REQUEST_POLICY = HeaderPolicy(
+    names=(
+        "accept",
+        "accept-language",
+        "content-type",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+        "baggage",
+        "openai-organization",
+        "openai-project",
+        "openai-beta",
+    ),
+    # x-stainless-*: the SDK's retry count and runtime, useful in Azure-side
+    # diagnostics; x-ms-* and aoai-*: Azure's own request options.
+    prefixes=("x-stainless-", "x-ms-", "aoai-"),
+)
+"""Client request headers forwarded to the upstream."""
+
+RESPONSE_POLICY = HeaderPolicy(
+    names=(
+        "content-type",
+        "content-encoding",
+        "apim-request-id",
+        "retry-after",
+        "retry-after-ms",
+        "x-should-retry",
+        "azureml-model-session",
+        "openai-processing-ms",
+    ),
+    prefixes=("x-ratelimit-", "x-ms-", "ms-azureml-model-error-"),
+)
+"""Upstream response headers relayed to the client."""

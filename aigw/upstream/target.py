@@ -1,0 +1,120 @@
+"""Where a route forwards to: the upstream URL and timeouts, resolved at load time."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from aiohttp import ClientTimeout
+from yarl import URL
+
+from aigw.config.model import RouteType, TargetConfig
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "OPERATION_PATHS",
+    "UpstreamTarget",
+    "compile_target",
+    "valid_api_version",
+]
+
+DEFAULT_API_VERSION = "2024-10-21"
+"""api-version sent when neither the client nor the config names one: the latest
+GA version, and the first GA version that accepts ``stream_options``, which aigw
+relies on to account every stream."""
+
+OPERATION_PATHS: dict[RouteType, str] = {
+    "llm/v1/chat": "/chat/completions",
+    "llm/v1/completions": "/completions",
+    "llm/v1/embeddings": "/embeddings",
+}
+"""Azure's operation path per route type, appended to the deployment's base path."""
+
+_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?|v1|preview|latest")
+
+
+def valid_api_version(value: str) -> bool:
+    """True if *value* looks like an Azure api-version (dated, or a v1 alias)."""
+    return _API_VERSION.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """A compiled forwarding target.
+
+    Attributes:
+        origin: ``scheme://host[:port]`` of the upstream.
+        fixed_path: The upstream path; None means "the client's normalised
+            path" (``route_type: preserve``).
+        default_api_version: Sent when the client's query has no api-version.
+        timeout: Connect and per-read (first byte, then between chunks) limits;
+            never a total limit, which would cut long streams.
+        send_timeout: Bound on sending the request and receiving the response head.
+        deployment: The Azure deployment name, for logs.
+        label: ``provider/model`` for the model-name response header and logs.
+    """
+
+    origin: URL
+    fixed_path: str | None
+    default_api_version: str
+    timeout: ClientTimeout
+    send_timeout: float
+    deployment: str | None
+    label: str
+
+    def url(self, client_path: str) -> URL:
+        """The upstream URL for a request whose normalised path is *client_path*."""
+        path = self.fixed_path if self.fixed_path is not None else client_path
+        return self.origin.with_path(path, encoded=False)
+
+
+def compile_target(
+    target: TargetConfig, *, azure_base_url: str | None = None
+) -> UpstreamTarget:
+    """Resolves a target's upstream URL the way Kong's Azure driver does.
+
+    ``model.options.upstream_url``, when set, is the full URL. Otherwise the
+    base is ``https://{azure_instance}.openai.azure.com`` (or *azure_base_url*,
+    the serve-time override for private endpoints and the bundled mock) and
+    the path ``/openai/deployments/{azure_deployment_id}`` followed by
+    ``upstream_path`` or the route type's operation path.
+    """
+    options = target.model.options
+    deployment = options.azure_deployment_id
+    fixed_path: str | None
+    if options.upstream_url:
+        url = URL(options.upstream_url)
+        origin = url.origin()
+        fixed_path = url.path or "/"
+        if target.route_type == "preserve":
+            fixed_path = None
+        default_version = url.query.get("api-version") or options.azure_api_version
+    else:
+        base = azure_base_url or f"https://{options.azure_instance}.openai.azure.com"
+        origin = URL(base).origin()
+        if target.route_type == "preserve" and not options.upstream_path:
+            fixed_path = None
+        else:
+            suffix = options.upstream_path or OPERATION_PATHS.get(target.route_type, "")
+            fixed_path = f"/openai/deployments/{deployment}{_slashed(suffix)}"
+        default_version = options.azure_api_version
+    return UpstreamTarget(
+        origin=origin,
+        fixed_path=fixed_path,
+        default_api_version=default_version or DEFAULT_API_VERSION,
+        timeout=ClientTimeout(
+            total=None,
+            connect=target.connect_timeout / 1000,
+            sock_connect=target.connect_timeout / 1000,
+            sock_read=target.read_timeout / 1000,
+        ),
+        send_timeout=(target.write_timeout + target.read_timeout) / 1000,
+        deployment=deployment,
+        label=f"{target.model.provider}/{target.model.name or deployment or 'preserve'}",
+    )
+
+
+def _slashed(suffix: str) -> str:
+    # Kong collapses leading slashes ("^/*" -> "/") after a nil-path crash
+    # (Kong#12869); an empty suffix stays empty.
+    return "/" + suffix.lstrip("/") if suffix else ""

@@ -1,0 +1,153 @@
+"""Real processes for integration tests: the Azure mock and aigw, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GatewayProcess", "MockProcess", "wait_until"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Polls *predicate* until it returns something truthy; fails after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class MockProcess:
+    """``python -m aigw.testing.azure_mock`` in a subprocess, controlled over HTTP."""
+
+    api_key = "mock-azure-key"
+
+    def __init__(self, *extra: str) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="aigw-mock-")
+        port_file = Path(self._dir.name) / "port"
+        self._out = open(Path(self._dir.name) / "out.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "aigw.testing.azure_mock",
+                "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+                "--api-key", self.api_key, *extra,
+            ],
+            stdout=self._out, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        port_text = wait_until(lambda: port_file.exists() and port_file.read_text().strip())
+        self.port = int(port_text)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the mock recorded since the last reset."""
+        result: list[dict[str, Any]] = self._call("GET", "/_mock/requests")
+        return result
+
+    def fault(self, fault: str, **params: Any) -> None:
+        """Schedules a fault for the next matching request(s)."""
+        self._call("POST", "/_mock/faults", {"fault": fault, **params})
+
+    def reset(self) -> None:
+        """Forgets recorded requests and pending faults."""
+        self._call("DELETE", "/_mock/requests")
+        self._call("DELETE", "/_mock/faults")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self._out.close()
+        self._dir.cleanup()
+
+
+class GatewayProcess:
+    """``aigw serve`` in a subprocess; its JSON log lines are read back by tests."""
+
+    def __init__(
+        self,
+        conf_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        listen: str = "127.0.0.1:0",
+        command: Sequence[str] = ("serve",),
+    ) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="aigw-gw-")
+        self.log_path = Path(self._dir.name) / "aigw.log"
+        self._out = open(self.log_path, "wb")  # noqa: SIM115
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "aigw", *command,
+                "--conf-dir", str(conf_dir), "--listen", listen, *extra,
+            ],
+            stdout=self._out, stderr=subprocess.STDOUT, cwd=REPO, env=full_env,
+        )
+        listening = wait_until(self._listening, timeout=20)
+        self.url = listening["address"]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def _listening(self) -> dict[str, Any] | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"aigw exited early:\n{self.log_path.read_text()}")
+        for event in self.events():
+            if event.get("event") == "listening":
+                return event
+        return None
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every JSON log line written so far."""
+        events = []
+        for line in self.log_path.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                events.append(json.loads(line))
+        return events
+
+    def raw_log(self) -> str:
+        """Everything the process wrote to stdout and stderr."""
+        return self.log_path.read_text()
+
+    def access_log(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The access-log line of one request, waiting for it to be written."""
+
+        def find() -> dict[str, Any] | None:
+            for event in self.events():
+                if event.get("event") == "request" and event.get("request_id") == request_id:
+                    return event
+            return None
+
+        result: dict[str, Any] = wait_until(find, timeout=timeout)
+        return result
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        self._dir.cleanup()

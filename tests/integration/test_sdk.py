@@ -1,0 +1,213 @@
+"""The openai SDK, sync, async and streaming, through aigw to the Azure mock."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+from openai import AsyncAzureOpenAI, AzureOpenAI
+
+from tests.integration.harness import GatewayProcess, MockProcess
+
+API_VERSION = "2025-01-01-preview"
+QUESTION = [{"role": "user", "content": "What model are you? Reply with only your model name."}]
+
+
+def sync_client(gateway: GatewayProcess, **kw: object) -> AzureOpenAI:
+    return AzureOpenAI(
+        api_key="client-key-never-forwarded",
+        azure_endpoint=gateway.url,
+        api_version=API_VERSION,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def async_client(gateway: GatewayProcess) -> AsyncAzureOpenAI:
+    return AsyncAzureOpenAI(
+        api_key="client-key-never-forwarded", azure_endpoint=gateway.url, api_version=API_VERSION
+    )
+
+
+def test_each_deployment_is_answered_by_its_own_route(
+    gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    client = sync_client(gateway)
+    got = {
+        model: client.chat.completions.create(model=model, messages=QUESTION).model  # type: ignore[arg-type]
+        for model in ("gpt-4o", "gpt-4.1-mini")
+    }
+    assert got == {"gpt-4o": "gpt-4o-2024-11-20", "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14"}
+    paths = [r["path"] for r in mock.requests()]
+    assert paths == [
+        "/openai/deployments/gpt-4o/chat/completions",
+        "/openai/deployments/gpt-4.1-mini/chat/completions",
+    ]
+
+
+def test_access_log_line_has_latency_tokens_and_models(
+    gateway: GatewayProcess, request_id: str
+) -> None:
+    response = sync_client(gateway).chat.completions.create(
+        model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": request_id}  # type: ignore[arg-type]
+    )
+    line = gateway.access_log(request_id)
+    assert response.usage is not None
+    assert line["route"] == "azure-gpt-4o"
+    assert line["status"] == 200
+    assert line["method"] == "POST"
+    assert line["path"] == "/openai/deployments/gpt-4o/chat/completions"
+    assert line["provider"] == "azure"
+    assert line["model"] == "gpt-4o"
+    assert line["deployment"] == "gpt-4o"
+    assert line["response_model"] == "gpt-4o-2024-11-20"
+    assert line["prompt_tokens"] == response.usage.prompt_tokens
+    assert line["completion_tokens"] == response.usage.completion_tokens
+    assert line["total_tokens"] == response.usage.total_tokens
+    assert line["api_version"] == API_VERSION
+    assert line["latency_ms"] >= line["upstream_latency_ms"] > 0
+    assert line["bytes_in"] > 0 and line["bytes_out"] > 0
+    assert line["client"] == "127.0.0.1"
+    assert "timestamp" in line
+
+
+def test_request_id_is_echoed_or_generated(gateway: GatewayProcess, request_id: str) -> None:
+    client = sync_client(gateway)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": request_id}  # type: ignore[arg-type]
+    )
+    assert raw.headers["x-request-id"] == request_id
+    generated = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]
+    assert len(generated.headers["x-request-id"]) == 32
+    assert gateway.access_log(generated.headers["x-request-id"])["status"] == 200
+
+
+def test_azure_response_headers_are_relayed(gateway: GatewayProcess) -> None:
+    raw = sync_client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=QUESTION  # type: ignore[arg-type]
+    )
+    headers = raw.headers
+    assert headers["apim-request-id"]
+    assert headers["x-ms-region"] == "Sweden Central"
+    assert int(headers["x-ratelimit-remaining-requests"]) >= 0
+    assert headers["x-aigw-llm-model"] == "azure/gpt-4o"
+    assert "set-cookie" not in headers
+
+
+async def test_async_client(gateway: GatewayProcess) -> None:
+    client = async_client(gateway)
+    response = await client.chat.completions.create(model="gpt-4.1-mini", messages=QUESTION)  # type: ignore[arg-type]
+    assert response.model == "gpt-4.1-mini-2025-04-14"
+    assert response.choices[0].message.content
+    await client.close()
+
+
+def test_stream_with_usage_requested(gateway: GatewayProcess, request_id: str) -> None:
+    stream = sync_client(gateway).chat.completions.create(
+        model="gpt-4o",
+        messages=QUESTION,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-request-id": request_id},
+    )
+    chunks = list(stream)
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and usage_chunks[0].choices == []
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "gpt-4o-2024-11-20" in text
+    line = gateway.access_log(request_id)
+    assert line["stream"] is True
+    assert line["completion_tokens"] == usage_chunks[0].usage.completion_tokens  # type: ignore[union-attr]
+    assert line["ttft_ms"] is not None and line["ttft_ms"] <= line["latency_ms"]
+    assert line["response_model"] == "gpt-4o-2024-11-20"
+
+
+def test_stream_without_usage_is_still_accounted(
+    gateway: GatewayProcess, mock: MockProcess, request_id: str
+) -> None:
+    stream = sync_client(gateway).chat.completions.create(
+        model="gpt-4o", messages=QUESTION, stream=True,  # type: ignore[arg-type]
+        extra_headers={"x-request-id": request_id},
+    )
+    chunks = list(stream)
+    # The client did not ask for usage, so it does not get the usage chunk...
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks[1:])  # only Azure's prompt-filter chunk has none
+    # ...but aigw asked Azure for it and logged it.
+    sent = json.loads(mock.requests()[-1]["body"])
+    assert sent["stream_options"] == {"include_usage": True}
+    line = gateway.access_log(request_id)
+    assert line["completion_tokens"] > 0 and line["prompt_tokens"] > 0
+
+
+async def test_async_stream(gateway: GatewayProcess) -> None:
+    client = async_client(gateway)
+    stream = await client.chat.completions.create(
+        model="gpt-4.1-mini", messages=QUESTION, stream=True  # type: ignore[arg-type]
+    )
+    text = ""
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert "gpt-4.1-mini-2025-04-14" in text
+    await client.close()
+
+
+def test_embeddings(gateway: GatewayProcess, request_id: str) -> None:
+    result = sync_client(gateway).embeddings.create(
+        model="text-embedding-3-small", input=["hello", "world"],
+        extra_headers={"x-request-id": request_id},
+    )
+    assert len(result.data) == 2 and len(result.data[0].embedding) > 0
+    line = gateway.access_log(request_id)
+    assert line["route"] == "embeddings"
+    assert line["prompt_tokens"] == result.usage.prompt_tokens
+
+
+def test_legacy_completions(gateway: GatewayProcess) -> None:
+    result = sync_client(gateway).completions.create(
+        model="gpt-35-turbo-instruct", prompt="Say hi"
+    )
+    assert result.choices[0].text
+
+
+def test_model_options_fill_in_defaults_but_never_override(
+    gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    client = sync_client(gateway)
+    client.chat.completions.create(model="capped", messages=QUESTION)  # type: ignore[arg-type]
+    client.chat.completions.create(model="capped", messages=QUESTION, temperature=1.5)  # type: ignore[arg-type]
+    first, second = (json.loads(r["body"]) for r in mock.requests())
+    assert (first["max_tokens"], first["temperature"]) == (3, 0.25)
+    assert (second["max_tokens"], second["temperature"]) == (3, 1.5)
+
+
+def test_upstream_errors_pass_through_unchanged(gateway: GatewayProcess) -> None:
+    client = sync_client(gateway, max_retries=0)
+    try:
+        client.chat.completions.create(model="wrongkey", messages=QUESTION)  # type: ignore[arg-type]
+    except openai.AuthenticationError as exc:
+        assert exc.code == "401"
+        assert "Access denied due to invalid subscription key" in exc.message
+    else:
+        raise AssertionError("expected 401")
+    try:
+        client.chat.completions.create(model="nodeployment", messages=QUESTION)  # type: ignore[arg-type]
+    except openai.NotFoundError as exc:
+        assert exc.code == "DeploymentNotFound"
+    else:
+        raise AssertionError("expected 404")
+
+
+def test_rate_limit_passes_through_with_retry_after(
+    gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    mock.fault("status", status=429, retry_after=7, retry_after_ms=7000)
+    client = sync_client(gateway, max_retries=0)
+    try:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]
+    except openai.RateLimitError as exc:
+        assert exc.code == "429"
+        assert exc.response.headers["retry-after"] == "7"
+        assert exc.response.headers["retry-after-ms"] == "7000"
+    else:
+        raise AssertionError("expected 429")

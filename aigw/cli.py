@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
 def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> None:
     cmd.add_argument("--conf-dir", type=Path, default=Path("conf.d"))
     cmd.add_argument(
-        "--listen", type=_listen_address, default=_listen_address(default_listen),
+        "--listen",
+        type=_listen_address,
+        default=_listen_address(default_listen),
         metavar="HOST:PORT",
     )
     cmd.add_argument(
@@ -68,7 +70,10 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
     )
     cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     cmd.add_argument(
-        "--header-timeout", type=float, default=10.0, metavar="SECONDS",
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
         help="close connections that do not deliver a request head this fast",
     )
 
@@ -109,9 +114,7 @@ def render_table(table: RouteTable, conf_dir: Path) -> str:
         lines.append(f"  {route.name}  ({route.info.source})")
         for path in route.file.route.paths:
             lines.append(f"    {methods} {path}")
-        lines.append(
-            f"    -> {upstream}  api-version: client's, else {target.default_api_version}"
-        )
+        lines.append(f"    -> {upstream}  api-version: client's, else {target.default_api_version}")
         lines.append(f"    chain: {' > '.join(route.stages)}")
     return "\n".join(lines)
 

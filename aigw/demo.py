@@ -14,7 +14,7 @@ import os
 from aiohttp import web
 
 from aigw.logs import get_logger
-from aigw.server import ServeSettings, Server
+from aigw.server import Server, ServeSettings
 
 __all__ = ["SEED_MODELS", "run_demo", "run_seed_script"]
 
@@ -27,9 +27,7 @@ def run_seed_script(endpoint: str) -> list[str]:
     """The seed's validation loop, verbatim apart from the endpoint; returns its lines."""
     from openai import AzureOpenAI
 
-    client = AzureOpenAI(
-        api_key="test", azure_endpoint=endpoint, api_version="2025-01-01-preview"
-    )
+    client = AzureOpenAI(api_key="test", azure_endpoint=endpoint, api_version="2025-01-01-preview")
     lines = []
     for model in SEED_MODELS:
         response = client.chat.completions.create(

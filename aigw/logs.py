@@ -98,5 +98,9 @@ def _dumps(obj: Any, **_kw: Any) -> str:
 
 
 def get_logger(name: str) -> Any:
-    """Returns a structlog logger bound to a component name."""
-    return structlog.get_logger(name).bind(logger=name)
+    """Returns a structlog logger whose events carry ``component=name``.
+
+    The logger stays a lazy proxy until first used, so module-level loggers
+    pick up the configuration made later by ``configure_logging``.
+    """
+    return structlog.get_logger(component=name)

@@ -151,9 +151,13 @@ def _parse_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise BadRequest("invalid_json", "the request body is empty; expected a JSON object")
     try:
-        payload = json.loads(body)
+        # RFC 8259: JSON on the wire is UTF-8; json.loads(bytes) would guess
+        # UTF-16/32 from the first bytes instead.
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest("invalid_json", "the request body is not valid UTF-8") from exc
+    try:
+        payload = json.loads(text)
     except ValueError as exc:
         raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):

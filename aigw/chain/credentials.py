@@ -42,10 +42,14 @@ def credentials(auth: AuthConfig, next_: Handler) -> Handler:
             ex.extra_query = param
             if override and param_name in ex.request.query:
                 ex.extra_query = ((param[0][0], ex.request.query[param[0][0]]),)
-        elif param and location == "body" and ex.payload is not None:
-            if not (override and param_name in ex.payload):
-                ex.payload[param[0][0]] = param[0][1]
-                ex.upstream_body = dump_json(ex.payload)
+        elif (
+            param
+            and location == "body"
+            and ex.payload is not None
+            and not (override and param_name in ex.payload)
+        ):
+            ex.payload[param[0][0]] = param[0][1]
+            ex.upstream_body = dump_json(ex.payload)
         return await next_(ex)
 
     return stage

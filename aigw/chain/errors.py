@@ -19,9 +19,7 @@ def error_response(ex: Exchange, error: GatewayError) -> web.Response:
     ex.error = error.message
     if ex.outcome == "ok":
         ex.outcome = error.code
-    response = web.Response(
-        status=error.status, body=error.body(), content_type="application/json"
-    )
+    response = web.Response(status=error.status, body=error.body(), content_type="application/json")
     response.headers["x-request-id"] = ex.request_id
     response.headers.update(error.headers)
     ex.bytes_out = response.content_length or 0

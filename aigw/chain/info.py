@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RouteInfo", "UNMATCHED"]
+__all__ = ["UNMATCHED", "RouteInfo"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict
 
-__all__ = ["HeaderPolicy", "REQUEST_POLICY", "RESPONSE_POLICY"]
+__all__ = ["REQUEST_POLICY", "RESPONSE_POLICY", "HeaderPolicy"]
 
 
 class HeaderPolicy:

@@ -68,9 +68,7 @@ class UpstreamTarget:
         return self.origin.with_path(path, encoded=False)
 
 
-def compile_target(
-    target: TargetConfig, *, azure_base_url: str | None = None
-) -> UpstreamTarget:
+def compile_target(target: TargetConfig, *, azure_base_url: str | None = None) -> UpstreamTarget:
     """Resolves a target's upstream URL the way Kong's Azure driver does.
 
     ``model.options.upstream_url``, when set, is the full URL. Otherwise the

@@ -41,10 +41,13 @@ def route_yaml(
     logging: str = "",
 ) -> str:
     """A route file in the project's config language."""
-    auth_block = auth or f"""
+    auth_block = (
+        auth
+        or f"""
           auth:
             header_name: api-key
             header_value: {key}"""
+    )
     url_line = f"\n              upstream_url: {upstream_url}" if upstream_url else ""
     return f"""route:
   name: {name}
@@ -66,8 +69,11 @@ plugins:
 
 def _chat(name: str, deployment: str = "gpt-4o", **kw: str) -> str:
     return route_yaml(
-        name, f"/openai/deployments/{name}/chat/completions", model=name,
-        deployment=deployment, **kw,
+        name,
+        f"/openai/deployments/{name}/chat/completions",
+        model=name,
+        deployment=deployment,
+        **kw,
     )
 
 
@@ -77,13 +83,17 @@ def write_test_routes(conf: Path, mock_url: str) -> None:
         shutil.copy(REPO / "conf.d" / shipped, conf / shipped)
     files = {
         "embeddings.yaml": route_yaml(
-            "embeddings", "/openai/deployments/text-embedding-3-small/embeddings",
-            model="text-embedding-3-small", deployment="text-embedding-3-small",
+            "embeddings",
+            "/openai/deployments/text-embedding-3-small/embeddings",
+            model="text-embedding-3-small",
+            deployment="text-embedding-3-small",
             route_type="llm/v1/embeddings",
         ),
         "completions.yaml": route_yaml(
-            "instruct", "/openai/deployments/gpt-35-turbo-instruct/completions",
-            model="gpt-35-turbo-instruct", deployment="gpt-35-turbo-instruct",
+            "instruct",
+            "/openai/deployments/gpt-35-turbo-instruct/completions",
+            model="gpt-35-turbo-instruct",
+            deployment="gpt-35-turbo-instruct",
             route_type="llm/v1/completions",
         ),
         "small.yaml": _chat("small", config="\n      max_request_body_size: 512"),
@@ -96,7 +106,9 @@ def write_test_routes(conf: Path, mock_url: str) -> None:
             upstream_url=f"http://127.0.0.1:{_closed_port()}/openai/deployments/x/chat/completions",
         ),
         "slow.yaml": _chat("slow", target="\n          read_timeout: 400"),
-        "payloads.yaml": _chat("payloads", logging="\n          logging:\n            log_payloads: true"),
+        "payloads.yaml": _chat(
+            "payloads", logging="\n          logging:\n            log_payloads: true"
+        ),
         "wrongkey.yaml": _chat("wrongkey", key="not-the-azure-key"),
         "nodeployment.yaml": _chat("nodeployment", deployment="no-such-deployment"),
         "queryauth.yaml": _chat(

@@ -41,11 +41,22 @@ class MockProcess:
         self._out = open(Path(self._dir.name) / "out.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "aigw.testing.azure_mock",
-                "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-                "--api-key", self.api_key, *extra,
+                sys.executable,
+                "-m",
+                "aigw.testing.azure_mock",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--api-key",
+                self.api_key,
+                *extra,
             ],
-            stdout=self._out, stderr=subprocess.STDOUT, cwd=REPO,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         port_text = wait_until(lambda: port_file.exists() and port_file.read_text().strip())
         self.port = int(port_text)
@@ -54,7 +65,9 @@ class MockProcess:
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            self.url + path, data=data, method=method,
+            self.url + path,
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -99,10 +112,20 @@ class GatewayProcess:
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "aigw", *command,
-                "--conf-dir", str(conf_dir), "--listen", listen, *extra,
+                sys.executable,
+                "-m",
+                "aigw",
+                *command,
+                "--conf-dir",
+                str(conf_dir),
+                "--listen",
+                listen,
+                *extra,
             ],
-            stdout=self._out, stderr=subprocess.STDOUT, cwd=REPO, env=full_env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=full_env,
         )
         listening = wait_until(self._listening, timeout=20)
         self.url = listening["address"]

@@ -20,9 +20,9 @@ def test_broken_files_are_rejected_and_the_rest_serve(gateway: GatewayProcess) -
     assert any("header_vaule" in issue and "header_value" in issue for issue in typo["issues"])
     assert any("AIGW_TEST_UNSET_VARIABLE" in issue for issue in noenv["issues"])
     # The good routes serve; the broken ones are simply absent.
-    assert sync_client(gateway).chat.completions.create(model="gpt-4o", messages=QUESTION).model  # type: ignore[arg-type]
+    assert sync_client(gateway).chat.completions.create(model="gpt-4o", messages=QUESTION).model
     try:
-        sync_client(gateway, max_retries=0).chat.completions.create(model="typo", messages=QUESTION)  # type: ignore[arg-type]
+        sync_client(gateway, max_retries=0).chat.completions.create(model="typo", messages=QUESTION)
     except openai.NotFoundError as exc:
         assert exc.code == "route_not_found"
     else:
@@ -32,7 +32,11 @@ def test_broken_files_are_rejected_and_the_rest_serve(gateway: GatewayProcess) -
 def _check(conf_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "aigw", "check", "--conf-dir", str(conf_dir)],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=30,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=30,
     )
 
 
@@ -77,7 +81,7 @@ def test_gateway_starts_with_every_file_broken(tmp_path: Path) -> None:
         assert rejected and "bad.yaml:" in rejected[0]["issues"][0]
         try:
             sync_client(process, max_retries=0).chat.completions.create(
-                model="gpt-4o", messages=QUESTION  # type: ignore[arg-type]
+                model="gpt-4o", messages=QUESTION
             )
         except openai.NotFoundError:
             pass

@@ -9,24 +9,32 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.harness import GatewayProcess, MockProcess
 from tests.integration.test_sdk import QUESTION, sync_client
 
 
 def raw_post(
-    gateway: GatewayProcess, path: str, body: bytes, *, method: str = "POST",
+    gateway: GatewayProcess,
+    path: str,
+    body: bytes,
+    *,
+    method: str = "POST",
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
     request = urllib.request.Request(
-        gateway.url + path, data=body, method=method,
+        gateway.url + path,
+        data=body,
+        method=method,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read())
+        with exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read())
 
 
 CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
@@ -35,7 +43,7 @@ CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 def test_unknown_route_is_404(gateway: GatewayProcess) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         sync_client(gateway, max_retries=0).chat.completions.create(
-            model="no-such-route", messages=QUESTION  # type: ignore[arg-type]
+            model="no-such-route", messages=QUESTION
         )
     assert info.value.code == "route_not_found"
     assert "/openai/deployments/no-such-route/chat/completions" in info.value.message
@@ -74,19 +82,22 @@ def test_bad_bodies_are_400_with_a_specific_message(
 
 def test_model_mismatch_is_400_naming_both(gateway: GatewayProcess) -> None:
     client = openai.AzureOpenAI(
-        api_key="k", azure_endpoint=gateway.url, api_version="2024-10-21",
-        azure_deployment="gpt-4o", max_retries=0,
+        api_key="k",
+        azure_endpoint=gateway.url,
+        api_version="2024-10-21",
+        azure_deployment="gpt-4o",
+        max_retries=0,
     )
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="gpt-4.1-mini", messages=QUESTION)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4.1-mini", messages=QUESTION)
     assert info.value.code == "model_mismatch"
     assert "'gpt-4.1-mini'" in info.value.message and "'gpt-4o'" in info.value.message
 
 
 def test_oversized_body_is_413(gateway: GatewayProcess, mock: MockProcess) -> None:
-    big = [{"role": "user", "content": "x" * 2000}]
+    big: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 2000}]
     with pytest.raises(openai.APIStatusError) as info:
-        sync_client(gateway, max_retries=0).chat.completions.create(model="small", messages=big)  # type: ignore[arg-type]
+        sync_client(gateway, max_retries=0).chat.completions.create(model="small", messages=big)
     assert info.value.status_code == 413
     assert "max_request_body_size (512 bytes)" in info.value.message
     assert mock.requests() == []
@@ -98,11 +109,14 @@ def test_oversized_chunked_body_is_413(gateway: GatewayProcess, mock: MockProces
             yield b"x" * 100
 
     request = urllib.request.Request(
-        gateway.url + "/openai/deployments/small/chat/completions", data=chunks(),
-        method="POST", headers={"Transfer-Encoding": "chunked"},
+        gateway.url + "/openai/deployments/small/chat/completions",
+        data=chunks(),
+        method="POST",
+        headers={"Transfer-Encoding": "chunked"},
     )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)
+    info.value.close()
     assert info.value.code == 413
     assert mock.requests() == []
 
@@ -117,14 +131,15 @@ def test_wrong_method_is_405_with_allow(gateway: GatewayProcess) -> None:
 def test_streaming_denied_route(gateway: GatewayProcess) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         sync_client(gateway, max_retries=0).chat.completions.create(
-            model="nostream", messages=QUESTION, stream=True  # type: ignore[arg-type]
+            model="nostream", messages=QUESTION, stream=True
         )
     assert info.value.code == "streaming_disabled"
 
 
 def test_invalid_api_version_is_400(gateway: GatewayProcess, mock: MockProcess) -> None:
     status, _, body = raw_post(
-        gateway, "/openai/deployments/gpt-4o/chat/completions?api-version=../../x",
+        gateway,
+        "/openai/deployments/gpt-4o/chat/completions?api-version=../../x",
         json.dumps({"messages": QUESTION}).encode(),
     )
     assert status == 400
@@ -135,7 +150,8 @@ def test_invalid_api_version_is_400(gateway: GatewayProcess, mock: MockProcess) 
 def test_unreachable_upstream_is_502(gateway: GatewayProcess, request_id: str) -> None:
     with pytest.raises(openai.InternalServerError) as info:
         sync_client(gateway, max_retries=0).chat.completions.create(
-            model="unreachable", messages=QUESTION,  # type: ignore[arg-type]
+            model="unreachable",
+            messages=QUESTION,
             extra_headers={"x-request-id": request_id},
         )
     assert info.value.status_code == 502
@@ -146,9 +162,7 @@ def test_unreachable_upstream_is_502(gateway: GatewayProcess, request_id: str) -
 def test_upstream_timeout_is_504(gateway: GatewayProcess, mock: MockProcess) -> None:
     mock.fault("delay", latency_ms=3000)
     with pytest.raises(openai.InternalServerError) as info:
-        sync_client(gateway, max_retries=0).chat.completions.create(
-            model="slow", messages=QUESTION  # type: ignore[arg-type]
-        )
+        sync_client(gateway, max_retries=0).chat.completions.create(model="slow", messages=QUESTION)
     assert info.value.status_code == 504
     assert info.value.code == "upstream_timeout"
 
@@ -157,19 +171,17 @@ def test_upstream_redirect_is_not_followed(gateway: GatewayProcess, mock: MockPr
     mock.fault("redirect")
     with pytest.raises(openai.InternalServerError) as info:
         sync_client(gateway, max_retries=0).chat.completions.create(
-            model="gpt-4o", messages=QUESTION  # type: ignore[arg-type]
+            model="gpt-4o", messages=QUESTION
         )
     assert info.value.code == "upstream_redirect"
     assert len(mock.requests()) == 1
 
 
-def test_upstream_closing_without_answer_is_502(
-    gateway: GatewayProcess, mock: MockProcess
-) -> None:
+def test_upstream_closing_without_answer_is_502(gateway: GatewayProcess, mock: MockProcess) -> None:
     mock.fault("close")
     with pytest.raises(openai.InternalServerError) as info:
         sync_client(gateway, max_retries=0).chat.completions.create(
-            model="gpt-4o", messages=QUESTION  # type: ignore[arg-type]
+            model="gpt-4o", messages=QUESTION
         )
     assert info.value.status_code == 502
 

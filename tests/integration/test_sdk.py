@@ -6,19 +6,22 @@ import json
 
 import openai
 from openai import AsyncAzureOpenAI, AzureOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.harness import GatewayProcess, MockProcess
 
 API_VERSION = "2025-01-01-preview"
-QUESTION = [{"role": "user", "content": "What model are you? Reply with only your model name."}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What model are you? Reply with only your model name."}
+]
 
 
-def sync_client(gateway: GatewayProcess, **kw: object) -> AzureOpenAI:
+def sync_client(gateway: GatewayProcess, *, max_retries: int = 2) -> AzureOpenAI:
     return AzureOpenAI(
         api_key="client-key-never-forwarded",
         azure_endpoint=gateway.url,
         api_version=API_VERSION,
-        **kw,  # type: ignore[arg-type]
+        max_retries=max_retries,
     )
 
 
@@ -33,7 +36,7 @@ def test_each_deployment_is_answered_by_its_own_route(
 ) -> None:
     client = sync_client(gateway)
     got = {
-        model: client.chat.completions.create(model=model, messages=QUESTION).model  # type: ignore[arg-type]
+        model: client.chat.completions.create(model=model, messages=QUESTION).model
         for model in ("gpt-4o", "gpt-4.1-mini")
     }
     assert got == {"gpt-4o": "gpt-4o-2024-11-20", "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14"}
@@ -48,7 +51,7 @@ def test_access_log_line_has_latency_tokens_and_models(
     gateway: GatewayProcess, request_id: str
 ) -> None:
     response = sync_client(gateway).chat.completions.create(
-        model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": request_id}  # type: ignore[arg-type]
+        model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": request_id}
     )
     line = gateway.access_log(request_id)
     assert response.usage is not None
@@ -73,17 +76,17 @@ def test_access_log_line_has_latency_tokens_and_models(
 def test_request_id_is_echoed_or_generated(gateway: GatewayProcess, request_id: str) -> None:
     client = sync_client(gateway)
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": request_id}  # type: ignore[arg-type]
+        model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": request_id}
     )
     assert raw.headers["x-request-id"] == request_id
-    generated = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]
+    generated = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=QUESTION)
     assert len(generated.headers["x-request-id"]) == 32
     assert gateway.access_log(generated.headers["x-request-id"])["status"] == 200
 
 
 def test_azure_response_headers_are_relayed(gateway: GatewayProcess) -> None:
     raw = sync_client(gateway).chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=QUESTION  # type: ignore[arg-type]
+        model="gpt-4o", messages=QUESTION
     )
     headers = raw.headers
     assert headers["apim-request-id"]
@@ -95,7 +98,7 @@ def test_azure_response_headers_are_relayed(gateway: GatewayProcess) -> None:
 
 async def test_async_client(gateway: GatewayProcess) -> None:
     client = async_client(gateway)
-    response = await client.chat.completions.create(model="gpt-4.1-mini", messages=QUESTION)  # type: ignore[arg-type]
+    response = await client.chat.completions.create(model="gpt-4.1-mini", messages=QUESTION)
     assert response.model == "gpt-4.1-mini-2025-04-14"
     assert response.choices[0].message.content
     await client.close()
@@ -104,7 +107,7 @@ async def test_async_client(gateway: GatewayProcess) -> None:
 def test_stream_with_usage_requested(gateway: GatewayProcess, request_id: str) -> None:
     stream = sync_client(gateway).chat.completions.create(
         model="gpt-4o",
-        messages=QUESTION,  # type: ignore[arg-type]
+        messages=QUESTION,
         stream=True,
         stream_options={"include_usage": True},
         extra_headers={"x-request-id": request_id},
@@ -125,7 +128,9 @@ def test_stream_without_usage_is_still_accounted(
     gateway: GatewayProcess, mock: MockProcess, request_id: str
 ) -> None:
     stream = sync_client(gateway).chat.completions.create(
-        model="gpt-4o", messages=QUESTION, stream=True,  # type: ignore[arg-type]
+        model="gpt-4o",
+        messages=QUESTION,
+        stream=True,
         extra_headers={"x-request-id": request_id},
     )
     chunks = list(stream)
@@ -142,7 +147,7 @@ def test_stream_without_usage_is_still_accounted(
 async def test_async_stream(gateway: GatewayProcess) -> None:
     client = async_client(gateway)
     stream = await client.chat.completions.create(
-        model="gpt-4.1-mini", messages=QUESTION, stream=True  # type: ignore[arg-type]
+        model="gpt-4.1-mini", messages=QUESTION, stream=True
     )
     text = ""
     async for chunk in stream:
@@ -154,7 +159,8 @@ async def test_async_stream(gateway: GatewayProcess) -> None:
 
 def test_embeddings(gateway: GatewayProcess, request_id: str) -> None:
     result = sync_client(gateway).embeddings.create(
-        model="text-embedding-3-small", input=["hello", "world"],
+        model="text-embedding-3-small",
+        input=["hello", "world"],
         extra_headers={"x-request-id": request_id},
     )
     assert len(result.data) == 2 and len(result.data[0].embedding) > 0
@@ -164,9 +170,7 @@ def test_embeddings(gateway: GatewayProcess, request_id: str) -> None:
 
 
 def test_legacy_completions(gateway: GatewayProcess) -> None:
-    result = sync_client(gateway).completions.create(
-        model="gpt-35-turbo-instruct", prompt="Say hi"
-    )
+    result = sync_client(gateway).completions.create(model="gpt-35-turbo-instruct", prompt="Say hi")
     assert result.choices[0].text
 
 
@@ -174,8 +178,8 @@ def test_model_options_fill_in_defaults_but_never_override(
     gateway: GatewayProcess, mock: MockProcess
 ) -> None:
     client = sync_client(gateway)
-    client.chat.completions.create(model="capped", messages=QUESTION)  # type: ignore[arg-type]
-    client.chat.completions.create(model="capped", messages=QUESTION, temperature=1.5)  # type: ignore[arg-type]
+    client.chat.completions.create(model="capped", messages=QUESTION)
+    client.chat.completions.create(model="capped", messages=QUESTION, temperature=1.5)
     first, second = (json.loads(r["body"]) for r in mock.requests())
     assert (first["max_tokens"], first["temperature"]) == (3, 0.25)
     assert (second["max_tokens"], second["temperature"]) == (3, 1.5)
@@ -184,14 +188,14 @@ def test_model_options_fill_in_defaults_but_never_override(
 def test_upstream_errors_pass_through_unchanged(gateway: GatewayProcess) -> None:
     client = sync_client(gateway, max_retries=0)
     try:
-        client.chat.completions.create(model="wrongkey", messages=QUESTION)  # type: ignore[arg-type]
+        client.chat.completions.create(model="wrongkey", messages=QUESTION)
     except openai.AuthenticationError as exc:
         assert exc.code == "401"
         assert "Access denied due to invalid subscription key" in exc.message
     else:
         raise AssertionError("expected 401")
     try:
-        client.chat.completions.create(model="nodeployment", messages=QUESTION)  # type: ignore[arg-type]
+        client.chat.completions.create(model="nodeployment", messages=QUESTION)
     except openai.NotFoundError as exc:
         assert exc.code == "DeploymentNotFound"
     else:
@@ -204,7 +208,7 @@ def test_rate_limit_passes_through_with_retry_after(
     mock.fault("status", status=429, retry_after=7, retry_after_ms=7000)
     client = sync_client(gateway, max_retries=0)
     try:
-        client.chat.completions.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     except openai.RateLimitError as exc:
         assert exc.code == "429"
         assert exc.response.headers["retry-after"] == "7"

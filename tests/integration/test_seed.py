@@ -44,7 +44,10 @@ def gateway_on_8000(mock: MockProcess) -> Iterator[GatewayProcess]:
     if not _port_8000_free():
         pytest.fail("the seed script needs localhost:8000 and something else is listening there")
     process = GatewayProcess(
-        REPO / "conf.d", "--azure-base-url", mock.url, env=GATEWAY_ENV,
+        REPO / "conf.d",
+        "--azure-base-url",
+        mock.url,
+        env=GATEWAY_ENV,
         listen="127.0.0.1:8000",
     )
     yield process

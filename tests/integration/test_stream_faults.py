@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import aiohttp
 import openai
@@ -38,7 +39,9 @@ def test_upstream_cut_mid_stream_is_an_error_not_a_clean_end(
 ) -> None:
     mock.fault("cut_stream", after_events=3)
     stream = sync_client(gateway, max_retries=0).chat.completions.create(
-        model="gpt-4o", messages=QUESTION, stream=True,  # type: ignore[arg-type]
+        model="gpt-4o",
+        messages=QUESTION,
+        stream=True,
         extra_headers={"x-request-id": request_id},
     )
     received = []
@@ -55,7 +58,9 @@ def test_upstream_stream_without_done_is_an_error(
 ) -> None:
     mock.fault("eof_stream", after_events=4)
     stream = sync_client(gateway, max_retries=0).chat.completions.create(
-        model="gpt-4o", messages=QUESTION, stream=True,  # type: ignore[arg-type]
+        model="gpt-4o",
+        messages=QUESTION,
+        stream=True,
         extra_headers={"x-request-id": request_id},
     )
     with pytest.raises((openai.APIError, openai.APIConnectionError)):
@@ -63,25 +68,25 @@ def test_upstream_stream_without_done_is_an_error(
     assert gateway.access_log(request_id)["outcome"] == "upstream_truncated"
 
 
-async def test_stream_is_relayed_token_by_token(
-    gateway: GatewayProcess, mock: MockProcess
-) -> None:
+async def test_stream_is_relayed_token_by_token(gateway: GatewayProcess, mock: MockProcess) -> None:
     """Each event reaches the client when Azure sends it, not at the end."""
     mock.fault("delay", token_delay_ms=150)
     loop = asyncio.get_running_loop()
     arrivals: list[float] = []
-    async with aiohttp.ClientSession() as session:
-        async with session.post(gateway.url + CHAT, json=STREAM_BODY) as response:
-            assert response.headers["Content-Type"].startswith("text/event-stream")
-            assert response.headers["X-Accel-Buffering"] == "no"
-            buffer = b""
-            async for chunk in response.content.iter_any():
-                buffer += chunk
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
-                    if b'"content":"' in event and b'"content":""' not in event:
-                        arrivals.append(loop.time())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gateway.url + CHAT, json=STREAM_BODY) as response,
+    ):
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers["X-Accel-Buffering"] == "no"
+        buffer = b""
+        async for chunk in response.content.iter_any():
+            buffer += chunk
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                if b'"content":"' in event and b'"content":""' not in event:
+                    arrivals.append(loop.time())
     assert len(arrivals) >= 4
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     # Unbuffered: tokens arrive spread out at the upstream's pace.
     assert min(gaps) > 0.08

@@ -30,7 +30,11 @@ from aigw.config.model import (
 from aigw.errors import BadRequest, PayloadTooLarge
 
 INFO = RouteInfo(
-    name="r", source="r.yaml", provider="azure", model="gpt-4o", deployment="gpt-4o",
+    name="r",
+    source="r.yaml",
+    provider="azure",
+    model="gpt-4o",
+    deployment="gpt-4o",
     route_type="llm/v1/chat",
 )
 
@@ -51,7 +55,8 @@ def exchange(
     hdrs = CIMultiDict(headers or {})
     if body:
         hdrs["Content-Length"] = str(len(body))
-    request = make_mocked_request("POST", path, headers=hdrs, payload=_Payload(body))
+    payload: Any = _Payload(body)
+    request = make_mocked_request("POST", path, headers=hdrs, payload=payload)
     return Exchange(request=request, path="/p", session=_NO_SESSION)
 
 
@@ -218,8 +223,12 @@ async def test_errors_become_openai_json() -> None:
     assert response.status == 400
     assert response.headers["x-request-id"] == "rid"
     assert json.loads(response.body) == {  # type: ignore[arg-type]
-        "error": {"code": "invalid_json", "message": "nope", "param": "body",
-                  "type": "invalid_request_error"}
+        "error": {
+            "code": "invalid_json",
+            "message": "nope",
+            "param": "body",
+            "type": "invalid_request_error",
+        }
     }
 
 

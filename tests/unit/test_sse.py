@@ -9,7 +9,8 @@ import pytest
 from aigw.upstream.sse import SSESplitter, StreamObserver, event_data
 
 AZURE_STREAM = [
-    b'data: {"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[]}\n\n',
+    b'data: {"choices":[],"created":0,"id":"","model":"","object":"",'
+    b'"prompt_filter_results":[]}\n\n',
     b'data: {"choices":[{"delta":{"content":"","role":"assistant"},"index":0}],'
     b'"model":"gpt-4o-2024-11-20","usage":null}\n\n',
     b'data: {"choices":[{"delta":{"content":"Hi"},"index":0}],"model":"gpt-4o-2024-11-20",'

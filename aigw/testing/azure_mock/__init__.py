@@ -1,0 +1,68 @@
+"""A faithful Azure OpenAI mock upstream for tests, benchmarks and demos.
+
+It reproduces the data plane the ``openai`` SDK's ``AzureOpenAI`` client talks to,
+``POST /openai/deployments/{deployment}/chat/completions|completions|embeddings
+?api-version=...``, with Azure's bodies, headers, SSE framing and error texts. Run it as
+``python -m aigw.testing.azure_mock --port 0 --port-file PATH`` (``--help`` lists the
+flags), or in-process with :func:`build_app` or :class:`MockServer`.
+
+Control API (same port; these requests are not recorded):
+
+``GET /_mock/health``
+    ``{"ok": true}``.
+``GET /_mock/requests[?settle_ms=N]``
+    Every data-plane request, oldest first: ``seq, method, path`` (raw, no query),
+    ``query`` (object), ``headers`` (lower-cased names, repeats joined with ``", "``),
+    ``body`` (UTF-8, invalid bytes replaced), ``deployment`` (from the path, even if
+    unknown), ``stream``, ``status`` (``null`` if nothing was sent), ``fault`` (the fault
+    that request consumed), ``apim_request_id`` and ``stream_outcome``: ``null`` |
+    ``"completed"`` | ``"client_disconnected"`` | ``"cut"`` (non-stream requests stay
+    ``null`` unless the client left before the answer, e.g. during ``hang`` or a delay),
+    ``started_at`` / ``ended_at``
+    (Unix time; ``ended_at`` is ``null`` while the handler runs). ``settle_ms`` first waits
+    up to N ms for in-flight requests to finish, so outcomes of just-closed streams are in.
+``DELETE /_mock/requests``
+    Forget them.
+``POST /_mock/faults``
+    One fault object or a list. Common fields: ``fault`` (kind), ``deployment`` (default:
+    any), ``count`` (default 1; ``null`` = until cleared), ``stream`` (true/false: only
+    stream / non-stream requests; default both), ``headers`` (extra response headers).
+    A request consumes the first pending fault that matches it. Kinds and parameters:
+
+    * ``status``: ``status`` (required), ``retry_after`` / ``retry_after_ms`` (429
+      defaults: 1 and 1000; ``null`` omits the header), ``body`` (string = raw, else
+      JSON), ``content_type``. 429, 500 and 503 get Azure's bodies by default.
+    * ``content_filter``: Azure's 400 prompt-filter error.
+    * ``cut_stream``: ``after_events`` (default 3), ``rst`` (default false): send N SSE
+      events, then drop the TCP connection without the chunked terminator.
+    * ``eof_stream``: ``after_events`` (default: all): end cleanly without ``[DONE]``.
+    * ``stream_error_event``: ``after_events`` (default 3), ``error`` (object): then a
+      ``data: {"error": ...}`` event and a clean end without ``[DONE]``.
+    * ``delay``: ``latency_ms``, ``token_delay_ms`` for that request.
+    * ``redirect``: ``location`` (default: same path on the other of ``localhost`` /
+      ``127.0.0.1``, i.e. another origin that still reaches this mock), ``status`` (307).
+    * ``hang``: never answer; the request ends when the client leaves.
+    * ``close``: ``rst``: close the connection without any response.
+    * ``malformed``: ``body``: 200 with a body that is not JSON (SSE for streams).
+
+    The stream kinds only match ``"stream": true`` requests.
+``GET /_mock/faults`` / ``DELETE /_mock/faults``
+    Pending faults as posted, each with ``remaining``; clear them.
+"""
+
+from .app import STATE_KEY, MockState, RequestRecord, build_app
+from .config import DEFAULT_API_KEY, DEFAULT_DEPLOYMENTS, MockConfig
+from .faults import FAULT_KINDS
+from .server import MockServer
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "DEFAULT_DEPLOYMENTS",
+    "FAULT_KINDS",
+    "STATE_KEY",
+    "MockConfig",
+    "MockServer",
+    "MockState",
+    "RequestRecord",
+    "build_app",
+]

@@ -1,0 +1,205 @@
+"""Loading route files: bytes -> `RouteFile`, one file, or a whole conf.d directory.
+
+Pipeline for one file (each step collects issues; the file is rejected if any step found one)::
+
+    bytes -utf-8-> text -read_yaml-> data, positions -interpolate-> data -validate-> RouteFile
+
+Value issues of a later step are dropped where an earlier step already reported the key path
+(an unset ``${VAR}`` is not also reported as a bad hostname). All remaining issues are
+reported, sorted by position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aigw.config.env import interpolate
+from aigw.config.errors import ConfigDirectoryError, ConfigError, ConfigIssue
+from aigw.config.keypath import ROOT
+from aigw.config.model import RouteFile
+from aigw.config.schema import validate
+from aigw.config.yaml_strict import read_yaml
+
+__all__ = ["DirLoad", "discover", "load_dir", "load_file", "parse_route_file"]
+
+_SUFFIXES = (".yaml", ".yml")
+# Most of these never end in .yaml anyway; listed so the intent survives a suffix change.
+_EDITOR_SUFFIXES = ("~", ".swp", ".swx")
+_EDITOR_NAMES = frozenset({"4913"})  # vim's "can I write here?" probe file
+
+
+@dataclass(frozen=True, slots=True)
+class DirLoad:
+    """The result of `load_dir`.
+
+    Attributes:
+        accepted: Files that loaded, in `discover` order.
+        rejected: One `ConfigError` per file that did not (``error.source`` is the file).
+    """
+
+    accepted: tuple[RouteFile, ...]
+    rejected: tuple[ConfigError, ...]
+
+
+def parse_route_file(source: str, data: bytes, env: Mapping[str, str]) -> RouteFile:
+    """Parse and validate the raw bytes of one route file.
+
+    Args:
+        source: The file name, used in messages and as `RouteFile.source`.
+        data: The raw file contents.
+        env: Variables for ``${VAR}`` interpolation.
+
+    Returns:
+        The validated route file.
+
+    Raises:
+        ConfigError: With every issue found in the file.
+    """
+    result = _parse(source, data, env)
+    if isinstance(result, RouteFile):
+        return result
+    raise ConfigError(result)
+
+
+def load_file(path: Path, env: Mapping[str, str]) -> RouteFile:
+    """Read and validate one route file.
+
+    Args:
+        path: The file.
+        env: Variables for ``${VAR}`` interpolation.
+
+    Returns:
+        The validated route file.
+
+    Raises:
+        ConfigError: If the file cannot be read or is invalid; lists every issue.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError((_read_issue(str(path), exc),)) from None
+    return parse_route_file(str(path), data, env)
+
+
+def discover(conf_dir: Path) -> list[Path]:
+    """List the route files in a directory, sorted by name.
+
+    A route file is a ``*.yaml`` or ``*.yml`` entry that is a regular file or a symlink to one
+    (Kubernetes ConfigMap mounts expose ``name.yaml -> ..data/name.yaml``). Hidden entries
+    (which includes ConfigMap's ``..data`` machinery) and editor droppings (``*~``, ``.#*``,
+    ``*.swp``, ``*.swx``, ``4913``) are skipped. Subdirectories are not searched. Broken
+    symlinks are skipped like any other non-file.
+
+    Args:
+        conf_dir: The directory.
+
+    Returns:
+        ``conf_dir / name`` for each route file, sorted lexically by name.
+
+    Raises:
+        ConfigDirectoryError: If the directory is missing, not a directory, or unreadable.
+    """
+    try:
+        with os.scandir(conf_dir) as entries:
+            names = [entry.name for entry in entries if _is_route_file(entry)]
+    except FileNotFoundError:
+        raise ConfigDirectoryError(str(conf_dir), "directory does not exist") from None
+    except NotADirectoryError:
+        raise ConfigDirectoryError(str(conf_dir), "not a directory") from None
+    except OSError as exc:
+        reason = f"cannot read directory: {exc.strerror or type(exc).__name__}"
+        raise ConfigDirectoryError(str(conf_dir), reason) from None
+    return [conf_dir / name for name in sorted(names)]
+
+
+def load_dir(conf_dir: Path, env: Mapping[str, str]) -> DirLoad:
+    """Load every route file in a directory; a bad file never stops the others.
+
+    Route names must be unique: a file reusing a name already taken by an earlier file (in
+    `discover` order) is rejected.
+
+    Args:
+        conf_dir: The directory.
+        env: Variables for ``${VAR}`` interpolation.
+
+    Returns:
+        The accepted files and one error per rejected file.
+
+    Raises:
+        ConfigDirectoryError: If the directory is missing, not a directory, or unreadable.
+    """
+    accepted: list[RouteFile] = []
+    rejected: list[ConfigError] = []
+    owners: dict[str, str] = {}
+    for path in discover(conf_dir):
+        source = str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # e.g. deleted or replaced since discover()
+            rejected.append(ConfigError((_read_issue(source, exc),)))
+            continue
+        result = _parse(source, data, env)
+        if not isinstance(result, RouteFile):
+            rejected.append(ConfigError(result))
+            continue
+        owner = owners.setdefault(result.route.name, source)
+        if owner != source:
+            reason = f"route name `{result.route.name}` is already used by {owner}"
+            rejected.append(ConfigError((ConfigIssue(source, "route.name", reason),)))
+            continue
+        accepted.append(result)
+    return DirLoad(tuple(accepted), tuple(rejected))
+
+
+def _is_route_file(entry: os.DirEntry[str]) -> bool:
+    name = entry.name
+    if name.startswith(".") or name.endswith(_EDITOR_SUFFIXES) or name in _EDITOR_NAMES:
+        return False
+    # is_file() follows symlinks and answers False for broken ones.
+    return name.endswith(_SUFFIXES) and entry.is_file()
+
+
+def _read_issue(source: str, exc: OSError) -> ConfigIssue:
+    return ConfigIssue(source, ROOT, f"cannot read file: {exc.strerror or type(exc).__name__}")
+
+
+def _parse(source: str, data: bytes, env: Mapping[str, str]) -> RouteFile | tuple[ConfigIssue, ...]:
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return (_decode_issue(source, data, exc),)
+    doc = read_yaml(text, source)
+    if doc.data is None and not doc.issues:
+        return (ConfigIssue(source, ROOT, "file is empty; expected `route` and `plugins`"),)
+    if doc.data is None:  # syntax error: nothing to interpolate or validate
+        return doc.issues
+    interpolated = interpolate(doc.data, env, file=source, positions=doc.positions)
+    validated = validate(
+        interpolated.data,
+        file=source,
+        positions=doc.positions,
+        sources=interpolated.sources,
+        reported=doc.unusable | interpolated.unusable,
+    )
+    route, proxy = validated.route, validated.proxy
+    if route is not None and proxy is not None and not doc.issues and not interpolated.issues:
+        return RouteFile(source, digest, route, proxy)
+    issues = [*doc.issues, *interpolated.issues, *validated.issues]
+    return tuple(sorted(issues, key=_position))
+
+
+def _position(issue: ConfigIssue) -> tuple[bool, int, int]:
+    return issue.line is None, issue.line or 0, issue.column or 0
+
+
+def _decode_issue(source: str, data: bytes, exc: UnicodeDecodeError) -> ConfigIssue:
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
+    reason = f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x})"
+    return ConfigIssue(source, ROOT, reason, line, column)

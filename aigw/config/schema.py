@@ -1,0 +1,524 @@
+"""The route-file schema: plain data -> `RouteConfig` + `AiProxyAdvancedConfig`, or issues.
+
+Kong's field names and ranges, checked strictly: unknown keys (with a "did you mean"), wrong
+types (a boolean is not an integer; an integer is a number), missing fields, enums, ranges and
+the mutually-required groups. Kong settings aigw does not implement are named as such rather
+than called unknown, so a ported Kong config gets a useful message.
+
+Deliberate limits, each reported in plain words:
+
+- exactly one plugin, ``ai-proxy-advanced`` (plain ``ai-proxy`` nests differently);
+- exactly one target: no load balancing, one route per deployment as in the reference how-to;
+- only the ``azure`` provider.
+
+Null means "not set" for optional fields (Kong/decK behave the same), so ``auth:`` with nothing
+under it is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
+from urllib.parse import urlsplit
+
+from aigw.config.checker import Checker, backticked
+from aigw.config.errors import ConfigIssue
+from aigw.config.keypath import ROOT, child, item
+from aigw.config.model import (
+    AiProxyAdvancedConfig,
+    AuthConfig,
+    LoggingConfig,
+    ModelConfig,
+    ModelOptions,
+    ParamLocation,
+    RouteConfig,
+    RouteType,
+    StreamingMode,
+    TargetConfig,
+)
+from aigw.config.yaml_strict import NodePosition
+
+__all__ = [
+    "HTTP_METHODS",
+    "PARAM_LOCATIONS",
+    "PLUGINS",
+    "PROVIDERS",
+    "ROUTE_TYPES",
+    "STREAMING_MODES",
+    "Validated",
+    "validate",
+]
+
+ROUTE_TYPES: tuple[RouteType, ...] = get_args(RouteType)
+STREAMING_MODES: tuple[StreamingMode, ...] = get_args(StreamingMode)
+PARAM_LOCATIONS: tuple[ParamLocation, ...] = get_args(ParamLocation)
+PROVIDERS: tuple[Literal["azure"], ...] = ("azure",)
+PLUGINS = ("ai-proxy-advanced",)
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+
+_MAX_TIMEOUT_MS = 2**31 - 1  # Kong's timeout type
+_ONE_TARGET = "load balancing across several targets is not supported; use one target per route"
+
+_TOP_KEYS = ("route", "plugins")
+_ROUTE_KEYS = ("name", "paths", "methods")
+_PLUGIN_KEYS = ("name", "config")
+_CONFIG_KEYS = ("targets", "max_request_body_size", "response_streaming", "model_name_header")
+_TARGET_KEYS = (
+    "route_type",
+    "auth",
+    "model",
+    "logging",
+    "weight",
+    "connect_timeout",
+    "write_timeout",
+    "read_timeout",
+    "description",
+)
+_AUTH_KEYS = (
+    "header_name",
+    "header_value",
+    "param_name",
+    "param_value",
+    "param_location",
+    "allow_override",
+)
+_MODEL_KEYS = ("provider", "name", "options")
+_OPTION_KEYS = (
+    "azure_instance",
+    "azure_deployment_id",
+    "azure_api_version",
+    "upstream_url",
+    "upstream_path",
+    "max_tokens",
+    "temperature",
+    "top_p",
+)
+_LOGGING_KEYS = ("log_statistics", "log_payloads")
+
+# Kong settings people will paste in; "" means the generic "Kong setting aigw does not support".
+_KONG_TOP = dict.fromkeys(("_format_version", "_transform", "services", "routes"), "")
+_KONG_ROUTE = dict.fromkeys(
+    (
+        "hosts",
+        "headers",
+        "protocols",
+        "strip_path",
+        "preserve_host",
+        "regex_priority",
+        "path_handling",
+        "https_redirect_status_code",
+        "request_buffering",
+        "response_buffering",
+        "snis",
+        "sources",
+        "destinations",
+        "expression",
+        "priority",
+        "tags",
+        "id",
+    ),
+    "",
+) | {"service": "is not needed: aigw derives the upstream from the plugin's target"}
+_KONG_PLUGIN = dict.fromkeys(
+    ("enabled", "protocols", "instance_name", "ordering", "tags", "id", "consumer"), ""
+) | dict.fromkeys(("route", "service"), "is not needed: the plugin applies to this file's route")
+_KONG_CONFIG = dict.fromkeys(
+    ("embeddings", "vectordb", "llm_format", "genai_category", "acls"), ""
+) | {
+    "balancer": "is not supported (one target per route); timeouts go on the target, "
+    "e.g. `targets[0].read_timeout`"
+}
+_KONG_TARGET = {"metadata": ""}
+_KONG_AUTH = dict.fromkeys(
+    (
+        "azure_use_managed_identity",
+        "azure_client_id",
+        "azure_client_secret",
+        "azure_tenant_id",
+        "gcp_use_service_account",
+        "gcp_service_account_json",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+    ),
+    "",
+)
+_KONG_MODEL = {"model_alias": ""}
+_KONG_OPTIONS = dict.fromkeys(
+    (
+        "top_k",
+        "input_cost",
+        "output_cost",
+        "anthropic_version",
+        "mistral_format",
+        "llama2_format",
+        "embeddings_dimensions",
+        "bedrock",
+        "gemini",
+        "huggingface",
+        "cohere",
+    ),
+    "",
+)
+
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 token
+_API_VERSION = re.compile(r"[A-Za-z0-9._-]+\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_TAB = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP field values may hold tabs
+_NOT_IN_SEGMENT = re.compile(r"[/?#%\s\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """The result of `validate`: either both configs, or the issues (never both).
+
+    Attributes:
+        route: The route, if the data was valid.
+        proxy: The plugin config, if the data was valid.
+        issues: Every problem found, in document order.
+    """
+
+    route: RouteConfig | None
+    proxy: AiProxyAdvancedConfig | None
+    issues: tuple[ConfigIssue, ...]
+
+
+def validate(
+    data: object,
+    *,
+    file: str,
+    positions: Mapping[str, NodePosition],
+    sources: Mapping[str, tuple[str, ...]],
+    reported: frozenset[str] = frozenset(),
+) -> Validated:
+    """Validate one route document.
+
+    Args:
+        data: Interpolated plain data.
+        file: The file name to put in issues.
+        positions: Key path -> position in the file.
+        sources: Key path -> environment variables the value came from (never echoed).
+        reported: Key paths an earlier stage already reported as unreadable; value problems
+            at or under them are not reported again (unknown keys still are).
+
+    Returns:
+        The configs, or every issue found.
+    """
+    c = Checker(file, positions, sources, reported)
+    root = c.mapping(
+        data, ROOT, _TOP_KEYS, _KONG_TOP, expected="a mapping with keys `route` and `plugins`"
+    )
+    if root is None:
+        return Validated(None, None, tuple(c.issues))
+    route = _route(c, root)
+    proxy = _plugins(c, root)
+    if c.issues:
+        return Validated(None, None, tuple(c.issues))
+    return Validated(route, proxy, ())
+
+
+# -- route ----------------------------------------------------------------------------------
+
+
+def _route(c: Checker, root: Mapping[str, object]) -> RouteConfig:
+    m = c.section(root, ROOT, "route", _ROUTE_KEYS, _KONG_ROUTE, required=True)
+    if m is None:
+        return RouteConfig("", ())
+    name = c.text(m, "route", "name", required=True, check=_check_route_name)
+    paths: list[str] = []
+    if m.get("paths") is None:
+        c.absent(m, "route", "paths")
+    else:
+        for path, value in c.strings(m["paths"], "route.paths"):
+            if value[0] not in "/~":
+                c.report(path, "must start with `/` (a literal path) or `~` (a regex)")
+            elif value in paths:
+                c.report(path, "duplicate path")
+            else:
+                paths.append(value)
+        if isinstance(m["paths"], list) and not m["paths"]:
+            c.report("route.paths", "must list at least one path")
+    return RouteConfig(name or "", tuple(paths), _methods(c, m.get("methods")))
+
+
+def _methods(c: Checker, value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and not value:
+        c.report("route.methods", "must not be empty; leave `methods` out to allow any method")
+    methods: list[str] = []
+    for path, method in c.strings(value, "route.methods"):
+        upper = method.upper()
+        if upper not in HTTP_METHODS:
+            reason = f"unknown HTTP method; expected one of {backticked(HTTP_METHODS)}"
+            c.report(path, reason + c.got(path, method))
+        elif upper in methods:
+            c.report(path, f"duplicate method `{upper}`")
+        else:
+            methods.append(upper)
+    return tuple(methods)
+
+
+# -- plugin ---------------------------------------------------------------------------------
+
+
+def _plugins(c: Checker, root: Mapping[str, object]) -> AiProxyAdvancedConfig:
+    config = AiProxyAdvancedConfig(targets=())
+    if root.get("plugins") is None:
+        c.absent(root, ROOT, "plugins")
+        return config
+    entries = c.sequence(root["plugins"], "plugins")
+    if entries == []:
+        c.report("plugins", f"must hold exactly one plugin: {backticked(PLUGINS)}")
+    for index, entry in enumerate(entries or ()):
+        path = item("plugins", index)
+        m = c.mapping(entry, path, _PLUGIN_KEYS, _KONG_PLUGIN)
+        if m is None:
+            continue
+        if m.get("name") == "ai-proxy":
+            reason = (
+                "`ai-proxy` is not supported; write `ai-proxy-advanced` and move `route_type`, "
+                "`auth`, `model` and `logging` into `config.targets[0]`"
+            )
+            c.report(child(path, "name"), reason)
+            continue
+        name = c.text(m, path, "name", required=True, check=_check_plugin_name)
+        if index > 0:
+            c.report(path, "only one plugin per route is supported")
+        elif name is not None and name in PLUGINS:
+            config = _proxy(c, m, path)
+    return config
+
+
+def _proxy(c: Checker, plugin: Mapping[str, object], plugin_path: str) -> AiProxyAdvancedConfig:
+    m = c.section(plugin, plugin_path, "config", _CONFIG_KEYS, _KONG_CONFIG, required=True)
+    path = child(plugin_path, "config")
+    if m is None:
+        return AiProxyAdvancedConfig(targets=())
+    max_body = c.integer(m, path, "max_request_body_size", low=0)
+    config = AiProxyAdvancedConfig(
+        targets=_targets(c, m, path),
+        response_streaming=c.choice(
+            m, path, "response_streaming", STREAMING_MODES, default="allow"
+        ),
+        model_name_header=c.boolean(m, path, "model_name_header", default=True),
+    )
+    return config if max_body is None else replace(config, max_request_body_size=max_body)
+
+
+def _targets(
+    c: Checker, config: Mapping[str, object], config_path: str
+) -> tuple[TargetConfig, ...]:
+    if config.get("targets") is None:
+        c.absent(config, config_path, "targets")
+        return ()
+    path = child(config_path, "targets")
+    entries = c.sequence(config["targets"], path)
+    if entries == []:
+        c.report(path, "must hold one target")
+    targets: list[TargetConfig] = []
+    for index, entry in enumerate(entries or ()):
+        if index > 0:
+            c.report(item(path, index), _ONE_TARGET)
+        target = _target(c, entry, item(path, index))
+        if target is not None:
+            targets.append(target)
+    return tuple(targets[:1])
+
+
+def _target(c: Checker, value: object, path: str) -> TargetConfig | None:
+    m = c.mapping(value, path, _TARGET_KEYS, _KONG_TARGET)
+    if m is None:
+        return None
+    connect_timeout = c.integer(m, path, "connect_timeout", low=1, high=_MAX_TIMEOUT_MS)
+    write_timeout = c.integer(m, path, "write_timeout", low=1, high=_MAX_TIMEOUT_MS)
+    read_timeout = c.integer(m, path, "read_timeout", low=1, high=_MAX_TIMEOUT_MS)
+    weight = c.integer(m, path, "weight", low=1, high=65535)
+    target = TargetConfig(
+        route_type=c.choice(m, path, "route_type", ROUTE_TYPES, default="preserve", required=True),
+        auth=_auth(c, m, path),
+        model=_model(c, m, path),
+        logging=_logging(c, m, path),
+        description=c.text(m, path, "description", allow_empty=True),
+    )
+    # Unset (or invalid, already reported) fields keep the dataclass defaults.
+    return replace(
+        target,
+        weight=target.weight if weight is None else weight,
+        connect_timeout=target.connect_timeout if connect_timeout is None else connect_timeout,
+        write_timeout=target.write_timeout if write_timeout is None else write_timeout,
+        read_timeout=target.read_timeout if read_timeout is None else read_timeout,
+    )
+
+
+def _auth(c: Checker, target: Mapping[str, object], target_path: str) -> AuthConfig:
+    m = c.section(target, target_path, "auth", _AUTH_KEYS, _KONG_AUTH)
+    path = child(target_path, "auth")
+    if not m:
+        return AuthConfig()
+    _mutually_required(c, m, path, ("header_name", "header_value"))
+    _mutually_required(c, m, path, ("param_name", "param_value", "param_location"))
+    return AuthConfig(
+        header_name=c.text(m, path, "header_name", check=_check_header_name),
+        header_value=c.text(m, path, "header_value", secret=True, check=_check_header_value),
+        param_name=c.text(m, path, "param_name", check=_check_no_control),
+        param_value=c.text(m, path, "param_value", secret=True, check=_check_no_control),
+        param_location=c.optional_choice(m, path, "param_location", PARAM_LOCATIONS),
+        allow_override=c.boolean(m, path, "allow_override", default=False),
+    )
+
+
+def _mutually_required(
+    c: Checker, m: Mapping[str, object], path: str, group: tuple[str, ...]
+) -> None:
+    present = [key for key in group if m.get(key) is not None]
+    if not present or len(present) == len(group):
+        return
+    verb = "is" if len(present) == 1 else "are"
+    for key in group:
+        if key not in present:
+            c.missing(path, key, f"required when {backticked(present)} {verb} set")
+
+
+def _model(c: Checker, target: Mapping[str, object], target_path: str) -> ModelConfig:
+    m = c.section(target, target_path, "model", _MODEL_KEYS, _KONG_MODEL, required=True)
+    path = child(target_path, "model")
+    if m is None:
+        return ModelConfig("azure", None, ModelOptions())
+    provider = m.get("provider")
+    if isinstance(provider, str) and provider and provider not in PROVIDERS:
+        reason = f"unsupported provider; supported providers: {backticked(PROVIDERS)}"
+        c.report(child(path, "provider"), reason + c.got(child(path, "provider"), provider))
+    else:
+        c.choice(m, path, "provider", PROVIDERS, default="azure", required=True)
+    return ModelConfig(
+        provider="azure",
+        name=c.text(m, path, "name"),
+        options=_options(c, m, path, check_azure=provider == "azure"),
+    )
+
+
+def _options(
+    c: Checker, model: Mapping[str, object], model_path: str, *, check_azure: bool
+) -> ModelOptions:
+    m = c.section(model, model_path, "options", _OPTION_KEYS, _KONG_OPTIONS)
+    path = child(model_path, "options")
+    if m is None:
+        return ModelOptions()
+    if check_azure and m.get("upstream_url") is None:
+        # Kong requires these for azure; without upstream_url they are the upstream host and path.
+        for key in ("azure_instance", "azure_deployment_id"):
+            if m.get(key) is None:
+                reason = (
+                    "required for provider `azure` unless `upstream_url` is set: the upstream "
+                    "is https://{azure_instance}.openai.azure.com"
+                    "/openai/deployments/{azure_deployment_id}/..."
+                )
+                c.missing(path, key, reason, at=path if "options" in model else model_path)
+    return ModelOptions(
+        azure_instance=c.text(m, path, "azure_instance", check=_check_azure_instance),
+        azure_deployment_id=c.text(m, path, "azure_deployment_id", check=_check_segment),
+        azure_api_version=c.text(m, path, "azure_api_version", check=_check_api_version),
+        upstream_url=c.text(m, path, "upstream_url", secret=True, check=_check_upstream_url),
+        upstream_path=c.text(m, path, "upstream_path", check=_check_upstream_path),
+        max_tokens=c.integer(m, path, "max_tokens", low=1),
+        temperature=c.number(m, path, "temperature", low=0, high=5),
+        top_p=c.number(m, path, "top_p", low=0, high=1),
+    )
+
+
+def _logging(c: Checker, target: Mapping[str, object], target_path: str) -> LoggingConfig:
+    m = c.section(target, target_path, "logging", _LOGGING_KEYS)
+    path = child(target_path, "logging")
+    if not m:
+        return LoggingConfig()
+    return LoggingConfig(
+        log_statistics=c.boolean(m, path, "log_statistics", default=True),
+        log_payloads=c.boolean(m, path, "log_payloads", default=False),
+    )
+
+
+# -- string checks: return a reason, or None --------------------------------------------------
+
+
+def _check_route_name(value: str) -> str | None:
+    if _ROUTE_NAME.match(value):
+        return None
+    return "must contain only letters, digits, `.`, `_` and `-`"
+
+
+def _check_plugin_name(value: str) -> str | None:
+    if value in PLUGINS:
+        return None
+    return f"unsupported plugin; supported plugins: {backticked(PLUGINS)}"
+
+
+def _check_azure_instance(value: str) -> str | None:
+    if _DNS_LABEL.match(value):
+        return None
+    if "." in value or ":" in value:
+        return (
+            "must be only the resource name, the `{name}` in `{name}.openai.azure.com`; "
+            "for any other host set `upstream_url`"
+        )
+    return "must be a DNS label: 1-63 letters, digits or `-`, not starting or ending with `-`"
+
+
+def _check_segment(value: str) -> str | None:
+    if _NOT_IN_SEGMENT.search(value) or value in (".", ".."):
+        return "must be one URL path segment: no `/`, `?`, `#`, `%`, whitespace, `.` or `..`"
+    return None
+
+
+def _check_api_version(value: str) -> str | None:
+    if _API_VERSION.match(value):
+        return None
+    return "must contain only letters, digits, `.`, `_` and `-`, e.g. `2024-10-21`"
+
+
+def _check_upstream_url(value: str) -> str | None:
+    # http is allowed on purpose: private endpoints behind TLS-terminating proxies, and the
+    # test suite's mock Azure, are plain http.
+    if _CONTROL.search(value) or " " in value:
+        return "must not contain whitespace or control characters"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        return "must be an absolute http:// or https:// URL with a valid host and port"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an absolute http:// or https:// URL"
+    if "@" in parts.netloc:
+        return "must not contain credentials (user:password@); put them in `auth`"
+    if parts.fragment or value.endswith("#"):
+        return "must not contain a `#fragment`"
+    return None
+
+
+def _check_upstream_path(value: str) -> str | None:
+    if not value.startswith("/") or _CONTROL.search(value) or any(ch in value for ch in " ?#"):
+        return "must start with `/` and contain no query, fragment or whitespace"
+    return None
+
+
+def _check_header_name(value: str) -> str | None:
+    if _HEADER_NAME.match(value):
+        return None
+    return "must be an HTTP header name: letters, digits and !#$%&'*+-.^_`|~"
+
+
+def _check_header_value(value: str) -> str | None:
+    if _CONTROL_BUT_TAB.search(value):
+        return "contains a control character such as a line break (a trailing newline?)"
+    if value != value.strip():
+        return "has leading or trailing whitespace"
+    return None
+
+
+def _check_no_control(value: str) -> str | None:
+    if _CONTROL.search(value):
+        return "contains a control character such as a line break (a trailing newline?)"
+    return None

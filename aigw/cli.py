@@ -125,20 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return _check(args)
     configure_logging(args.log_level)
-    _use_uvloop()
     if args.command == "serve":
         return asyncio.run(serve(_settings(args)))
     from aigw.demo import run_demo
 
     return asyncio.run(run_demo(_settings(args), once=args.once))
-
-
-def _use_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 if __name__ == "__main__":

@@ -33,6 +33,12 @@ class RouteInfo:
 
 
 UNMATCHED = RouteInfo(
-    name="-", source="-", provider=None, model=None, deployment=None, route_type=None
+    name="-",
+    source="-",
+    provider=None,
+    model=None,
+    deployment=None,
+    route_type=None,
+    log_statistics=False,  # nothing was forwarded: no model or tokens to report
 )
 """The info for requests that matched no route."""

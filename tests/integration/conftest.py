@@ -162,6 +162,15 @@ def _fresh_mock(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("mock").reset()
 
 
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    from tests.integration.test_sdk import OPEN_CLIENTS
+
+    yield
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
+
+
 @pytest.fixture
 def request_id() -> str:
     """A unique id to find this test's access-log line."""

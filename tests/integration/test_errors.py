@@ -88,7 +88,7 @@ def test_model_mismatch_is_400_naming_both(gateway: GatewayProcess) -> None:
         azure_deployment="gpt-4o",
         max_retries=0,
     )
-    with pytest.raises(openai.BadRequestError) as info:
+    with client, pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="gpt-4.1-mini", messages=QUESTION)
     assert info.value.code == "model_mismatch"
     assert "'gpt-4.1-mini'" in info.value.message and "'gpt-4o'" in info.value.message

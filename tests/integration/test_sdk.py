@@ -16,13 +16,19 @@ QUESTION: list[ChatCompletionMessageParam] = [
 ]
 
 
+OPEN_CLIENTS: list[AzureOpenAI] = []
+"""Closed after each test by ``conftest._close_clients`` (their pools hold sockets)."""
+
+
 def sync_client(gateway: GatewayProcess, *, max_retries: int = 2) -> AzureOpenAI:
-    return AzureOpenAI(
+    client = AzureOpenAI(
         api_key="client-key-never-forwarded",
         azure_endpoint=gateway.url,
         api_version=API_VERSION,
         max_retries=max_retries,
     )
+    OPEN_CLIENTS.append(client)
+    return client
 
 
 def async_client(gateway: GatewayProcess) -> AsyncAzureOpenAI:

@@ -104,3 +104,25 @@ def test_payloads_are_logged_only_where_configured(
     plain = gateway.access_log(other)
     assert "request_body" not in plain and "response_body" not in plain
     assert "What model are you?" not in json.dumps(plain)
+
+
+def test_hop_by_hop_and_cookie_response_headers_are_not_relayed(
+    gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    mock.fault(
+        "delay",
+        latency_ms=0,
+        headers={
+            "Connection": "keep-alive, X-Upstream-Hop",
+            "X-Upstream-Hop": "1",
+            "Keep-Alive": "timeout=5",
+            "Set-Cookie": "ARRAffinity=abc",
+            "Proxy-Authenticate": "Basic",
+        },
+    )
+    raw = sync_client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=QUESTION
+    )
+    for name in ("x-upstream-hop", "keep-alive", "set-cookie", "proxy-authenticate"):
+        assert name not in raw.headers
+    assert raw.headers["apim-request-id"]

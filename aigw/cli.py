@@ -13,7 +13,8 @@ from aigw import __version__
 from aigw.config.errors import ConfigError
 from aigw.listener import ListenerSettings
 from aigw.logs import configure_logging
-from aigw.server import ServeSettings, load_table, serve
+from aigw.reload import Reloader
+from aigw.server import ServeSettings, serve
 from aigw.table import RouteTable
 
 __all__ = ["main"]
@@ -70,6 +71,30 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
     )
     cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     cmd.add_argument(
+        "--admin-listen",
+        default="127.0.0.1:9901",
+        metavar="HOST:PORT|off",
+        help="read-only status endpoint (GET /status); keep it on localhost",
+    )
+    cmd.add_argument(
+        "--state-dir",
+        type=Path,
+        default=os.environ.get("STATE_DIRECTORY") or None,
+        metavar="DIR",
+        help="keep last-known-good copies of accepted files here, so a restart with a broken "
+        "file still serves its last good version (default: $STATE_DIRECTORY, set by systemd)",
+    )
+    cmd.add_argument(
+        "--no-watch", dest="watch", action="store_false", help="do not reload on conf.d changes"
+    )
+    cmd.add_argument(
+        "--settle-ms",
+        type=int,
+        default=50,
+        metavar="MS",
+        help="files must be unchanged this long before a reload reads them",
+    )
+    cmd.add_argument(
         "--header-timeout",
         type=float,
         default=10.0,
@@ -80,33 +105,40 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
 
 def _settings(args: argparse.Namespace) -> ServeSettings:
     host, port = args.listen
+    admin = None
+    if args.admin_listen != "off":
+        admin_host, admin_port = _listen_address(args.admin_listen)
+        admin = ListenerSettings(host=admin_host, port=admin_port)
     return ServeSettings(
         conf_dir=args.conf_dir,
         listener=ListenerSettings(host=host, port=port, header_timeout=args.header_timeout),
+        admin=admin,
+        state_dir=args.state_dir,
         azure_base_url=args.azure_base_url,
+        watch=args.watch,
+        settle_ms=args.settle_ms,
     )
 
 
 def _check(args: argparse.Namespace) -> int:
+    # The same code path as the gateway's own loads and reloads.
+    reloader = Reloader(args.conf_dir, os.environ, azure_base_url=args.azure_base_url)
     try:
-        table = load_table(
-            args.conf_dir, os.environ, generation=1, azure_base_url=args.azure_base_url
-        )
+        report = reloader.load_initial("check")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(render_table(table, args.conf_dir))
-    for error in table.rejected:
+    assert reloader.table is not None
+    print(render_table(reloader.table, args.conf_dir, len(report.rejected)))
+    for error in report.rejected:
         for issue in error.issues:
             print(f"error: {issue}", file=sys.stderr)
-    return 1 if table.rejected else 0
+    return 1 if report.rejected else 0
 
 
-def render_table(table: RouteTable, conf_dir: Path) -> str:
+def render_table(table: RouteTable, conf_dir: Path, rejected: int) -> str:
     """The route table as ``aigw check`` prints it."""
-    lines = [
-        f"{conf_dir}: {len(table.routes)} route(s) accepted, {len(table.rejected)} file(s) rejected"
-    ]
+    lines = [f"{conf_dir}: {len(table.routes)} route(s) accepted, {rejected} file(s) rejected"]
     for route in table.routes:
         methods = ",".join(route.file.route.methods or ("*",))
         target = route.target
@@ -123,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aigw`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "check":
+        # The report is the output; the reloader's own log events would repeat it.
+        configure_logging("critical", stream=sys.stderr)
         return _check(args)
     configure_logging(args.log_level)
     if args.command == "serve":

@@ -1,23 +1,27 @@
-"""``aigw serve``: load the config, open the pool and the listener, serve until told to stop."""
+"""``aigw serve``: load the config, open the pool and the listeners, serve until told to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from aigw.admin import build_admin_app
 from aigw.app import build_app, make_session
 from aigw.config.errors import ConfigError
-from aigw.config.loader import load_dir
 from aigw.gateway import Gateway
 from aigw.listener import Listener, ListenerSettings, start_listener
+from aigw.lkg import LastKnownGood
 from aigw.logs import get_logger
-from aigw.table import RouteTable, build_table
+from aigw.reload import Reloader
+from aigw.table import RouteTable
+from aigw.watch import watch_conf_dir
 
-__all__ = ["ServeSettings", "Server", "load_table", "serve"]
+__all__ = ["ServeSettings", "Server", "serve"]
 
 _log = get_logger("aigw.server")
 
@@ -29,59 +33,38 @@ class ServeSettings:
     Attributes:
         conf_dir: Directory of route files (``*.yaml``).
         listener: Address and connection limits of the proxy port.
+        admin: Address of the admin (status) port; None disables it.
+        state_dir: Where last-known-good copies of accepted files are kept;
+            None disables persistence.
         azure_base_url: Replaces ``https://{azure_instance}.openai.azure.com``
             for every route (private endpoints, an APIM front door, the mock).
         pool_size: Upper bound on open upstream connections.
+        watch: Reload when conf.d changes.
+        settle_ms: How long files must stay unchanged before a reload reads them.
     """
 
     conf_dir: Path
     listener: ListenerSettings = field(default_factory=ListenerSettings)
+    admin: ListenerSettings | None = None
+    state_dir: Path | None = None
     azure_base_url: str | None = None
     pool_size: int = 1000
-
-
-def load_table(
-    conf_dir: Path,
-    env: Mapping[str, str],
-    *,
-    generation: int,
-    azure_base_url: str | None = None,
-) -> RouteTable:
-    """Loads and compiles every route file; bad files are rejected, never fatal."""
-    loaded = load_dir(conf_dir, env)
-    return build_table(
-        loaded.accepted,
-        generation=generation,
-        rejected=loaded.rejected,
-        azure_base_url=azure_base_url,
-    )
-
-
-def log_table(table: RouteTable) -> None:
-    """Writes one event per rejected file and one summary event."""
-    for error in table.rejected:
-        _log.error(
-            "config_rejected",
-            file=error.source,
-            issues=[str(issue) for issue in error.issues],
-            generation=table.generation,
-        )
-    _log.info(
-        "config_loaded",
-        generation=table.generation,
-        routes=[route.name for route in table.routes],
-        rejected=len(table.rejected),
-    )
+    watch: bool = True
+    settle_ms: int = 50
 
 
 class Server:
-    """A running gateway: pool, table and listener, started and stopped together."""
+    """A running gateway: pool, config, listeners and watcher, started and stopped together."""
 
     def __init__(self, settings: ServeSettings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self._env = dict(os.environ if env is None else env)
         self._listener: Listener | None = None
+        self._admin: Listener | None = None
+        self._stop_watch = asyncio.Event()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.gateway: Gateway | None = None
+        self.reloader: Reloader | None = None
 
     @property
     def port(self) -> int:
@@ -94,28 +77,71 @@ class Server:
 
         Raises:
             ConfigError: The config directory itself cannot be read.
+            OSError: A port cannot be bound.
         """
         settings = self.settings
-        table = load_table(
+        session = make_session(pool_size=settings.pool_size)
+        self._session = session
+        store = LastKnownGood(settings.state_dir) if settings.state_dir is not None else None
+        gateway: Gateway | None = None
+
+        def publish(table: RouteTable) -> None:
+            if gateway is not None:
+                gateway.swap(table)
+
+        reloader = Reloader(
             settings.conf_dir,
             self._env,
-            generation=1,
+            publish=publish,
+            store=store,
             azure_base_url=settings.azure_base_url,
         )
-        log_table(table)
-        session = make_session(pool_size=settings.pool_size)
-        self.gateway = Gateway(table, session)
-        self._session = session
-        self._listener = await start_listener(build_app(self.gateway), settings.listener)
+        reloader.load_initial()
+        assert reloader.table is not None
+        gateway = Gateway(reloader.table, session)
+        self.gateway, self.reloader = gateway, reloader
+        self._listener = await start_listener(build_app(gateway), settings.listener)
+        if settings.admin is not None:
+            self._admin = await start_listener(build_admin_app(reloader), settings.admin)
+        if settings.watch:
+            self._spawn(
+                watch_conf_dir(reloader, self._stop_watch, settle_ms=settings.settle_ms),
+                "watch-conf-dir",
+            )
         _log.info(
             "listening",
             address=f"http://{settings.listener.host}:{self._listener.port}",
+            admin=None
+            if self._admin is None or settings.admin is None
+            else f"http://{settings.admin.host}:{self._admin.port}",
             conf_dir=str(settings.conf_dir),
+            state_dir=None if settings.state_dir is None else str(settings.state_dir),
             azure_base_url=settings.azure_base_url,
+            generation=reloader.generation,
+            routes=len(reloader.table.routes),
         )
 
+    def request_reload(self) -> None:
+        """SIGHUP: a full reload (every file re-read and re-validated), in the background."""
+        if self.reloader is not None:
+            self._spawn(self.reloader.reload("sighup", force=True), "sighup-reload")
+
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
+        # Keep a reference: the event loop only holds weak ones to tasks.
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
-        """Stops accepting, drains in-flight requests, closes the pool."""
+        """Stops watching and accepting, drains in-flight requests, closes the pool."""
+        self._stop_watch.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._admin is not None:
+            await self._admin.stop()
+            self._admin = None
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
@@ -132,14 +158,17 @@ async def serve(settings: ServeSettings) -> int:
         await server.start()
     except ConfigError as exc:
         _log.error("startup_failed", reason=str(exc))
+        await server.stop()
         return 2
     except OSError as exc:
         _log.error("startup_failed", reason=f"cannot listen: {exc}")
+        await server.stop()
         return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
     await stop.wait()
     _log.info("stopping")
     await server.stop()

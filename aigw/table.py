@@ -1,22 +1,24 @@
 """The route table: a trie of compiled routes, built whole and never mutated.
 
-A table is built off to the side from a set of validated route files and then
-published by the gateway with one reference assignment. Files whose routes
-conflict with routes already in the table are rejected here, the earlier file
-(lexical order) keeping the path.
+A table is built off to the side, file by file, and then published by the
+gateway with one reference assignment. A file is taken whole or not at all:
+if any of its paths is malformed or already claimed, or its route name is
+taken, the file is refused and the table is exactly as if it had never been
+offered. Whoever offers files first keeps their paths, which is how the
+reloader gives incumbents precedence over newcomers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aigw.config.errors import ConfigError, ConfigIssue
 from aigw.config.model import RouteFile
-from aigw.route import CompiledRoute, compile_route
+from aigw.route import CompiledRoute
 from aigw.routing import RouteConflict, Router, RouterBuilder, TemplateError
 
-__all__ = ["RouteTable", "build_table"]
+__all__ = ["RouteTable", "TableBuilder"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,14 +28,12 @@ class RouteTable:
     Attributes:
         generation: Increases by one with every published table.
         router: Path trie whose values are compiled routes.
-        routes: Every compiled route, in file order.
-        rejected: One error per file that was not taken into this table.
+        routes: Every compiled route, in the order they were added.
     """
 
     generation: int
     router: Router[CompiledRoute]
     routes: tuple[CompiledRoute, ...]
-    rejected: tuple[ConfigError, ...] = ()
 
     def secrets(self) -> frozenset[str]:
         """Every credential value the table injects (for log scrubbing)."""
@@ -44,44 +44,53 @@ class RouteTable:
         return frozenset(values)
 
 
-def build_table(
-    files: Sequence[RouteFile],
-    *,
-    generation: int,
-    rejected: Iterable[ConfigError] = (),
-    azure_base_url: str | None = None,
-) -> RouteTable:
-    """Compiles *files* (in the given order) into a table.
+class TableBuilder:
+    """Collects route files into a new table, refusing any file that does not fit.
 
-    A file whose paths are malformed or claimed by an earlier file is rejected
-    whole and reported in ``RouteTable.rejected``; the other files still make
-    it into the table.
+    Args:
+        compile_route: Turns a validated file into a compiled route (the
+            reloader passes a cached version, so unchanged files are not
+            recompiled).
     """
-    problems = list(rejected)
-    accepted: list[CompiledRoute] = []
-    builder: RouterBuilder[CompiledRoute] = RouterBuilder()
-    for file in files:
-        route = compile_route(file, azure_base_url=azure_base_url)
+
+    def __init__(self, compile_route: Callable[[RouteFile], CompiledRoute]) -> None:
+        self._compile = compile_route
+        self._router: RouterBuilder[CompiledRoute] = RouterBuilder()
+        self._routes: list[CompiledRoute] = []
+        self._names: dict[str, str] = {}
+
+    def offer(self, file: RouteFile) -> ConfigError | None:
+        """Adds *file*'s route, or returns why it cannot be added (and adds nothing)."""
+        owner = self._names.get(file.route.name)
+        if owner is not None:
+            reason = f"route name `{file.route.name}` is already used by {owner}"
+            return ConfigError((ConfigIssue(file.source, "route.name", reason),))
+        route = self._compile(file)
         try:
-            _add(builder, route)
+            _add_paths(self._router, route)
         except (RouteConflict, TemplateError) as exc:
-            problems.append(ConfigError((ConfigIssue(file.source, "route.paths", str(exc)),)))
-            # A file is taken whole or not at all: rebuild without its
-            # partially added paths (only on this rare path).
-            builder = RouterBuilder()
-            for kept in accepted:
-                _add(builder, kept)
-            continue
-        accepted.append(route)
-    return RouteTable(
-        generation=generation,
-        router=builder.build(),
-        routes=tuple(accepted),
-        rejected=tuple(problems),
-    )
+            # Paths added before the failing one must go too: rebuild the trie
+            # from the routes already taken (only on this rare path).
+            self._router = RouterBuilder()
+            for kept in self._routes:
+                _add_paths(self._router, kept)
+            return ConfigError((ConfigIssue(file.source, "route.paths", str(exc)),))
+        self._routes.append(route)
+        self._names[file.route.name] = file.source
+        return None
+
+    def offer_all(self, files: Iterable[RouteFile]) -> list[ConfigError]:
+        """Offers each file in order; returns the refusals."""
+        return [error for file in files if (error := self.offer(file)) is not None]
+
+    def build(self, generation: int) -> RouteTable:
+        """The table of every file taken so far."""
+        return RouteTable(
+            generation=generation, router=self._router.build(), routes=tuple(self._routes)
+        )
 
 
-def _add(builder: RouterBuilder[CompiledRoute], route: CompiledRoute) -> None:
+def _add_paths(builder: RouterBuilder[CompiledRoute], route: CompiledRoute) -> None:
     methods = route.file.route.methods
     allowed = frozenset(methods) if methods is not None else None
     for path in route.file.route.paths:

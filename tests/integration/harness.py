@@ -110,6 +110,8 @@ class GatewayProcess:
         self.log_path = Path(self._dir.name) / "aigw.log"
         self._out = open(self.log_path, "wb")  # noqa: SIM115
         full_env = {**os.environ, **(env or {})}
+        if command == ("serve",) and "--admin-listen" not in extra:
+            extra = ("--admin-listen", "127.0.0.1:0", *extra)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -130,6 +132,7 @@ class GatewayProcess:
         listening = wait_until(self._listening, timeout=20)
         self.url = listening["address"]
         self.port = int(self.url.rsplit(":", 1)[1])
+        self.admin_url: str | None = listening.get("admin")
 
     def _listening(self) -> dict[str, Any] | None:
         if self.proc.poll() is not None:
@@ -147,6 +150,13 @@ class GatewayProcess:
             if line.startswith("{"):
                 events.append(json.loads(line))
         return events
+
+    def status(self) -> dict[str, Any]:
+        """The admin endpoint's view of the config state."""
+        assert self.admin_url is not None, "started with --admin-listen off"
+        with urllib.request.urlopen(self.admin_url + "/status", timeout=10) as response:
+            result: dict[str, Any] = json.loads(response.read())
+        return result
 
     def raw_log(self) -> str:
         """Everything the process wrote to stdout and stderr."""

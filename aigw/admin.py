@@ -1,0 +1,31 @@
+"""The admin listener: read-only status, on its own port (localhost by default).
+
+Kept off the proxy port on purpose: the proxy port faces clients, the admin
+port faces operators and monitoring, and it can be firewalled separately.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+
+from aigw.reload import Reloader
+
+__all__ = ["build_admin_app"]
+
+
+def build_admin_app(reloader: Reloader) -> web.Application:
+    """``GET /status`` (config state as JSON) and ``GET /healthz``."""
+    pid = os.getpid()
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.json_response({**reloader.status(), "pid": pid})
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "degraded": reloader.degraded})
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/healthz", healthz)
+    return app

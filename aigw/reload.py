@@ -1,0 +1,386 @@
+"""Turning the contents of conf.d into published route tables, safely, again and again.
+
+One code path serves the start-up load, every file-watch event, SIGHUP and
+``aigw check``:
+
+1. read every route file and hash it; a file whose bytes are unchanged is not
+   parsed again (and a reload that changes nothing publishes nothing);
+2. parse and validate the changed ones (in a worker thread, off the event loop);
+3. build a complete new table: first the files whose serving version did not
+   change (incumbents keep their paths), then the new versions in lexical
+   order; a new version that is invalid or conflicts is refused and the file
+   keeps serving its last known good version, if it has one;
+4. publish the table with one reference assignment, store the newly accepted
+   files as last known good, log one ``config_reload`` event.
+
+Reloads are serialised by a lock, so a burst of triggers never interleaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from aigw.config.errors import ConfigDirectoryError, ConfigError, ConfigIssue
+from aigw.config.loader import discover, parse_route_file
+from aigw.config.model import RouteFile
+from aigw.lkg import LastKnownGood
+from aigw.logs import get_logger
+from aigw.route import CompiledRoute, compile_route
+from aigw.table import RouteTable, TableBuilder
+
+__all__ = ["FileState", "ReloadReport", "Reloader"]
+
+_log = get_logger("aigw.reload")
+
+Trigger = Literal["startup", "watch", "sighup", "check"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """How one route file stands after the latest reload.
+
+    Attributes:
+        name: File name in conf.d.
+        state: ``active`` (its current content serves), ``lkg`` (its current
+            content was refused; its last known good version serves) or
+            ``rejected`` (refused, and nothing of it serves).
+        route: The route name of the serving version.
+        digest: sha256 of the serving version.
+        accepted_at: When the serving version was accepted (Unix time).
+        error: Why the current content was refused.
+    """
+
+    name: str
+    state: Literal["active", "lkg", "rejected"]
+    route: str | None = None
+    digest: str | None = None
+    accepted_at: float | None = None
+    error: ConfigError | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The status-endpoint view of this file."""
+        return {
+            "state": self.state,
+            "route": self.route,
+            "digest": self.digest,
+            "accepted_at": _iso(self.accepted_at),
+            "error": [str(issue) for issue in self.error.issues] if self.error else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What one reload did.
+
+    Attributes:
+        trigger: What started it.
+        published: A new table was published.
+        generation: The generation serving after the reload.
+        added / changed / removed: File names whose content appeared, changed, vanished.
+        rejected: The refusals of this reload, one per file.
+        routes: Routes in the serving table.
+        build_ms: Time spent reading, validating and building.
+        error: Set when conf.d itself could not be read (nothing changed).
+    """
+
+    trigger: str
+    published: bool
+    generation: int
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    rejected: tuple[ConfigError, ...] = ()
+    routes: int = 0
+    build_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Serving:
+    file: RouteFile
+    raw: bytes
+    accepted_at: float
+
+
+@dataclass(slots=True)
+class _Scan:
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    parsed: dict[str, tuple[RouteFile, bytes]] = field(default_factory=dict)
+    refused: dict[str, ConfigError] = field(default_factory=dict)
+    seen: dict[str, str] = field(default_factory=dict)
+
+
+class Reloader:
+    """Owns the config state of one gateway and publishes its tables.
+
+    Args:
+        conf_dir: The route-file directory.
+        env: Variables for ``${VAR}``.
+        publish: Called with each new table (the gateway's ``swap``).
+        store: Last-known-good persistence; None disables it.
+        azure_base_url: Serve-time override of the Azure origin.
+    """
+
+    def __init__(
+        self,
+        conf_dir: Path,
+        env: Mapping[str, str],
+        *,
+        publish: Callable[[RouteTable], object] | None = None,
+        store: LastKnownGood | None = None,
+        azure_base_url: str | None = None,
+    ) -> None:
+        self.conf_dir = conf_dir
+        self._env = dict(env)
+        self._publish = publish
+        self._store = store
+        self._azure_base_url = azure_base_url
+        self._lock = asyncio.Lock()
+        self.generation = 0
+        self.table: RouteTable | None = None
+        self.last_report: ReloadReport | None = None
+        self.last_reload_at: float | None = None
+        self._seen: dict[str, str] = {}  # name -> digest of the content last read
+        self._serving: dict[str, _Serving] = {}  # name -> version that serves
+        self._refused: dict[str, ConfigError] = {}  # name -> why its content was refused
+        self._compiled: dict[tuple[str, str], CompiledRoute] = {}
+
+    # -- entry points -------------------------------------------------------
+
+    def load_initial(self, trigger: Trigger = "startup") -> ReloadReport:
+        """The first load: stored last-known-good versions back the current files.
+
+        Raises:
+            ConfigDirectoryError: conf.d cannot be read at all.
+        """
+        if self._store is not None:
+            for name, raw in self._store.load().items():
+                try:
+                    file = parse_route_file(str(self.conf_dir / name), raw, self._env)
+                except ConfigError:
+                    continue  # a stored copy that no longer validates (env changed) is no help
+                self._serving[name] = _Serving(file, raw, accepted_at=0.0)
+        return self._apply(self._scan(force=True), trigger, force=True)
+
+    async def reload(self, trigger: Trigger, *, force: bool = False) -> ReloadReport:
+        """Re-reads conf.d and publishes a new table if anything changed (or *force*)."""
+        async with self._lock:
+            try:
+                scan = await asyncio.to_thread(self._scan, force)
+            except ConfigDirectoryError as exc:
+                report = ReloadReport(
+                    trigger=trigger,
+                    published=False,
+                    generation=self.generation,
+                    routes=len(self.table.routes) if self.table else 0,
+                    error=exc.issues[0].reason,
+                )
+                _log.error(
+                    "config_reload_failed",
+                    conf_dir=str(self.conf_dir),
+                    reason=report.error,
+                    generation=self.generation,
+                )
+                self.last_report = report
+                return report
+            return self._apply(scan, trigger, force=force)
+
+    def files(self) -> list[FileState]:
+        """The state of every file known to the last reload, by name."""
+        states: list[FileState] = []
+        for name in sorted(self._seen.keys() | self._serving.keys() | self._refused.keys()):
+            serving = self._serving.get(name)
+            error = self._refused.get(name)
+            if serving is None:
+                states.append(FileState(name=name, state="rejected", error=error))
+                continue
+            states.append(
+                FileState(
+                    name=name,
+                    state="lkg" if error is not None else "active",
+                    route=serving.file.route.name,
+                    digest=serving.file.digest,
+                    accepted_at=serving.accepted_at or None,
+                    error=error,
+                )
+            )
+        return states
+
+    @property
+    def degraded(self) -> bool:
+        """Some file in conf.d does not serve its current content."""
+        return bool(self._refused)
+
+    def status(self) -> dict[str, Any]:
+        """The JSON document of the admin status endpoint."""
+        report = self.last_report
+        return {
+            "generation": self.generation,
+            "degraded": self.degraded,
+            "routes": len(self.table.routes) if self.table else 0,
+            "conf_dir": str(self.conf_dir),
+            "last_reload": None
+            if report is None
+            else {
+                "at": _iso(self.last_reload_at),
+                "trigger": report.trigger,
+                "published": report.published,
+                "generation": report.generation,
+                "build_ms": report.build_ms,
+                "error": report.error,
+            },
+            "files": {state.name: state.as_json() for state in self.files()},
+        }
+
+    # -- the pipeline -------------------------------------------------------
+
+    def _scan(self, force: bool) -> _Scan:
+        """Reads conf.d; parses only what changed. Runs in a worker thread."""
+        scan = _Scan()
+        for path in discover(self.conf_dir):
+            name = path.name
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:  # replaced or removed since discover()
+                reason = f"cannot read file: {exc.strerror or type(exc).__name__}"
+                scan.refused[name] = ConfigError((ConfigIssue(str(path), "", reason),))
+                scan.seen[name] = ""
+                continue
+            digest = hashlib.sha256(raw).hexdigest()
+            scan.seen[name] = digest
+            previous = self._seen.get(name)
+            if previous is None:
+                scan.added.append(name)
+            elif previous != digest:
+                scan.changed.append(name)
+            elif not force:
+                continue
+            try:
+                scan.parsed[name] = (parse_route_file(str(path), raw, self._env), raw)
+            except ConfigError as exc:
+                scan.refused[name] = exc
+        scan.removed = sorted(self._seen.keys() - scan.seen.keys())
+        if force:
+            # After a restart the stored versions of deleted files are stale.
+            scan.removed += sorted(self._serving.keys() - scan.seen.keys() - set(scan.removed))
+        return scan
+
+    def _apply(self, scan: _Scan, trigger: Trigger, *, force: bool) -> ReloadReport:
+        started = time.perf_counter()
+        if not (scan.added or scan.changed or scan.removed or force):
+            self._seen = scan.seen
+            return ReloadReport(
+                trigger=trigger,
+                published=False,
+                generation=self.generation,
+                routes=len(self.table.routes) if self.table else 0,
+            )
+        serving = {n: s for n, s in self._serving.items() if n not in scan.removed}
+        refused = {
+            n: e for n, e in self._refused.items() if n not in scan.removed and n not in scan.parsed
+        }
+        refused.update(scan.refused)
+        builder = TableBuilder(self._compile)
+        # Incumbents first: a file whose serving version is not being replaced
+        # keeps its paths against any newcomer.
+        for name in sorted(serving):
+            if name not in scan.parsed:
+                error = builder.offer(serving[name].file)
+                if error is not None:  # cannot happen for a consistent previous table
+                    refused[name] = error
+                    del serving[name]
+        now = time.time()
+        accepted: list[str] = []
+        for name in sorted(scan.parsed):
+            file, raw = scan.parsed[name]
+            error = builder.offer(file)
+            if error is None:
+                serving[name] = _Serving(file, raw, now)
+                refused.pop(name, None)
+                accepted.append(name)
+                continue
+            refused[name] = error
+            fallback = serving.get(name)
+            if fallback is not None and builder.offer(fallback.file) is not None:
+                del serving[name]
+        self.generation += 1
+        table = builder.build(self.generation)
+        self._seen, self._serving, self._refused = scan.seen, serving, refused
+        self._compiled = {
+            (s.file.source, s.file.digest): self._compiled[(s.file.source, s.file.digest)]
+            for s in serving.values()
+        }
+        self.table = table
+        if self._publish is not None:
+            self._publish(table)
+        if self._store is not None:
+            for name in accepted:
+                self._store.save(name, serving[name].raw)
+            for name in scan.removed:
+                self._store.delete(name)
+        report = ReloadReport(
+            trigger=trigger,
+            published=True,
+            generation=self.generation,
+            added=tuple(scan.added),
+            changed=tuple(scan.changed),
+            removed=tuple(scan.removed),
+            rejected=tuple(
+                refused[n] for n in sorted(refused) if n in scan.refused or n in scan.parsed
+            ),
+            routes=len(table.routes),
+            build_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        self.last_report = report
+        self.last_reload_at = now
+        _log_report(report, self.files())
+        return report
+
+    def _compile(self, file: RouteFile) -> CompiledRoute:
+        key = (file.source, file.digest)
+        route = self._compiled.get(key)
+        if route is None:
+            route = compile_route(file, azure_base_url=self._azure_base_url)
+            self._compiled[key] = route
+        return route
+
+
+def _log_report(report: ReloadReport, files: list[FileState]) -> None:
+    for error in report.rejected:
+        _log.error(
+            "config_rejected",
+            file=error.source,
+            issues=[str(issue) for issue in error.issues],
+            generation=report.generation,
+            serving="last known good"
+            if any(f.state == "lkg" and error.source.endswith(f.name) for f in files)
+            else "nothing",
+        )
+    _log.info(
+        "config_reload",
+        trigger=report.trigger,
+        generation=report.generation,
+        added=list(report.added),
+        changed=list(report.changed),
+        removed=list(report.removed),
+        rejected=[
+            {"file": e.source, "issues": [str(i) for i in e.issues]} for e in report.rejected
+        ],
+        routes=report.routes,
+        build_ms=report.build_ms,
+        degraded=any(f.state != "active" for f in files),
+    )
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if not timestamp:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

@@ -1,0 +1,210 @@
+"""The reloader on its own: per-file last known good, incumbents, no-op reloads, restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aigw.config.errors import ConfigDirectoryError
+from aigw.lkg import LastKnownGood
+from aigw.reload import Reloader
+from aigw.table import RouteTable
+
+ENV = {"KEY": "azure-key-123456", "INSTANCE": "res"}
+
+
+def route_file(name: str, deployment: str = "gpt-4o", path: str | None = None) -> str:
+    path = path or f"/openai/deployments/{name}/chat/completions"
+    return f"""route:
+  name: {name}
+  paths: [{path}]
+plugins:
+  - name: ai-proxy-advanced
+    config:
+      targets:
+        - route_type: llm/v1/chat
+          auth: {{header_name: api-key, header_value: "${{KEY}}"}}
+          model:
+            provider: azure
+            name: {name}
+            options: {{azure_instance: "${{INSTANCE}}", azure_deployment_id: {deployment}}}
+"""
+
+
+class Published:
+    def __init__(self) -> None:
+        self.tables: list[RouteTable] = []
+
+    def __call__(self, table: RouteTable) -> None:
+        self.tables.append(table)
+
+
+def reloader(conf: Path, state: Path | None = None) -> tuple[Reloader, Published]:
+    published = Published()
+    store = LastKnownGood(state) if state is not None else None
+    return Reloader(conf, ENV, publish=published, store=store), published
+
+
+def served(r: Reloader) -> dict[str, str | None]:
+    """Route name -> upstream deployment, as the current table serves them."""
+    assert r.table is not None
+    return {route.name: route.target.deployment for route in r.table.routes}
+
+
+def states(r: Reloader) -> dict[str, str]:
+    return {f.name: f.state for f in r.files()}
+
+
+async def test_initial_load_and_unchanged_reload_publishes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    r, published = reloader(tmp_path)
+    report = r.load_initial()
+    assert report.published and report.generation == 1 and report.added == ("a.yaml",)
+    (tmp_path / "a.yaml").write_text(route_file("a"))  # same bytes, new mtime
+    report = await r.reload("watch")
+    assert not report.published and r.generation == 1
+    assert len(published.tables) == 1
+
+
+async def test_change_add_remove(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / "a.yaml").write_text(route_file("a", deployment="gpt-4.1-mini"))
+    (tmp_path / "b.yaml").write_text(route_file("b"))
+    report = await r.reload("watch")
+    assert (report.added, report.changed, report.generation) == (("b.yaml",), ("a.yaml",), 2)
+    assert served(r) == {"a": "gpt-4.1-mini", "b": "gpt-4o"}
+    (tmp_path / "a.yaml").unlink()
+    report = await r.reload("watch")
+    assert report.removed == ("a.yaml",)
+    assert served(r) == {"b": "gpt-4o"}
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        ("route: [unclosed\n", "a.yaml:"),
+        (route_file("a").replace("header_value", "header_vaule"), "header_vaule"),
+        (route_file("a").replace("${KEY}", "${MISSING_VAR}"), "MISSING_VAR"),
+        ("route:\n  name: a\n", "plugins"),  # half-written: valid YAML, fields missing
+    ],
+)
+async def test_broken_change_keeps_last_known_good(
+    tmp_path: Path, broken: str, reason: str
+) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    (tmp_path / "b.yaml").write_text(route_file("b"))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / "a.yaml").write_text(broken)
+    (tmp_path / "b.yaml").write_text(route_file("b", deployment="gpt-4.1-mini"))
+    report = await r.reload("watch")
+    assert served(r) == {"a": "gpt-4o", "b": "gpt-4.1-mini"}  # b's change still applies
+    assert states(r) == {"a.yaml": "lkg", "b.yaml": "active"}
+    (error,) = report.rejected
+    assert reason in str(error)
+    assert r.status()["files"]["a.yaml"]["error"] and r.degraded
+    (tmp_path / "a.yaml").write_text(route_file("a", deployment="gpt-4.1-mini"))
+    await r.reload("watch")
+    assert states(r) == {"a.yaml": "active", "b.yaml": "active"} and not r.degraded
+    assert served(r)["a"] == "gpt-4.1-mini"
+
+
+async def test_new_broken_file_is_rejected_and_serves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / "n.yaml").write_text("route: [\n")
+    await r.reload("watch")
+    assert states(r) == {"a.yaml": "active", "n.yaml": "rejected"}
+    assert served(r) == {"a": "gpt-4o"}
+
+
+@pytest.mark.parametrize("newcomer", ["0-new.yaml", "z-new.yaml"])
+async def test_incumbent_keeps_its_path_whatever_the_names(tmp_path: Path, newcomer: str) -> None:
+    shared = "/openai/deployments/shared/chat/completions"
+    (tmp_path / "m.yaml").write_text(route_file("m", path=shared))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / newcomer).write_text(route_file("new", path=shared, deployment="gpt-4.1-mini"))
+    report = await r.reload("watch")
+    assert served(r) == {"m": "gpt-4o"}
+    assert "already claimed by" in str(report.rejected[0])
+    assert str(tmp_path / "m.yaml") in str(report.rejected[0])
+    assert states(r)[newcomer] == "rejected"
+
+
+async def test_at_start_up_the_lexically_first_file_wins_a_conflict(tmp_path: Path) -> None:
+    shared = "/openai/deployments/shared/chat/completions"
+    (tmp_path / "b.yaml").write_text(route_file("b", path=shared))
+    (tmp_path / "a.yaml").write_text(route_file("a", path=shared))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    assert served(r) == {"a": "gpt-4o"}
+    assert states(r) == {"a.yaml": "active", "b.yaml": "rejected"}
+
+
+async def test_changed_file_that_conflicts_keeps_its_previous_version(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    (tmp_path / "b.yaml").write_text(route_file("b"))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / "b.yaml").write_text(route_file("b", path="/openai/deployments/a/chat/completions"))
+    await r.reload("watch")
+    assert served(r) == {"a": "gpt-4o", "b": "gpt-4o"}
+    assert states(r) == {"a.yaml": "active", "b.yaml": "lkg"}
+
+
+async def test_duplicate_route_name_is_a_conflict(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    (tmp_path / "b.yaml").write_text(route_file("a").replace("deployments/a/", "deployments/x/"))
+    r, _ = reloader(tmp_path)
+    report = r.load_initial()
+    assert "route name `a` is already used by" in str(report.rejected[0])
+
+
+async def test_force_reload_republishes_unchanged_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    r, published = reloader(tmp_path)
+    r.load_initial()
+    report = await r.reload("sighup", force=True)
+    assert report.published and report.generation == 2
+    assert report.changed == () and report.added == ()
+    # Unchanged files are not recompiled: the same compiled route object serves.
+    assert published.tables[0].routes[0] is published.tables[1].routes[0]
+
+
+async def test_restart_with_a_broken_file_serves_its_last_known_good(tmp_path: Path) -> None:
+    conf, state = tmp_path / "conf.d", tmp_path / "state"
+    conf.mkdir()
+    (conf / "a.yaml").write_text(route_file("a"))
+    (conf / "gone.yaml").write_text(route_file("gone"))
+    first, _ = reloader(conf, state)
+    first.load_initial()
+    (conf / "a.yaml").write_text("route: [broken\n")
+    (conf / "gone.yaml").unlink()
+    # The process restarts: a fresh reloader over the same state directory.
+    second, _ = reloader(conf, state)
+    report = second.load_initial()
+    assert served(second) == {"a": "gpt-4o"}
+    assert states(second) == {"a.yaml": "lkg"}
+    assert second.degraded and report.rejected
+    assert sorted(p.name for p in (state / "lkg").iterdir()) == ["a.yaml"]
+    assert b"${KEY}" in (state / "lkg" / "a.yaml").read_bytes()  # stored unresolved
+
+
+async def test_missing_directory(tmp_path: Path) -> None:
+    r, _ = reloader(tmp_path / "nope")
+    with pytest.raises(ConfigDirectoryError):
+        r.load_initial()
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "a.yaml").write_text(route_file("a"))
+    r, _ = reloader(tmp_path / "conf")
+    r.load_initial()
+    (tmp_path / "conf" / "a.yaml").unlink()
+    (tmp_path / "conf").rmdir()
+    report = await r.reload("watch")
+    assert report.error and not report.published
+    assert served(r) == {"a": "gpt-4o"}  # the whole last table keeps serving

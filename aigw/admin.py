@@ -9,23 +9,30 @@ from __future__ import annotations
 import os
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from aigw.metrics import METRICS
 from aigw.reload import Reloader
 
 __all__ = ["build_admin_app"]
 
 
 def build_admin_app(reloader: Reloader) -> web.Application:
-    """``GET /status`` (config state as JSON) and ``GET /healthz``."""
+    """``GET /status`` (config state as JSON), ``GET /metrics`` and ``GET /healthz``."""
     pid = os.getpid()
 
     async def status(_request: web.Request) -> web.Response:
         return web.json_response({**reloader.status(), "pid": pid})
+
+    async def metrics(_request: web.Request) -> web.Response:
+        body = generate_latest(METRICS.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "degraded": reloader.degraded})
 
     app = web.Application()
     app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app

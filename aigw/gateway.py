@@ -13,6 +13,8 @@ connection an in-flight stream is using.
 
 from __future__ import annotations
 
+from functools import partial
+
 from aiohttp import ClientSession, web
 
 from aigw.chain.access_log import access_log
@@ -22,6 +24,7 @@ from aigw.chain.info import UNMATCHED
 from aigw.chain.request_id import request_id
 from aigw.errors import BadRequest, MethodNotAllowed, RouteNotFound
 from aigw.logs import scrubber
+from aigw.metrics import METRICS
 from aigw.route import compile_chain
 from aigw.routing import InvalidPath, Match, normalize_request_path
 from aigw.table import RouteTable
@@ -39,7 +42,7 @@ async def _raise_preset(ex: Exchange) -> web.StreamResponse:
 _UNMATCHED_CHAIN = compile_chain(
     [
         ("request_id", request_id),
-        ("access_log", lambda next_: access_log(UNMATCHED, next_)),
+        ("access_log", partial(access_log, UNMATCHED, METRICS.for_route("-", None))),
         ("error_responses", lambda next_: error_responses(UNMATCHED, next_)),
     ],
     _raise_preset,

@@ -31,6 +31,7 @@ from aigw.config.loader import discover, parse_route_file
 from aigw.config.model import RouteFile
 from aigw.lkg import LastKnownGood
 from aigw.logs import get_logger
+from aigw.metrics import METRICS
 from aigw.route import CompiledRoute, compile_route
 from aigw.table import RouteTable, TableBuilder
 
@@ -190,6 +191,7 @@ class Reloader:
                     generation=self.generation,
                 )
                 self.last_report = report
+                METRICS.config_reloads.labels("failed").inc()
                 return report
             return self._apply(scan, trigger, force=force)
 
@@ -277,6 +279,7 @@ class Reloader:
         started = time.perf_counter()
         if not (scan.added or scan.changed or scan.removed or force):
             self._seen = scan.seen
+            METRICS.config_reloads.labels("unchanged").inc()
             return ReloadReport(
                 trigger=trigger,
                 published=False,
@@ -341,6 +344,10 @@ class Reloader:
         )
         self.last_report = report
         self.last_reload_at = now
+        METRICS.config_reloads.labels("published").inc()
+        METRICS.config_generation.set(self.generation)
+        METRICS.config_rejected_files.set(len(refused))
+        METRICS.routes.set(len(table.routes))
         _log_report(report, self.files())
         return report
 

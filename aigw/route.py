@@ -18,6 +18,7 @@ from aigw.chain.exchange import Handler
 from aigw.chain.info import RouteInfo
 from aigw.chain.request_id import request_id
 from aigw.config.model import RouteFile
+from aigw.metrics import METRICS
 from aigw.upstream.relay import make_relay
 from aigw.upstream.target import UpstreamTarget, compile_target
 
@@ -77,9 +78,10 @@ def compile_route(file: RouteFile, *, azure_base_url: str | None = None) -> Comp
         log_payloads=target_config.logging.log_payloads,
     )
     target = compile_target(target_config, azure_base_url=azure_base_url)
+    metrics = METRICS.for_route(info.name, info.model)
     stages: list[Stage] = [
         ("request_id", request_id),
-        ("access_log", partial(access_log, info)),
+        ("access_log", partial(access_log, info, metrics)),
         ("error_responses", partial(error_responses, info)),
         ("body_checks", partial(body_checks, proxy, target_config)),
         ("credentials", partial(credentials, target_config.auth)),
@@ -89,6 +91,7 @@ def compile_route(file: RouteFile, *, azure_base_url: str | None = None) -> Comp
         require_done=target_config.route_type in _DONE_TERMINATED,
         model_header=proxy.model_name_header,
         capture_body=target_config.logging.log_payloads,
+        streams_in_flight=metrics.streams_in_flight,
     )
     return CompiledRoute(
         info=info,

@@ -11,6 +11,7 @@ from aiohttp import web
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.info import RouteInfo
 from aigw.logs import get_logger
+from aigw.metrics import RouteMetrics
 
 __all__ = ["access_log"]
 
@@ -19,11 +20,25 @@ _log = get_logger("aigw.access")
 _CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
 
 
-def access_log(info: RouteInfo, next_: Handler) -> Handler:
-    """Logs the request once it has been answered, cancelled or has failed.
+_UPSTREAM_FAILURES = frozenset(
+    {
+        "upstream_timeout",
+        "upstream_tls_error",
+        "upstream_unreachable",
+        "upstream_error",
+        "upstream_redirect",
+        "upstream_idle_timeout",
+        "upstream_reset",
+        "upstream_truncated",
+    }
+)
 
-    The route's static fields are bound here, at compile time; per request only
-    the measured values are added.
+
+def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handler:
+    """Logs and counts the request once it has been answered, cancelled or has failed.
+
+    The route's static fields and metric children are bound here, at compile
+    time; per request only the measured values are added.
     """
     static: dict[str, Any] = {"route": info.name, "provider": info.provider}
     if info.log_statistics:
@@ -48,8 +63,27 @@ def access_log(info: RouteInfo, next_: Handler) -> Handler:
             raise
         finally:
             _emit(ex, info, static, status)
+            _count(ex, metrics, status)
 
     return stage
+
+
+def _count(ex: Exchange, metrics: RouteMetrics, status: int) -> None:
+    metrics.count(status)
+    metrics.latency.observe((time.perf_counter_ns() - ex.started_ns) / 1e9)
+    if ex.upstream_sent_ns is not None and ex.upstream_headers_ns is not None:
+        metrics.upstream_latency.observe((ex.upstream_headers_ns - ex.upstream_sent_ns) / 1e9)
+    if ex.first_token_ns is not None:
+        metrics.ttft.observe((ex.first_token_ns - ex.started_ns) / 1e9)
+    usage = ex.usage
+    if usage:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and prompt > 0:
+            metrics.prompt_tokens.inc(prompt)
+        if isinstance(completion, int) and completion > 0:
+            metrics.completion_tokens.inc(completion)
+    if ex.outcome in _UPSTREAM_FAILURES:
+        metrics.upstream_error(ex.outcome)
 
 
 def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) -> None:

@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
+from prometheus_client import Gauge
 
 from aigw.chain.exchange import Exchange, Handler
 from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
@@ -44,7 +45,12 @@ _decoder = json.JSONDecoder()
 
 
 def make_relay(
-    target: UpstreamTarget, *, require_done: bool, model_header: bool, capture_body: bool = False
+    target: UpstreamTarget,
+    *,
+    require_done: bool,
+    model_header: bool,
+    capture_body: bool = False,
+    streams_in_flight: Gauge | None = None,
 ) -> Handler:
     """Builds the terminal handler for one route.
 
@@ -55,6 +61,7 @@ def make_relay(
         model_header: Add ``X-AIGW-LLM-Model`` to successful responses.
         capture_body: Keep the response body for the access log
             (``log_payloads``); streams are then accumulated as relayed.
+        streams_in_flight: Gauge child counting this route's open streams.
     """
     label = target.label
 
@@ -74,7 +81,15 @@ def make_relay(
             if model_header and status < 300:
                 headers[MODEL_HEADER] = label
             if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-                response = await _relay_stream(ex, upstream, headers, require_done, capture_body)
+                if streams_in_flight is None:
+                    response = await _relay_stream(
+                        ex, upstream, headers, require_done, capture_body
+                    )
+                else:
+                    with streams_in_flight.track_inprogress():
+                        response = await _relay_stream(
+                            ex, upstream, headers, require_done, capture_body
+                        )
             else:
                 response = await _relay_body(ex, upstream, headers, capture_body)
             healthy = True

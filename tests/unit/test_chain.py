@@ -10,6 +10,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from aigw.chain.access_log import access_log
@@ -28,6 +29,7 @@ from aigw.config.model import (
     TargetConfig,
 )
 from aigw.errors import BadRequest, PayloadTooLarge
+from aigw.metrics import Metrics
 
 INFO = RouteInfo(
     name="r",
@@ -37,6 +39,10 @@ INFO = RouteInfo(
     deployment="gpt-4o",
     route_type="llm/v1/chat",
 )
+
+
+METRICS = Metrics(CollectorRegistry())
+ROUTE_METRICS = METRICS.for_route("r", "gpt-4o")
 
 
 class _Payload:
@@ -246,7 +252,7 @@ async def test_unexpected_exception_is_a_500_without_details() -> None:
 
 async def test_access_log_one_line_per_request_with_fields() -> None:
     with capture_logs() as logs:
-        await access_log(INFO, Recorder())(exchange(CHAT))
+        await access_log(INFO, ROUTE_METRICS, Recorder())(exchange(CHAT))
     (line,) = logs
     assert line["event"] == "request"
     assert (line["route"], line["status"], line["model"]) == ("r", 200, "gpt-4o")
@@ -258,5 +264,24 @@ async def test_access_log_records_client_disconnect() -> None:
         raise asyncio.CancelledError
 
     with capture_logs() as logs, pytest.raises(asyncio.CancelledError):
-        await access_log(INFO, cancelled)(exchange())
+        await access_log(INFO, ROUTE_METRICS, cancelled)(exchange())
     assert (logs[0]["status"], logs[0]["outcome"]) == (499, "client_disconnect")
+
+
+async def test_access_log_counts_requests_latency_and_tokens() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry).for_route("r", "gpt-4o")
+
+    async def answered(ex: Exchange) -> web.StreamResponse:
+        ex.usage = {"prompt_tokens": 7, "completion_tokens": 5}
+        return web.Response(status=200)
+
+    with capture_logs():
+        await access_log(INFO, metrics, answered)(exchange(CHAT))
+        await access_log(INFO, metrics, answered)(exchange(CHAT))
+    labels = {"route": "r", "status": "200", "model": "gpt-4o"}
+    assert registry.get_sample_value("aigw_requests_total", labels) == 2
+    tokens = {"route": "r", "model": "gpt-4o", "kind": "completion"}
+    assert registry.get_sample_value("aigw_tokens_total", tokens) == 10
+    count = registry.get_sample_value("aigw_request_duration_seconds_count", {"route": "r"})
+    assert count == 2

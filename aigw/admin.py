@@ -17,12 +17,12 @@ from aigw.reload import Reloader
 __all__ = ["build_admin_app"]
 
 
-def build_admin_app(reloader: Reloader) -> web.Application:
+def build_admin_app(reloader: Reloader, *, worker: int | None = None) -> web.Application:
     """``GET /status`` (config state as JSON), ``GET /metrics`` and ``GET /healthz``."""
     pid = os.getpid()
 
     async def status(_request: web.Request) -> web.Response:
-        return web.json_response({**reloader.status(), "pid": pid})
+        return web.json_response({**reloader.status(), "pid": pid, "worker": worker})
 
     async def metrics(_request: web.Request) -> web.Response:
         body = generate_latest(METRICS.registry)

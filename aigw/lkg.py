@@ -40,7 +40,8 @@ class LastKnownGood:
     def save(self, name: str, data: bytes) -> None:
         """Stores *data* as the accepted version of *name*, atomically."""
         target = self.directory / name
-        temporary = self.directory / f".{name}.tmp"
+        # Unique per process: with --workers N every worker writes the same files.
+        temporary = self.directory / f".{name}.{os.getpid()}.tmp"
         try:
             with open(temporary, "wb") as handle:
                 handle.write(data)

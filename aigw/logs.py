@@ -16,12 +16,13 @@ import json
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
-__all__ = ["SecretScrubber", "configure_logging", "get_logger", "scrubber"]
+__all__ = ["LogFile", "SecretScrubber", "configure_logging", "get_logger", "scrubber"]
 
 _REDACTED = "[REDACTED]"
 
@@ -72,7 +73,40 @@ scrubber = SecretScrubber()
 """The process-wide scrubber; the gateway refreshes it on every table swap."""
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+class LogFile:
+    """An append-only log file that can be reopened (logrotate's ``postrotate`` sends SIGUSR1).
+
+    structlog's logger binds ``write`` of the object it is given once, so it is
+    given this wrapper, whose ``write`` always goes to the current file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = self._open()
+
+    def _open(self) -> TextIO:
+        return open(self.path, "a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        """Appends *text* to the current file."""
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        """Flushes the current file."""
+        self._file.flush()
+
+    def reopen(self) -> None:
+        """Switches to a freshly opened file at the same path (after a rotation)."""
+        fresh = self._open()
+        stale, self._file = self._file, fresh
+        stale.close()
+
+    def close(self) -> None:
+        """Closes the current file."""
+        self._file.close()
+
+
+def configure_logging(level: str = "info", stream: TextIO | LogFile | None = None) -> None:
     """Configures structlog to write JSON lines to *stream* (stdout by default)."""
     structlog.configure(
         processors=[
@@ -88,7 +122,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        # type: ignore: LogFile provides the write/flush part of TextIO that structlog uses.
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 

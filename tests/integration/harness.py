@@ -105,10 +105,13 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         listen: str = "127.0.0.1:0",
         command: Sequence[str] = ("serve",),
+        ready_from: Path | None = None,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="aigw-gw-")
-        self.log_path = Path(self._dir.name) / "aigw.log"
-        self._out = open(self.log_path, "wb")  # noqa: SIM115
+        self.output_path = Path(self._dir.name) / "aigw.log"
+        # Where the JSON log lines go: stdout, unless the gateway has --log-file.
+        self.log_path = ready_from or self.output_path
+        self._out = open(self.output_path, "wb")  # noqa: SIM115
         full_env = {**os.environ, **(env or {})}
         if command == ("serve",) and "--admin-listen" not in extra:
             extra = ("--admin-listen", "127.0.0.1:0", *extra)
@@ -136,7 +139,7 @@ class GatewayProcess:
 
     def _listening(self) -> dict[str, Any] | None:
         if self.proc.poll() is not None:
-            raise AssertionError(f"aigw exited early:\n{self.log_path.read_text()}")
+            raise AssertionError(f"aigw exited early:\n{self.output_path.read_text()}")
         for event in self.events():
             if event.get("event") == "listening":
                 return event
@@ -144,7 +147,9 @@ class GatewayProcess:
 
     def events(self) -> list[dict[str, Any]]:
         """Every JSON log line written so far."""
-        events = []
+        events: list[dict[str, Any]] = []
+        if not self.log_path.exists():
+            return events
         for line in self.log_path.read_text().splitlines():
             line = line.strip()
             if line.startswith("{"):
@@ -160,7 +165,7 @@ class GatewayProcess:
 
     def raw_log(self) -> str:
         """Everything the process wrote to stdout and stderr."""
-        return self.log_path.read_text()
+        return self.output_path.read_text()
 
     def access_log(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """The access-log line of one request, waiting for it to be written."""

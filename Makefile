@@ -31,3 +31,14 @@ test: lint typecheck
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Install as a systemd service: README, "Run it as a systemd service".
+PREFIX ?= /opt/aigw
+DESTDIR ?=
+
+.PHONY: install uninstall
+install:
+	sh systemd/install.sh --prefix "$(PREFIX)" --destdir "$(DESTDIR)"
+
+uninstall:
+	sh systemd/install.sh --uninstall --prefix "$(PREFIX)" --destdir "$(DESTDIR)"

@@ -830,7 +830,7 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").rstrip("\r\n")
 
 
-def journal_command(executable: str, unit: str, *, follow: bool, lines: int | None) -> list[str]:
+def _journal_command(executable: str, unit: str, *, follow: bool, lines: int | None) -> list[str]:
     """The ``journalctl`` command line that prints *unit*'s log messages as logged."""
     command = [executable, "--unit", unit, "--output", "cat", "--no-pager"]
     if lines is not None:
@@ -1009,7 +1009,7 @@ def _run_journal(args: argparse.Namespace, flt: Filter, *, color: bool) -> int:
         )
         return 2
     follow = args.follow is not False  # the journal is followed unless --no-follow
-    command = journal_command(executable, args.journal, follow=follow, lines=args.lines)
+    command = _journal_command(executable, args.journal, follow=follow, lines=args.lines)
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     except OSError as exc:

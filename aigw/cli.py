@@ -9,13 +9,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from aigw import __version__
 from aigw.config.errors import ConfigError
 from aigw.listener import ListenerSettings
-from aigw.logs import configure_logging
+from aigw.logs import LogFile, configure_logging
 from aigw.reload import Reloader
 from aigw.server import ServeSettings, serve
+from aigw.systemd import Notifier
 from aigw.table import RouteTable
+from aigw.tail import register as register_tail
+from aigw.tail import run as run_tail
+from aigw.workers import Supervisor
 
 __all__ = ["main"]
 
@@ -42,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--conf-dir", type=Path, default=Path("conf.d"))
     check.add_argument("--azure-base-url", default=None, help=argparse.SUPPRESS)
+
+    register_tail(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -95,6 +103,29 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
         help="files must be unchanged this long before a reload reads them",
     )
     cmd.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, let in-flight requests and streams finish for up to this long",
+    )
+    cmd.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N gateway processes sharing the port (SO_REUSEPORT); worker i's admin "
+        "port is the admin port + i",
+    )
+    cmd.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    cmd.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the JSON log lines here instead of stdout; SIGUSR1 reopens it (logrotate)",
+    )
+    cmd.add_argument(
         "--header-timeout",
         type=float,
         default=10.0,
@@ -105,18 +136,29 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
 
 def _settings(args: argparse.Namespace) -> ServeSettings:
     host, port = args.listen
+    worker = args.worker_index
     admin = None
     if args.admin_listen != "off":
         admin_host, admin_port = _listen_address(args.admin_listen)
+        if worker is not None and admin_port:
+            admin_port += worker
         admin = ListenerSettings(host=admin_host, port=admin_port)
+    listener = ListenerSettings(
+        host=host,
+        port=port,
+        header_timeout=args.header_timeout,
+        shutdown_timeout=args.drain_timeout,
+        reuse_port=worker is not None,
+    )
     return ServeSettings(
         conf_dir=args.conf_dir,
-        listener=ListenerSettings(host=host, port=port, header_timeout=args.header_timeout),
+        listener=listener,
         admin=admin,
         state_dir=args.state_dir,
         azure_base_url=args.azure_base_url,
         watch=args.watch,
         settle_ms=args.settle_ms,
+        worker=worker,
     )
 
 
@@ -158,9 +200,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The report is the output; the reloader's own log events would repeat it.
         configure_logging("critical", stream=sys.stderr)
         return _check(args)
-    configure_logging(args.log_level)
+    if args.command == "tail":
+        return run_tail(args)
+    log_file = LogFile(args.log_file) if args.log_file is not None else None
+    configure_logging(args.log_level, stream=log_file)
+    if args.worker_index is not None:
+        structlog.contextvars.bind_contextvars(worker=args.worker_index)
+    if args.command == "serve" and args.workers > 1:
+        if args.listen[1] == 0:
+            print("error: --workers needs a fixed --listen port", file=sys.stderr)
+            return 2
+        supervisor = Supervisor(
+            list(argv if argv is not None else sys.argv[1:]),
+            args.workers,
+            args.drain_timeout,
+            Notifier.from_env(),
+        )
+        return asyncio.run(supervisor.run())
     if args.command == "serve":
-        return asyncio.run(serve(_settings(args)))
+        return asyncio.run(serve(_settings(args), log_file=log_file))
     from aigw.demo import run_demo
 
     return asyncio.run(run_demo(_settings(args), once=args.once))

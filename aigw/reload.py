@@ -153,6 +153,8 @@ class Reloader:
         self._serving: dict[str, _Serving] = {}  # name -> version that serves
         self._refused: dict[str, ConfigError] = {}  # name -> why its content was refused
         self._compiled: dict[tuple[str, str], CompiledRoute] = {}
+        # name -> a valid version refused only because another file holds its path
+        self._blocked: dict[str, tuple[RouteFile, bytes]] = {}
 
     # -- entry points -------------------------------------------------------
 
@@ -292,18 +294,38 @@ class Reloader:
         }
         refused.update(scan.refused)
         builder = TableBuilder(self._compile)
-        # Incumbents first: a file whose serving version is not being replaced
-        # keeps its paths against any newcomer.
-        for name in sorted(serving):
-            if name not in scan.parsed:
-                error = builder.offer(serving[name].file)
-                if error is not None:  # cannot happen for a consistent previous table
-                    refused[name] = error
-                    del serving[name]
         now = time.time()
+        # A forced reload (SIGHUP) parses every file again; one whose content
+        # did not change stays an incumbent, not a newcomer.
+        fresh = {*scan.added, *scan.changed}
+        candidates = {
+            name: version
+            for name, version in scan.parsed.items()
+            if name in fresh
+            or name not in serving
+            or serving[name].file.digest != version[0].digest
+        }
+        # Valid files refused earlier only for a conflict get another chance:
+        # the file that held their path may be gone now.
+        for name, version in self._blocked.items():
+            if name not in scan.removed and name not in scan.parsed and name not in scan.refused:
+                candidates[name] = version
+        # 1. Incumbents: files whose serving version stays keep their paths.
+        for name in sorted(serving.keys() - candidates.keys()):
+            error = builder.offer(serving[name].file)
+            if error is not None:  # cannot happen for a consistent previous table
+                refused[name] = error
+                del serving[name]
+        # 2. Files that serve now and have a new version: the new version if it
+        #    fits, else their last known good one; before any newcomer, so an
+        #    active route keeps its path even when it changes in the same batch.
+        # 3. Newcomers, in lexical order (at start-up the first file wins).
+        in_service = sorted(n for n in candidates if n in serving)
+        newcomers = sorted(n for n in candidates if n not in serving)
         accepted: list[str] = []
-        for name in sorted(scan.parsed):
-            file, raw = scan.parsed[name]
+        blocked: dict[str, tuple[RouteFile, bytes]] = {}
+        for name in in_service + newcomers:
+            file, raw = candidates[name]
             error = builder.offer(file)
             if error is None:
                 serving[name] = _Serving(file, raw, now)
@@ -311,9 +333,11 @@ class Reloader:
                 accepted.append(name)
                 continue
             refused[name] = error
+            blocked[name] = (file, raw)
             fallback = serving.get(name)
             if fallback is not None and builder.offer(fallback.file) is not None:
                 del serving[name]
+        self._blocked = blocked
         self.generation += 1
         table = builder.build(self.generation)
         self._seen, self._serving, self._refused = scan.seen, serving, refused
@@ -368,7 +392,7 @@ def _log_report(report: ReloadReport, files: list[FileState]) -> None:
             issues=[str(issue) for issue in error.issues],
             generation=report.generation,
             serving="last known good"
-            if any(f.state == "lkg" and error.source.endswith(f.name) for f in files)
+            if any(f.state == "lkg" and Path(error.source).name == f.name for f in files)
             else "nothing",
         )
     _log.info(

@@ -16,8 +16,9 @@ from aigw.config.errors import ConfigError
 from aigw.gateway import Gateway
 from aigw.listener import Listener, ListenerSettings, start_listener
 from aigw.lkg import LastKnownGood
-from aigw.logs import get_logger
+from aigw.logs import LogFile, get_logger
 from aigw.reload import Reloader
+from aigw.systemd import Notifier
 from aigw.table import RouteTable
 from aigw.watch import watch_conf_dir
 
@@ -41,6 +42,7 @@ class ServeSettings:
         pool_size: Upper bound on open upstream connections.
         watch: Reload when conf.d changes.
         settle_ms: How long files must stay unchanged before a reload reads them.
+        worker: This process's index under ``--workers N`` (None: single process).
     """
 
     conf_dir: Path
@@ -51,13 +53,21 @@ class ServeSettings:
     pool_size: int = 1000
     watch: bool = True
     settle_ms: int = 50
+    worker: int | None = None
 
 
 class Server:
     """A running gateway: pool, config, listeners and watcher, started and stopped together."""
 
-    def __init__(self, settings: ServeSettings, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        env: Mapping[str, str] | None = None,
+        *,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.settings = settings
+        self._notifier = notifier
         self._env = dict(os.environ if env is None else env)
         self._listener: Listener | None = None
         self._admin: Listener | None = None
@@ -88,6 +98,8 @@ class Server:
         def publish(table: RouteTable) -> None:
             if gateway is not None:
                 gateway.swap(table)
+                if self._notifier is not None:
+                    self._notifier.status(self.status_line())
 
         reloader = Reloader(
             settings.conf_dir,
@@ -102,7 +114,9 @@ class Server:
         self.gateway, self.reloader = gateway, reloader
         self._listener = await start_listener(build_app(gateway), settings.listener)
         if settings.admin is not None:
-            self._admin = await start_listener(build_admin_app(reloader), settings.admin)
+            self._admin = await start_listener(
+                build_admin_app(reloader, worker=settings.worker), settings.admin
+            )
         if settings.watch:
             self._spawn(
                 watch_conf_dir(reloader, self._stop_watch, settle_ms=settings.settle_ms),
@@ -121,10 +135,29 @@ class Server:
             routes=len(reloader.table.routes),
         )
 
+    def status_line(self) -> str:
+        """What systemd shows in ``systemctl status`` (sd_notify ``STATUS=``)."""
+        reloader = self.reloader
+        if reloader is None or reloader.table is None:
+            return "starting"
+        text = f"{len(reloader.table.routes)} routes, generation {reloader.generation}"
+        return text + (", degraded" if reloader.degraded else "")
+
     def request_reload(self) -> None:
         """SIGHUP: a full reload (every file re-read and re-validated), in the background."""
         if self.reloader is not None:
-            self._spawn(self.reloader.reload("sighup", force=True), "sighup-reload")
+            self._spawn(self._reload(self.reloader), "sighup-reload")
+
+    async def _reload(self, reloader: Reloader) -> None:
+        notifier = self._notifier
+        if notifier is not None:
+            notifier.reloading()
+        try:
+            await reloader.reload("sighup", force=True)
+        finally:
+            # Always: without READY=1 systemd shows the unit "reloading" until timeout.
+            if notifier is not None:
+                notifier.ready(self.status_line())
 
     def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         # Keep a reference: the event loop only holds weak ones to tasks.
@@ -151,25 +184,46 @@ class Server:
         _log.info("stopped")
 
 
-async def serve(settings: ServeSettings) -> int:
-    """Runs the gateway until SIGTERM or SIGINT; returns the exit code."""
-    server = Server(settings)
-    try:
-        await server.start()
-    except ConfigError as exc:
-        _log.error("startup_failed", reason=str(exc))
-        await server.stop()
-        return 2
-    except OSError as exc:
-        _log.error("startup_failed", reason=f"cannot listen: {exc}")
-        await server.stop()
-        return 2
+async def serve(
+    settings: ServeSettings, notifier: Notifier | None = None, log_file: LogFile | None = None
+) -> int:
+    """Runs the gateway until SIGTERM or SIGINT; returns the exit code.
+
+    Speaks sd_notify when *notifier* is connected: READY=1 once listening,
+    RELOADING=1/READY=1 around SIGHUP reloads, STOPPING=1, watchdog pings from
+    the event loop (a stuck loop stops them), STATUS= with routes and generation.
+    """
+    notifier = notifier or Notifier.from_env()
+    server = Server(settings, notifier=notifier)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
-    await stop.wait()
-    _log.info("stopping")
-    await server.stop()
-    return 0
+    # Pinging starts before the (possibly slow) initial load and goes on while
+    # requests drain, so systemd's watchdog covers both.
+    pinging = asyncio.Event()
+    watchdog = loop.create_task(notifier.run_watchdog(pinging), name="watchdog")
+    try:
+        try:
+            await server.start()
+        except ConfigError as exc:
+            _log.error("startup_failed", reason=str(exc))
+            await server.stop()
+            return 2
+        except OSError as exc:
+            _log.error("startup_failed", reason=f"cannot listen: {exc}")
+            await server.stop()
+            return 2
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, server.request_reload)
+        if log_file is not None:
+            loop.add_signal_handler(signal.SIGUSR1, log_file.reopen)
+        notifier.ready(server.status_line())
+        await stop.wait()
+        notifier.stopping()
+        _log.info("stopping", drain_timeout=settings.listener.shutdown_timeout)
+        await server.stop()
+        return 0
+    finally:
+        pinging.set()
+        await watchdog
+        notifier.close()

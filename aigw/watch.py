@@ -44,6 +44,12 @@ async def watch_conf_dir(
     """Reloads *reloader* whenever its directory changes, until *stop* is set."""
     conf_dir = reloader.conf_dir
     while not stop.is_set():
+        # A change that lands after the last read of conf.d but before the watch
+        # is in place would go unnoticed until some later event. awatch puts its
+        # watches in place synchronously on its first step, before it first
+        # waits; this task runs only once that step has waited, so it re-reads
+        # conf.d with the watches in place (a no-op reload if nothing changed).
+        catch_up = asyncio.create_task(_reload(reloader), name="watch-catch-up")
         try:
             async for _changes in watchfiles.awatch(
                 conf_dir,
@@ -57,12 +63,15 @@ async def watch_conf_dir(
                 await _reload(reloader)
         except (FileNotFoundError, PermissionError, RuntimeError, OSError) as exc:
             # conf.d vanished or became unreadable: keep serving what we have
-            # and keep trying to come back.
+            # and keep trying to come back (the retry below re-reads conf.d).
+            catch_up.cancel()
             _log.error("watch_failed", conf_dir=str(conf_dir), reason=str(exc))
             try:
                 await asyncio.wait_for(stop.wait(), retry_s)
             except TimeoutError:
                 await _reload(reloader)
+        finally:
+            catch_up.cancel()  # a no-op once it has run
 
 
 async def _reload(reloader: Reloader) -> None:

@@ -1,0 +1,243 @@
+"""Service lifecycle: sd_notify, graceful SIGTERM drain, --workers, log-file reopen."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import GATEWAY_ENV
+from tests.integration.harness import REPO, GatewayProcess, MockProcess, wait_until
+
+CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    shutil.copy(REPO / "conf.d" / "gpt-4o.yaml", conf / "gpt-4o.yaml")
+    return conf
+
+
+class NotifySocket:
+    """A stand-in for systemd's notify socket: collects every datagram."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(fields)
+
+    def seen(self, key: str, value: str | None = None) -> list[dict[str, str]]:
+        return [m for m in self.messages if key in m and (value is None or m[key] == value)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+def stream_in_thread(url: str, result: dict[str, Any]) -> threading.Thread:
+    def run() -> None:
+        request = urllib.request.Request(
+            url + CHAT, data=BODY, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                result["status"] = response.status
+                body = b""
+                while chunk := response.read(64):
+                    body += chunk
+                    result.setdefault("first_chunk_at", time.monotonic())
+                result["body"] = body
+        except Exception as exc:  # any failure is reported to the test thread
+            result["error"] = repr(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_sd_notify_ready_reload_stopping_and_watchdog(
+    conf: Path, mock: MockProcess, notify: NotifySocket
+) -> None:
+    env = {**GATEWAY_ENV, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
+    gateway = GatewayProcess(conf, "--azure-base-url", mock.url, env=env)
+    try:
+        ready = wait_until(lambda: notify.seen("READY", "1"))
+        assert ready[0]["STATUS"] == "1 routes, generation 1"
+        wait_until(lambda: len(notify.seen("WATCHDOG", "1")) >= 3, timeout=5)
+        gateway.proc.send_signal(signal.SIGHUP)
+        reloading = wait_until(lambda: notify.seen("RELOADING", "1"))
+        assert int(reloading[0]["MONOTONIC_USEC"]) > 0
+        wait_until(lambda: len(notify.seen("READY", "1")) >= 2)
+        assert notify.seen("READY", "1")[-1]["STATUS"] == "1 routes, generation 2"
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(15) == 0
+        assert notify.seen("STOPPING", "1")
+    finally:
+        gateway.close()
+
+
+def test_sigterm_lets_an_in_flight_stream_finish(conf: Path, mock: MockProcess) -> None:
+    gateway = GatewayProcess(conf, "--azure-base-url", mock.url, env=GATEWAY_ENV)
+    try:
+        mock.fault("delay", token_delay_ms=250)  # ~2 s of tokens
+        result: dict[str, Any] = {}
+        thread = stream_in_thread(gateway.url, result)
+        wait_until(lambda: "first_chunk_at" in result, timeout=10)
+        gateway.proc.send_signal(signal.SIGTERM)
+
+        # New connections are refused while the stream drains.
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", gateway.port), timeout=0.5).close()
+            except OSError:
+                return True
+            return False
+
+        wait_until(refused, timeout=5)
+        assert gateway.proc.poll() is None, "exited before the stream finished"
+        thread.join(20)
+        assert "error" not in result, result.get("error")
+        assert result["body"].rstrip().endswith(b"data: [DONE]")
+        assert gateway.proc.wait(15) == 0
+        events = [e["event"] for e in gateway.events()]
+        assert events.index("stopping") < events.index("stopped")
+    finally:
+        gateway.close()
+
+
+def test_drain_timeout_bounds_shutdown(conf: Path, mock: MockProcess) -> None:
+    gateway = GatewayProcess(
+        conf, "--azure-base-url", mock.url, "--drain-timeout", "1", env=GATEWAY_ENV
+    )
+    try:
+        mock.fault("delay", token_delay_ms=2000)  # ~16 s: longer than the drain budget
+        result: dict[str, Any] = {}
+        thread = stream_in_thread(gateway.url, result)
+        wait_until(lambda: "first_chunk_at" in result, timeout=10)
+        started = time.monotonic()
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(15) == 0
+        assert time.monotonic() - started < 6
+        thread.join(20)
+    finally:
+        gateway.close()
+
+
+def test_log_file_is_reopened_on_sigusr1(conf: Path, mock: MockProcess, tmp_path: Path) -> None:
+    log = tmp_path / "aigw.json"
+    gateway = GatewayProcess(
+        conf,
+        "--azure-base-url",
+        mock.url,
+        "--log-file",
+        str(log),
+        env=GATEWAY_ENV,
+        ready_from=log,
+    )
+    try:
+        rotated = tmp_path / "aigw.json.1"
+        log.rename(rotated)  # what logrotate does
+        gateway.proc.send_signal(signal.SIGUSR1)
+        wait_until(log.exists, timeout=5)
+
+        def post() -> None:
+            request = urllib.request.Request(gateway.url + "/nope", data=b"{}", method="POST")
+            try:
+                urllib.request.urlopen(request, timeout=5).close()
+            except urllib.error.HTTPError as exc:
+                exc.close()
+
+        post()
+        line = wait_until(lambda: log.read_text().strip(), timeout=5)
+        assert json.loads(line.splitlines()[-1])["path"] == "/nope"
+        assert '"event":"listening"' in rotated.read_text()
+    finally:
+        gateway.close()
+
+
+def test_workers_share_the_port_and_reload_on_their_own(
+    conf: Path, mock: MockProcess, notify: NotifySocket
+) -> None:
+    port, admin = free_port(), free_port()
+    env = {**GATEWAY_ENV, "NOTIFY_SOCKET": str(notify.path)}
+    gateway = GatewayProcess(
+        conf,
+        "--azure-base-url",
+        mock.url,
+        "--workers",
+        "2",
+        "--admin-listen",
+        f"127.0.0.1:{admin}",
+        env=env,
+        listen=f"127.0.0.1:{port}",
+    )
+    try:
+        ready = wait_until(lambda: notify.seen("READY", "1"), timeout=20)
+        assert ready[0]["STATUS"].startswith("2 workers ready")
+
+        def status(index: int) -> dict[str, Any]:
+            url = f"http://127.0.0.1:{admin + index}/status"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                result: dict[str, Any] = json.loads(response.read())
+            return result
+
+        assert {status(0)["worker"], status(1)["worker"]} == {0, 1}
+        assert status(0)["pid"] != status(1)["pid"]
+        request = urllib.request.Request(
+            gateway.url + CHAT,
+            data=BODY.replace(b"true", b"false"),
+            method="POST",
+            headers={"Content-Type": "application/json", "Connection": "close"},
+        )
+        for _ in range(40):
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+        workers = {e.get("worker") for e in gateway.events() if e.get("event") == "request"}
+        assert workers == {0, 1}, "the kernel spread connections over both workers"
+        gateway.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: status(0)["generation"] == 2 and status(1)["generation"] == 2)
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(20) == 0
+        assert notify.seen("STOPPING", "1")
+    finally:
+        gateway.close()

@@ -1,0 +1,437 @@
+"""Markdown report from the suite's results: tables ready for docs/performance.md.
+
+Every table row is a median over alternating rounds; ratios and "added" figures
+are paired per round with the baseline measured in the same round. Absolute
+numbers appear only as context next to the ratios.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["evaluate", "render"]
+
+# The multiplication sign reads better in tables than an "x"; spelled as an escape for ruff.
+X = "\u00d7"
+_ORDER = ("direct", "nginx", "bare", "bare-uvloop", "aigw-1", "aigw-2", "litellm")
+
+
+def _num(value: float | None, fmt: str = ",.0f", suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:{fmt}}{suffix}"
+
+
+def _ratio(value: float | None) -> str:
+    return _num(value, ".2f", X)
+
+
+def _ms(value: float | None) -> str:
+    return _num(value, ".2f", " ms")
+
+
+def _signed_ms(value: float | None) -> str:
+    return _num(value, "+.2f", " ms")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _rows_in_order(
+    targets: dict[str, dict[str, Any]],
+    summary: dict[str, dict[str, float]],
+    cells: Callable[[str, dict[str, float]], list[str]],
+    width: int,
+) -> list[list[str]]:
+    rows = []
+    for key in _ORDER:
+        info = targets.get(key)
+        if key == "litellm":
+            rows.append(
+                ["LiteLLM proxy", "not run (installing it is out of scope)"] + [""] * (width - 2)
+            )
+            continue
+        if info is None:
+            continue
+        if info.get("skipped"):
+            rows.append([info["name"], info["skipped"]] + [""] * (width - 2))
+            continue
+        if key in summary:
+            rows.append([info["name"], *cells(key, summary[key])])
+    return rows
+
+
+def _proxy_section(res: dict[str, Any]) -> list[str]:
+    out = ["## 1. Non-streaming chat (wrk)", ""]
+    targets = res["targets"]
+    header = [
+        "target",
+        "req/s",
+        f"{X} direct",
+        f"{X} nginx",
+        f"{X} bare aiohttp",
+        "added p50",
+        "added p99",
+        "p50",
+        "p99",
+        "errors",
+        "proxy CPU (cores)",
+        "RSS peak / after",
+    ]
+
+    def cells(key: str, s: dict[str, float]) -> list[str]:
+        direct = key == "direct"
+        return [
+            _num(s["rps"]),
+            f"1.00{X}" if direct else _ratio(s["x_direct"]),
+            _ratio(s["x_nginx"]),
+            _ratio(s["x_bare"]),
+            "—" if direct else _signed_ms(s["added_p50_ms"]),
+            "—" if direct else _signed_ms(s["added_p99_ms"]),
+            _ms(s["p50_ms"]),
+            _ms(s["p99_ms"]),
+            _num(s["errors"]),
+            _num(s["proxy_cores"], ".2f"),
+            "—"
+            if direct
+            else f"{_num(s['rss_peak_mib'], '.1f')} / {_num(s['rss_after_mib'], '.1f')} MiB",
+        ]
+
+    for point in res["points"].values():
+        out += [f"### {point['title']}", ""]
+        out.append(_table(header, _rows_in_order(targets, point["summary"], cells, len(header))))
+        out.append("")
+    sustained = res["points"].get("sustained")
+    if sustained:
+        summary = sustained["summary"]
+        direct = summary.get("direct", {}).get("rps", math.nan)
+        nginx = summary.get("nginx", {}).get("rps", math.nan)
+        best = max(
+            (s["rps"] for k, s in summary.items() if k not in ("direct", "nginx")),
+            default=math.nan,
+        )
+        verdict = (
+            "so the upstream stand-in is not what limits them"
+            if direct > 1.5 * best
+            else "WARNING: the upstream stand-in may be what limits them"
+        )
+        out.append(
+            f"20 ms upstream ({res['upstream'].get('sustained')}): direct reaches "
+            f"{_num(direct)} req/s at c=256 (ideal 256 / 20 ms = 12,800), "
+            f"{_ratio(direct / best)} the best Python target ({_num(best)} req/s), {verdict}; "
+            f"nginx reaches {_ratio(nginx / direct)} direct, i.e. the upstream's own limit."
+        )
+        out.append("")
+    logs = [
+        f"{info['name']}: {info['access_log_lines']:,} access-log lines for "
+        f"{info['wrk_requests']:,} requests completed by wrk"
+        for key, info in targets.items()
+        if key.startswith("aigw") and "access_log_lines" in info
+    ]
+    if logs:
+        out.append(
+            "Logging was on (info level, JSON access log to a file, tokens logged): "
+            + "; ".join(logs)
+            + " (the difference: readiness probes and the requests still in flight when each "
+            "wrk run stopped, which aigw logs and wrk does not count)."
+        )
+        out.append("")
+    return out
+
+
+def _streams_section(res: dict[str, Any]) -> list[str]:
+    n = res["streams"]
+    out = [f"## 2. {n:,} concurrent SSE streams", ""]
+    out.append(
+        f"Upstream: {res['upstream']}. Client: `bench/sse_load.py`, one process (raw asyncio "
+        f"HTTP/1.1 client on uvloop). Measured: the streams started between the end of the "
+        f"1.3 s ramp and {res['duration_s']:g} s (median {_num(res.get('measured_streams'))} "
+        f"per run); the slots keep {n:,} streams open until each measured stream has ended. "
+        "Gaps are between consecutive token events; events coalesced into one read count as "
+        "a 0 ms gap (and a long one before them)."
+    )
+    out.append("")
+    header = [
+        "target",
+        "added TTFT p50",
+        "added TTFT p99",
+        "added gap p50",
+        "added gap p99",
+        "TTFT p50 / p99",
+        "gap p50 / p99",
+        "errors",
+        "streams open (mean)",
+        "proxy CPU (cores)",
+        "RSS idle → peak",
+        "RSS per open stream",
+    ]
+
+    def cells(key: str, s: dict[str, float]) -> list[str]:
+        direct = key == "direct"
+        return [
+            "—" if direct else _signed_ms(s["added_ttft_ms_p50"]),
+            "—" if direct else _signed_ms(s["added_ttft_ms_p99"]),
+            "—" if direct else _signed_ms(s["added_gap_ms_p50"]),
+            "—" if direct else _signed_ms(s["added_gap_ms_p99"]),
+            f"{_ms(s['ttft_ms_p50'])} / {_ms(s['ttft_ms_p99'])}",
+            f"{_ms(s['gap_ms_p50'])} / {_ms(s['gap_ms_p99'])}",
+            _num(s["errors"]),
+            _num(s["open_mean"]),
+            _num(s["proxy_cores"], ".2f"),
+            "—"
+            if direct
+            else f"{_num(s['rss_idle_mib'], '.1f')} → {_num(s['rss_peak_mib'], '.1f')} MiB",
+            "—" if direct else _num(s["rss_per_stream_kib"], ".1f", " KiB"),
+        ]
+
+    out.append(_table(header, _rows_in_order(res["targets"], res["summary"], cells, len(header))))
+    out.append("")
+    direct = res["summary"].get("direct")
+    if direct:
+        out.append(
+            f"Harness share during the direct runs: client {_num(direct['client_cores'], '.2f')} "
+            f"cores, upstream {_num(direct['upstream_cores'], '.2f')} cores (of 2)."
+        )
+        out.append("")
+    if res.get("calibration"):
+        out += ["Calibration (round 1, harness alone, no proxy):", ""]
+        rows = []
+        for name, doc in res["calibration"].items():
+            rows.append(
+                [
+                    name,
+                    f"{_ms(doc['ttft_ms']['p50'])} / {_ms(doc['ttft_ms']['p99'])}",
+                    f"{_ms(doc['gap_ms']['p50'])} / {_ms(doc['gap_ms']['p99'])}",
+                    _num(doc["stream_ms"]["p50"], ",.0f", " ms"),
+                    _num(doc["client_cpu_s"], ".1f", " s"),
+                    _num(doc.get("upstream_cores"), ".2f"),
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "run",
+                    "TTFT p50 / p99",
+                    "gap p50 / p99",
+                    "stream length p50 (ideal ≈1,270 ms)",
+                    "client CPU",
+                    "upstream CPU (cores)",
+                ],
+                rows,
+            )
+        )
+        out.append("")
+    return out
+
+
+def _routes_section(res: dict[str, Any]) -> list[str]:
+    out = ["## 3. Route-table scale", ""]
+    header = [
+        "routes",
+        "lookup static hit",
+        "param hit",
+        "miss",
+        "normalise",
+        "load (in-process)",
+        "`aigw check` (wall)",
+        "reload, 1 file changed",
+        "reload, 1 file touched",
+        "RSS of the loaded table",
+    ]
+    rows = []
+    for size, s in res["summary"].items():
+        rows.append(
+            [
+                f"{int(size):,} files",
+                _num(s["lookup_ns_static hit"], ",.0f", " ns"),
+                _num(s["lookup_ns_param hit"], ",.0f", " ns"),
+                _num(s["lookup_ns_miss"], ",.0f", " ns"),
+                _num(s["lookup_ns_normalise"], ",.0f", " ns"),
+                _ms(s["load_ms"]),
+                _ms(s["check_ms"]),
+                _ms(s["reload_changed_ms"]),
+                _ms(s["reload_touched_ms"]),
+                _num(s["rss_delta_mib"], "+.1f", " MiB"),
+            ]
+        )
+    out.append(_table(header, rows))
+    out.append("")
+    out.append(
+        f"Lookup rows are tables of N static routes plus 5 parameter/wildcard routes "
+        f"(`bench_router.py`). `aigw check` includes interpreter start-up and imports: "
+        f"`aigw --version` alone takes {_ms(res['startup_ms'])}."
+    )
+    out.append("")
+    return out
+
+
+def _reload_section(res: dict[str, Any]) -> list[str]:
+    out = ["## 4. Reload under load (aigw 1 worker, wrk c=32)", ""]
+    header = ["run", "req/s", f"{X} steady", "p50", "p99", "errors", "file writes", "reloads"]
+    rows = []
+    for mode, label in (("steady", "no reloads"), ("reloading", "rewrite every 100 ms")):
+        s = res["summary"][mode]
+        rows.append(
+            [
+                label,
+                _num(s["rps"]),
+                _ratio(s["x_steady"]),
+                _ms(s["p50_ms"]),
+                _ms(s["p99_ms"]),
+                _num(s["errors"]),
+                _num(s["writes"]),
+                _num(s["reloads"]),
+            ]
+        )
+    out.append(_table(header, rows))
+    out.append("")
+    out.append(
+        "Errors are wrk's connect/read/write/timeout errors plus non-2xx/3xx responses, summed "
+        "over all rounds; reloads are published generations (admin `/status`) over all rounds."
+    )
+    out.append("")
+    return out
+
+
+def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The issue's targets: (target, PASS/MISS/SKIP, the measured value)."""
+    verdicts: list[tuple[str, str, str]] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "SKIP" if ok is None else ("PASS" if ok else "MISS")
+
+    proxy = results.get("proxy")
+    if proxy:
+        points = proxy["points"]
+        ratios = {
+            key: p["summary"].get("aigw-1", {}).get("x_bare", math.nan)
+            for key, p in points.items()
+            if key != "c1"
+        }
+        text = ", ".join(f"{k}: {_ratio(v)}" for k, v in ratios.items())
+        verdicts.append(
+            (
+                "aigw (all features on) ≥ bare aiohttp req/s, 1 worker",
+                verdict(all(v >= 1.0 for v in ratios.values())),
+                f"aigw-1 / bare aiohttp = {text}",
+            )
+        )
+        if proxy["targets"].get("aigw-2", {}).get("skipped"):
+            verdicts.append(("--workers 2 scales", "SKIP", proxy["targets"]["aigw-2"]["skipped"]))
+        else:
+            scale = {
+                key: p["summary"].get("aigw-2", {}).get("x_aigw-1", math.nan)
+                for key, p in points.items()
+                if key in ("c32", "c256", "sustained")
+            }
+            loaded = [v for v in scale.values() if not math.isnan(v)]
+            middle = statistics.median(loaded) if loaded else math.nan
+            verdicts.append(
+                (
+                    f"--workers 2 scales (median over the loaded points ≥ 1.3{X} one worker; "
+                    "2 cores shared with wrk and the upstream)",
+                    verdict(middle >= 1.3),
+                    "aigw-2 / aigw-1 = " + ", ".join(f"{k}: {_ratio(v)}" for k, v in scale.items()),
+                )
+            )
+        c32 = points.get("c32", {}).get("summary", {}).get("aigw-1", {})
+        added = c32.get("added_p50_ms", math.nan)
+        verdicts.append(
+            ("added latency p50 < 1 ms at c=32", verdict(added < 1.0), f"{_signed_ms(added)}")
+        )
+    streams = results.get("streams")
+    if streams:
+        s = streams["summary"].get("aigw-1", {})
+        gap = s.get("added_gap_ms_p99", math.nan)
+        rss = s.get("rss_per_stream_kib", math.nan)
+        n = streams["streams"]
+        verdicts.append(
+            (
+                f"streams: added inter-chunk p99 < 5 ms at {n:,} streams",
+                verdict(gap < 5.0),
+                _signed_ms(gap),
+            )
+        )
+        verdicts.append(
+            (
+                "streams: < 64 KiB RSS per open stream",
+                verdict(rss < 64.0),
+                _num(rss, ".1f", " KiB"),
+            )
+        )
+    routes = results.get("routes")
+    if routes:
+        summary = routes["summary"]
+        sizes = sorted(summary, key=int)
+        small, large = summary[sizes[0]], summary[sizes[-1]]
+        cases = ("static hit", "param hit", "miss")
+        worst = max(large[f"lookup_ns_{c}"] / small[f"lookup_ns_{c}"] for c in cases)
+        verdicts.append(
+            (
+                f"lookup time flat {int(sizes[0]):,} → {int(sizes[-1]):,} routes (within 30%)",
+                verdict(worst <= 1.3),
+                f"worst case ratio {_ratio(worst)}",
+            )
+        )
+        if "1000" in summary:
+            load = summary["1000"]["load_ms"]
+            verdicts.append(
+                (
+                    "1,000-file conf.d loads < 1 s",
+                    verdict(load < 1000),
+                    f"{_ms(load)} in-process; `aigw check` {_ms(summary['1000']['check_ms'])} wall",
+                )
+            )
+    reload = results.get("reload")
+    if reload:
+        s = reload["summary"]["reloading"]
+        ok = s["errors"] == 0 and s["reloads"] > 0
+        verdicts.append(
+            (
+                "zero errors in reload-under-load",
+                verdict(ok),
+                f"{_num(s['errors'])} errors over {_num(s['reloads'])} published reloads, "
+                f"{_ratio(s['x_steady'])} the req/s without reloads",
+            )
+        )
+    return verdicts
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole markdown report."""
+    meta = results["meta"]
+    out = [
+        "# aigw benchmark report",
+        "",
+        f"{meta['date']} · {meta['mode']} run · {meta['rounds']} alternating rounds, medians · "
+        f"wrk {meta['duration']} s per run · git {meta['git']} · {meta['cpus']} cores, load "
+        f"average {meta['loadavg_start']} at start, {meta.get('loadavg_end', '?')} at end · "
+        f"{meta['python']}, aiohttp {meta['aiohttp']}, uvloop {meta['uvloop']}, "
+        f"{meta['nginx']}, {meta['wrk']}",
+        "",
+        "Everything runs on 127.0.0.1 on this machine, side by side in one command; ratios and "
+        "added latencies are paired per round with the direct run of the same round.",
+        "",
+    ]
+    verdicts = evaluate(results)
+    if verdicts:
+        out += ["## Targets", ""]
+        out.append(_table(["target", "result", "measured"], [list(v) for v in verdicts]))
+        out.append("")
+    if "proxy" in results:
+        out += _proxy_section(results["proxy"])
+    if "streams" in results:
+        out += _streams_section(results["streams"])
+    if "routes" in results:
+        out += _routes_section(results["routes"])
+    if "reload" in results:
+        out += _reload_section(results["reload"])
+    if meta.get("notes"):
+        out += ["## Notes", ""] + [f"- {note}" for note in meta["notes"]] + [""]
+    return "\n".join(out)

@@ -1,0 +1,14 @@
+#!/bin/sh
+# The aigw benchmark suite, one command (details: bench/suite.py):
+#
+#   bench/run.sh            full run, ~10 minutes on 2 cores: report on stdout,
+#                           raw numbers in bench/results/latest.json (+ latest.md)
+#   bench/run.sh --quick    ~1 minute smoke run
+#   bench/run.sh --help     options (--only SCENARIO, --rounds, --duration, --streams, ...)
+#
+# Installs wrk and nginx-light with apt-get when missing (needs root); the Python
+# side runs in the project's .venv, created by `make` if it is not there yet.
+set -eu
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || make .venv/.installed >&2
+exec .venv/bin/python bench/suite.py "$@"

@@ -1,0 +1,201 @@
+"""Scenario 1: non-streaming chat through each target, with wrk.
+
+Load points:
+
+* concurrency 1, 32 and 256 against the fixed-body nginx upstream (it answers at
+  once, so what is measured is the proxy);
+* sustained load at concurrency 256 against a 20 ms upstream (the peers' "sustained
+  RPS @ 20 ms"): the upper bound is 256 / 20 ms = 12,800 req/s, which ``direct``
+  shows the upstream stand-in reaches, so the proxies are what limits.
+
+Every target first gets a warm-up run, then each load point gets ``rounds``
+measured runs per target in alternating order. Per run: wrk's requests/s, latency
+p50/p90/p99/p99.9 and errors; the proxy's process-tree VmRSS sampled every 100 ms
+(peak) and right after the run (after); the CPU the proxy and the upstream used.
+Added latency is computed per round against that round's direct run (so both see
+the same machine noise), then the median over rounds is taken.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import targets as tg
+from context import Context, say
+from measure import RssSampler, cpu_seconds, median, rss_kib
+from wrk import WrkResult, run_wrk, write_script
+
+__all__ = ["POINTS", "Point", "run"]
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One load point: how many connections, and which upstream behaviour."""
+
+    key: str
+    title: str
+    connections: int
+    deployment: str
+
+
+POINTS = (
+    Point("c1", "concurrency 1", 1, tg.DEPLOYMENT),
+    Point("c32", "concurrency 32", 32, tg.DEPLOYMENT),
+    Point("c256", "concurrency 256", 256, tg.DEPLOYMENT),
+    Point("sustained", "sustained, 20 ms upstream, concurrency 256", 256, tg.SLOW_DEPLOYMENT),
+)
+
+
+def _one_run(
+    target: tg.Target, upstream: tg.Target, point: Point, duration: int, script: Path
+) -> tuple[WrkResult, dict[str, float]]:
+    url = target.url + tg.chat_path(point.deployment)
+    cpu0, up0, t0 = cpu_seconds(target.pid), cpu_seconds(upstream.pid), time.monotonic()
+    with RssSampler(target.pid) as sampler:
+        result = run_wrk(url, script=script, connections=point.connections, duration_s=duration)
+    wall = time.monotonic() - t0
+    extra = {
+        "proxy_cores": (cpu_seconds(target.pid) - cpu0) / wall,
+        "upstream_cores": (cpu_seconds(upstream.pid) - up0) / wall,
+        "rss_peak_kib": sampler.peak_kib,
+        "rss_after_kib": math.nan,
+    }
+    if target.pid is not None:
+        time.sleep(0.1)  # let the last responses flush and connections close
+        extra["rss_after_kib"] = float(rss_kib(target.pid))
+    return result, extra
+
+
+def _script(ctx: Context, deployment: str) -> Path:
+    return write_script(
+        ctx.workdir / f"wrk-{deployment}.lua",
+        method="POST",
+        body=tg.request_body(deployment),
+        headers=tg.CLIENT_HEADERS,
+    )
+
+
+def _warm_up(
+    ctx: Context, live: list[tg.Target], upstream: tg.Target, point: Point, served: dict[str, int]
+) -> None:
+    """One short run per target at the highest concurrency before anything is measured.
+
+    It opens the upstream pool as wide as any later run needs and gets every process
+    past its first-request costs (lazy imports, cache fills, allocator growth).
+    """
+    warm = Point("warmup", "warm-up", 256, point.deployment)
+    script = _script(ctx, point.deployment)
+    for target in live:
+        result, _ = _one_run(target, upstream, warm, ctx.warmup, script)
+        served[target.key] = served.get(target.key, 0) + result.requests
+
+
+def _run_point(
+    ctx: Context,
+    point: Point,
+    live: list[tg.Target],
+    upstream: tg.Target,
+    served: dict[str, int],
+) -> dict[str, list[dict[str, Any]]]:
+    script = _script(ctx, point.deployment)
+    by_key = {t.key: t for t in live}
+    runs: dict[str, list[dict[str, Any]]] = {t.key: [] for t in live}
+    for round_index in range(ctx.rounds):
+        for key in ctx.order([t.key for t in live], round_index):
+            result, extra = _one_run(by_key[key], upstream, point, ctx.duration, script)
+            served[key] = served.get(key, 0) + result.requests
+            row = result.as_json()
+            row.update(extra, round=round_index)
+            runs[key].append(row)
+            say(
+                f"  {point.key:9} round {round_index + 1} {key:12} {result.rps:9.0f} req/s "
+                f"p50 {result.p50_us / 1000:7.2f} ms p99 {result.p99_us / 1000:7.2f} ms "
+                f"errors {result.error_count}"
+            )
+    return runs
+
+
+def summarise_point(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Medians over rounds, with ratios and added latency paired per round with direct."""
+    direct = {row["round"]: row for row in runs.get("direct", [])}
+    out: dict[str, dict[str, float]] = {}
+    for key, rows in runs.items():
+        paired = [(row, direct[row["round"]]) for row in rows if row["round"] in direct]
+        out[key] = {
+            "rps": median(r["rps"] for r in rows),
+            "p50_ms": median(r["p50_us"] / 1000 for r in rows),
+            "p99_ms": median(r["p99_us"] / 1000 for r in rows),
+            "x_direct": median(r["rps"] / d["rps"] for r, d in paired if d["rps"]),
+            "added_p50_ms": median((r["p50_us"] - d["p50_us"]) / 1000 for r, d in paired),
+            "added_p99_ms": median((r["p99_us"] - d["p99_us"]) / 1000 for r, d in paired),
+            "errors": float(sum(sum(r["errors"].values()) for r in rows)),
+            "rss_peak_mib": median(r["rss_peak_kib"] / 1024 for r in rows),
+            "rss_after_mib": median(r["rss_after_kib"] / 1024 for r in rows),
+            "proxy_cores": median(r["proxy_cores"] for r in rows),
+            "upstream_cores": median(r["upstream_cores"] for r in rows),
+        }
+    # Ratios against the baselines, paired per round as well.
+    for base in ("nginx", "bare", "aigw-1"):
+        base_rows = {row["round"]: row for row in runs.get(base, [])}
+        for key, rows in runs.items():
+            pairs = [(r, base_rows[r["round"]]) for r in rows if r["round"] in base_rows]
+            out[key][f"x_{base}"] = median(r["rps"] / b["rps"] for r, b in pairs if b["rps"])
+    return out
+
+
+def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
+    """Runs every load point; returns raw runs and summaries for the report and JSON."""
+    result: dict[str, Any] = {"points": {}, "targets": {}, "upstream": {}}
+    groups: list[tuple[tg.Target, list[Point]]] = []
+    if upstream.extra.get("echo"):
+        groups.append((upstream, list(POINTS)))
+        result["upstream"]["sustained"] = "nginx + echo_sleep 20 ms"
+    else:
+        # No echo module: the 20 ms upstream is the Python mock on uvloop.
+        groups.append((upstream, list(POINTS[:3])))
+        mock = tg.start_mock(
+            ctx.procs, ctx.workdir / "mock-20ms", latency_ms=20.0, deployments=(tg.SLOW_DEPLOYMENT,)
+        )
+        groups.append((mock, [POINTS[3]]))
+        result["upstream"]["sustained"] = "Azure mock --latency-ms 20 --uvloop"
+    for group_index, (up, points) in enumerate(groups):
+        deployments = (tg.DEPLOYMENT, tg.SLOW_DEPLOYMENT)
+        say(f"scenario 1: starting targets in front of {up.name}")
+        live_all = tg.start_proxies(
+            ctx.procs,
+            ctx.workdir / f"s1-{group_index}",
+            up,
+            uvloop=ctx.uvloop,
+            deployments=deployments if up is upstream else (tg.SLOW_DEPLOYMENT,),
+        )
+        live = [t for t in live_all if t.skipped is None]
+        for t in live_all:
+            result["targets"][t.key] = {"name": t.name, "skipped": t.skipped}
+        served: dict[str, int] = {}
+        try:
+            if ctx.warmup:
+                say("scenario 1: warm-up")
+                _warm_up(ctx, live, up, points[0], served)
+            for point in points:
+                say(f"scenario 1: {point.title}")
+                runs = _run_point(ctx, point, live, up, served)
+                result["points"][point.key] = {
+                    "title": point.title,
+                    "connections": point.connections,
+                    "runs": runs,
+                    "summary": summarise_point(runs),
+                }
+        finally:
+            tg.stop_targets(ctx.procs, live)
+        for t in live:
+            if t.key.startswith("aigw"):
+                # Proof that logging was on: one access-log line per request served.
+                lines = tg.count_access_lines(t.log)
+                info = result["targets"][t.key]
+                info["access_log_lines"] = info.get("access_log_lines", 0) + lines
+                info["wrk_requests"] = info.get("wrk_requests", 0) + served.get(t.key, 0)
+    return result

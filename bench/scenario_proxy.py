@@ -70,12 +70,12 @@ def _one_run(
     return result, extra
 
 
-def _script(ctx: Context, deployment: str) -> Path:
+def _script(ctx: Context, deployment: str, target: tg.Target) -> Path:
     return write_script(
-        ctx.workdir / f"wrk-{deployment}.lua",
+        ctx.workdir / f"wrk-{deployment}-{target.key}.lua",
         method="POST",
         body=tg.request_body(deployment),
-        headers=tg.CLIENT_HEADERS,
+        headers=tg.client_headers(target),
     )
 
 
@@ -88,8 +88,8 @@ def _warm_up(
     past its first-request costs (lazy imports, cache fills, allocator growth).
     """
     warm = Point("warmup", "warm-up", 256, point.deployment)
-    script = _script(ctx, point.deployment)
     for target in live:
+        script = _script(ctx, point.deployment, target)
         result, _ = _one_run(target, upstream, warm, ctx.warmup, script)
         served[target.key] = served.get(target.key, 0) + result.requests
 
@@ -101,12 +101,12 @@ def _run_point(
     upstream: tg.Target,
     served: dict[str, int],
 ) -> dict[str, list[dict[str, Any]]]:
-    script = _script(ctx, point.deployment)
+    scripts = {t.key: _script(ctx, point.deployment, t) for t in live}
     by_key = {t.key: t for t in live}
     runs: dict[str, list[dict[str, Any]]] = {t.key: [] for t in live}
     for round_index in range(ctx.rounds):
         for key in ctx.order([t.key for t in live], round_index):
-            result, extra = _one_run(by_key[key], upstream, point, ctx.duration, script)
+            result, extra = _one_run(by_key[key], upstream, point, ctx.duration, scripts[key])
             served[key] = served.get(key, 0) + result.requests
             row = result.as_json()
             row.update(extra, round=round_index)

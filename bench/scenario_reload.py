@@ -73,7 +73,7 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
         ctx.workdir / "wrk-reload.lua",
         method="POST",
         body=tg.request_body(),
-        headers=tg.CLIENT_HEADERS,
+        headers=tg.client_headers(aigw),
     )
     url = aigw.url + tg.chat_path()
     runs: dict[str, list[dict[str, Any]]] = {"steady": [], "reloading": []}

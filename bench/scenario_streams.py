@@ -34,8 +34,14 @@ __all__ = ["run"]
 
 
 def _sse(
-    ctx: Context, url: str, streams: int, duration: float, *, engine: str = "raw"
+    ctx: Context,
+    target: tg.Target,
+    streams: int,
+    duration: float,
+    *,
+    engine: str = "raw",
 ) -> dict[str, Any]:
+    url = target.url + tg.chat_path(tg.SSE_DEPLOYMENT)
     out = ctx.workdir / "sse.json"
     cmd = [
         tg.PYTHON,
@@ -48,7 +54,7 @@ def _sse(
         "--deployment",
         tg.SSE_DEPLOYMENT,
         "--header",
-        f"api-key:{tg.CLIENT_KEY}",
+        f"api-key:{tg.client_headers(target)['api-key']}",
         "--engine",
         engine,
         "--out",
@@ -64,11 +70,10 @@ def _sse(
 def _measure(
     ctx: Context, target: tg.Target, upstream: tg.Target, streams: int, duration: float
 ) -> dict[str, Any]:
-    url = target.url + tg.chat_path(tg.SSE_DEPLOYMENT)
     idle = float(rss_kib(target.pid)) if target.pid is not None else math.nan
     cpu0, up0, t0 = cpu_seconds(target.pid), cpu_seconds(upstream.pid), time.monotonic()
     with RssSampler(target.pid) as sampler:
-        doc = _sse(ctx, url, streams, duration)
+        doc = _sse(ctx, target, streams, duration)
     wall = time.monotonic() - t0
     doc["proxy_cores"] = (cpu_seconds(target.pid) - cpu0) / wall
     doc["upstream_cores"] = (cpu_seconds(upstream.pid) - up0) / wall
@@ -160,15 +165,16 @@ def run(ctx: Context, nginx_upstream: tg.Target) -> dict[str, Any]:
     try:
         for target in live if not ctx.quick else ():
             # Warm-up: a tenth of the streams, long enough for every slot to finish one.
-            _sse(ctx, target.url + tg.chat_path(tg.SSE_DEPLOYMENT), max(10, streams // 10), 1.5)
+            _sse(ctx, target, max(10, streams // 10), 1.5)
         for round_index in range(ctx.rounds):
             for key in ctx.order([t.key for t in live], round_index):
                 doc = _measure(ctx, by_key[key], upstream, streams, duration)
                 doc["round"] = round_index
                 runs[key].append(doc)
                 say(f"  round {round_index + 1}" + _line(key, doc))
-            if round_index == 0 and not ctx.quick:
-                result["calibration"] = _calibrate(ctx, upstream, mock, use_nginx)
+            if round_index == 0 and not ctx.quick and "direct" in runs:
+                baseline = {"raw client, direct (the suite's baseline, round 1)": runs["direct"][0]}
+                result["calibration"] = baseline | _calibrate(ctx, upstream, mock, use_nginx)
     finally:
         tg.stop_targets(ctx.procs, live)
         if mock.proc is not None:
@@ -186,15 +192,15 @@ def _calibrate(
 ) -> dict[str, Any]:
     """The harness alone at N streams: which part would saturate first."""
     streams, duration = ctx.streams, ctx.stream_duration
-    url = upstream.url + tg.chat_path(tg.SSE_DEPLOYMENT)
     cal: dict[str, Any] = {}
     say("scenario 2: calibration (harness alone)")
-    cal["aiohttp client, direct"] = _sse(ctx, url, streams, duration, engine="aiohttp")
+    cal["aiohttp client, direct"] = _sse(
+        ctx, tg.direct(upstream), streams, duration, engine="aiohttp"
+    )
     say(_line("aiohttp-cli", cal["aiohttp client, direct"]))
     if use_nginx:
-        mock_url = mock.url + tg.chat_path(tg.SSE_DEPLOYMENT)
         cpu0, t0 = cpu_seconds(mock.pid), time.monotonic()
-        doc = _sse(ctx, mock_url, streams, duration)
+        doc = _sse(ctx, tg.direct(mock), streams, duration)
         doc["upstream_cores"] = (cpu_seconds(mock.pid) - cpu0) / (time.monotonic() - t0)
         cal["raw client, direct to the Azure mock"] = doc
         say(_line("mock-direct", cal["raw client, direct to the Azure mock"]))

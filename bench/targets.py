@@ -58,6 +58,7 @@ __all__ = [
     "aigw_supports_log_file",
     "aigw_supports_workers",
     "chat_path",
+    "client_headers",
     "count_access_lines",
     "direct",
     "fixed_chat_body",
@@ -214,11 +215,11 @@ def _tail(path: Path | None, limit: int = 2000) -> str:
     return path.read_bytes()[-limit:].decode("utf-8", "replace")
 
 
-def _post(url: str, path: str, body: str, timeout: float) -> int:
-    host, port = url.removeprefix("http://").split(":")
+def _post(target: Target, path: str, body: str, timeout: float) -> int:
+    host, port = target.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        conn.request("POST", path, body=body.encode(), headers=CLIENT_HEADERS)
+        conn.request("POST", path, body=body.encode(), headers=client_headers(target))
         response = conn.getresponse()
         response.read()
         return response.status
@@ -245,7 +246,7 @@ def wait_ready(
                 f"{target.name} exited with {target.proc.returncode}:\n{_tail(logs or target.log)}"
             )
         try:
-            status = _post(target.url, path, body, timeout=5.0)
+            status = _post(target, path, body, timeout=5.0)
         except OSError as exc:
             last = f"{type(exc).__name__}: {exc}"
         else:
@@ -257,8 +258,19 @@ def wait_ready(
 
 
 def direct(upstream: Target) -> Target:
-    """The upstream itself as a target: what the load generator and upstream reach alone."""
-    return Target(key="direct", name="direct (no proxy)", url=upstream.url)
+    """The upstream itself as a target: what the load generator and upstream reach alone.
+
+    A client that talks to the upstream directly holds the upstream's own key (the
+    Azure mock checks it; nginx does not), where clients of a proxy send their own.
+    """
+    target = Target(key="direct", name="direct (no proxy)", url=upstream.url)
+    target.extra["api_key"] = UPSTREAM_KEY
+    return target
+
+
+def client_headers(target: Target) -> dict[str, str]:
+    """The headers a client sends to *target* (its api-key depends on the target)."""
+    return {**CLIENT_HEADERS, "api-key": str(target.extra.get("api_key", CLIENT_KEY))}
 
 
 # -- nginx ---------------------------------------------------------------------------
@@ -505,6 +517,7 @@ def start_mock(
     target = Target(
         key="upstream-mock", name="Azure mock", url=f"http://127.0.0.1:{port}", proc=proc, log=log
     )
+    target.extra["api_key"] = UPSTREAM_KEY
     target.extra.update(latency_ms=latency_ms, token_delay_ms=token_delay_ms, tokens=tokens)
     return target
 

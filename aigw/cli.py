@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
-import structlog
+import uvloop
 
 from aigw import __version__
 from aigw.config.errors import ConfigError
@@ -203,9 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tail":
         return run_tail(args)
     log_file = LogFile(args.log_file) if args.log_file is not None else None
-    configure_logging(args.log_level, stream=log_file)
-    if args.worker_index is not None:
-        structlog.contextvars.bind_contextvars(worker=args.worker_index)
+    static = {"worker": args.worker_index} if args.worker_index is not None else None
+    configure_logging(args.log_level, stream=log_file, static=static)
     if args.command == "serve" and args.workers > 1:
         if args.listen[1] == 0:
             print("error: --workers needs a fixed --listen port", file=sys.stderr)
@@ -216,12 +215,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.drain_timeout,
             Notifier.from_env(),
         )
-        return asyncio.run(supervisor.run())
+        return _run(supervisor.run())
     if args.command == "serve":
-        return asyncio.run(serve(_settings(args), log_file=log_file))
+        return _run(serve(_settings(args), log_file=log_file))
     from aigw.demo import run_demo
 
-    return asyncio.run(run_demo(_settings(args), once=args.once))
+    return _run(run_demo(_settings(args), once=args.once))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    # PERF: uvloop's C transports (measured in docs/performance.md).
+    return uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ the client's bytes go upstream as they came.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from aigw.chain.exchange import Exchange, Handler
@@ -138,8 +138,8 @@ def _preserve_stage(limit: int, next_: Handler) -> Handler:
         # stream is logged as one.
         if b'"stream"' in body:
             try:
-                payload = json.loads(body)
-            except ValueError:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:
                 payload = None
             ex.stream = isinstance(payload, dict) and payload.get("stream") is True
         return await next_(ex)
@@ -151,21 +151,31 @@ def _parse_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise BadRequest("invalid_json", "the request body is empty; expected a JSON object")
     try:
-        # RFC 8259: JSON on the wire is UTF-8; json.loads(bytes) would guess
-        # UTF-16/32 from the first bytes instead.
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest("invalid_json", "the request body is not valid UTF-8") from exc
-    try:
-        payload = json.loads(text)
-    except ValueError as exc:
-        raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from exc
+        # RFC 8259: JSON on the wire is UTF-8; orjson insists on it (the
+        # standard library would guess UTF-16/32 from the first bytes).
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _invalid_json(body, exc) from exc
     if not isinstance(payload, dict):
         raise BadRequest(
             "invalid_json",
-            f"the request body must be a JSON object, not {type(payload).__name__}",
+            f"the request body must be a JSON object, not {_json_type(payload)}",
         )
     return payload
+
+
+def _invalid_json(body: bytes, exc: orjson.JSONDecodeError) -> BadRequest:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest("invalid_json", "the request body is not valid UTF-8")
+    return BadRequest("invalid_json", f"the request body is not valid JSON: {exc}")
+
+
+def _json_type(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 def _require(payload: dict[str, Any], field: str) -> None:
@@ -201,5 +211,5 @@ def _ask_for_usage(ex: Exchange, payload: dict[str, Any]) -> bool:
 
 
 def dump_json(payload: dict[str, Any]) -> bytes:
-    """Compact JSON, as the SDK itself sends it."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON, as the SDK itself sends it."""
+    return orjson.dumps(payload)

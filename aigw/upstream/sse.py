@@ -8,9 +8,10 @@ behalf, see ``StreamObserver``).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
+
+import orjson
 
 __all__ = ["SSESplitter", "StreamObserver", "event_data"]
 
@@ -106,8 +107,8 @@ class StreamObserver:
         if not (has_usage or wants_model or wants_token):
             return True
         try:
-            chunk = json.loads(data)
-        except ValueError:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
             return True
         if not isinstance(chunk, dict):
             return True

@@ -62,7 +62,7 @@ def test_invalid_json_is_400_and_never_forwarded(
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"[1, 2]", "must be a JSON object, not list"),
+        (b"[1, 2]", "must be a JSON object, not an array"),
         (b"", "body is empty"),
         (b'{"model": "gpt-4o"}', "'messages' is missing"),
         (b'{"messages": []}', "'messages' is not a non-empty array"),

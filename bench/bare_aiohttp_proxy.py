@@ -30,9 +30,11 @@ def main() -> None:
     parser.add_argument("upstream")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--api-key", default="bench-key")
+    parser.add_argument("--pool", type=int, default=1000, help="upstream connections (0: no cap)")
     args = parser.parse_args()
     upstream: str = args.upstream.rstrip("/")
     api_key: str = args.api_key
+    pool_limit: int = args.pool
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -54,7 +56,7 @@ def main() -> None:
             return response
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
-        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=pool_limit))
         yield
         await app[SESSION].close()
 

@@ -15,6 +15,7 @@ Sizes are interleaved in every round, and every measurement is a fresh process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -71,8 +72,12 @@ def run(ctx: Context) -> dict[str, Any]:
         for key in ctx.order(sizes, round_index):
             size = int(key)
             doc = _worker("load", str(dirs[size]), "--reloads", str(reloads))
-            doc["check_ms"] = _wall(
-                [tg.PYTHON, "-m", "aigw", "check", "--conf-dir", str(dirs[size])], env
+            # A 10,000-file check takes ~12 s here: once is enough to place it, and it
+            # keeps the whole suite near its 10-minute budget.
+            doc["check_ms"] = (
+                _wall([tg.PYTHON, "-m", "aigw", "check", "--conf-dir", str(dirs[size])], env)
+                if size < 5000 or round_index == 0
+                else math.nan
             )
             doc["round"] = round_index
             rows[size].append(doc)

@@ -70,7 +70,7 @@ def _sse(
 def _measure(
     ctx: Context, target: tg.Target, upstream: tg.Target, streams: int, duration: float
 ) -> dict[str, Any]:
-    idle = float(rss_kib(target.pid)) if target.pid is not None else math.nan
+    before = float(rss_kib(target.pid)) if target.pid is not None else math.nan
     cpu0, up0, t0 = cpu_seconds(target.pid), cpu_seconds(upstream.pid), time.monotonic()
     with RssSampler(target.pid) as sampler:
         doc = _sse(ctx, target, streams, duration)
@@ -78,9 +78,8 @@ def _measure(
     doc["proxy_cores"] = (cpu_seconds(target.pid) - cpu0) / wall
     doc["upstream_cores"] = (cpu_seconds(upstream.pid) - up0) / wall
     doc["wall_s"] = wall
-    doc["rss_idle_kib"] = idle
+    doc["rss_before_kib"] = before
     doc["rss_peak_kib"] = sampler.peak_kib
-    doc["rss_per_stream_kib"] = (sampler.peak_kib - idle) / streams
     return doc
 
 
@@ -95,8 +94,15 @@ def _line(key: str, doc: dict[str, Any]) -> str:
     )
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]], streams: int) -> dict[str, dict[str, float]]:
-    """Medians over rounds; added TTFT and gaps paired per round with direct."""
+def summarise(
+    runs: dict[str, list[dict[str, Any]]], idle_kib: dict[str, float], streams: int
+) -> dict[str, dict[str, float]]:
+    """Medians over rounds; added TTFT and gaps paired per round with direct.
+
+    RSS per open stream is (highest peak of any round - RSS idle) / N, with the idle
+    RSS read once, before the target's first stream: an allocator keeps what a round
+    grew, so a later round's "before" would already hold most of the streams' memory.
+    """
     direct = {row["round"]: row for row in runs.get("direct", [])}
 
     def get(row: dict[str, Any], dist: str, q: str) -> float:
@@ -110,9 +116,19 @@ def summarise(runs: dict[str, list[dict[str, Any]]], streams: int) -> dict[str, 
             "errors": float(sum(r["errors"] for r in rows)),
             "steady_streams": median(float(r["steady_streams"]) for r in rows),
             "open_mean": median(float(r["open_streams"]["mean"] or math.nan) for r in rows),
-            "rss_idle_mib": median(r["rss_idle_kib"] / 1024 for r in rows),
-            "rss_peak_mib": median(r["rss_peak_kib"] / 1024 for r in rows),
-            "rss_per_stream_kib": median(r["rss_per_stream_kib"] for r in rows),
+            "served_mean": median(float(r["served_streams"]["mean"] or math.nan) for r in rows),
+            "rss_idle_mib": idle_kib.get(key, math.nan) / 1024,
+            "rss_peak_mib": max((r["rss_peak_kib"] for r in rows), default=math.nan) / 1024,
+            "rss_per_stream_kib": (
+                max((r["rss_peak_kib"] for r in rows), default=math.nan)
+                - idle_kib.get(key, math.nan)
+            )
+            / streams,
+            "new_conn_ttft_ms_p99": median(get(r, "new_conn_ttft_ms", "p99") for r in rows),
+            "new_conn_ttft_ms_max": max(
+                (get(r, "new_conn_ttft_ms", "max") for r in rows), default=math.nan
+            ),
+            "new_conn_unanswered": float(sum(r["new_conn_unanswered"] for r in rows)),
             "client_cpu_s": median(r["client_cpu_s"] for r in rows),
             "client_cores": median(r["client_cpu_s"] / r["wall_s"] for r in rows),
             "proxy_cores": median(r["proxy_cores"] for r in rows),
@@ -162,6 +178,8 @@ def run(ctx: Context, nginx_upstream: tg.Target) -> dict[str, Any]:
     for t in live_all:
         result["targets"][t.key] = {"name": t.name, "skipped": t.skipped}
     runs: dict[str, list[dict[str, Any]]] = {t.key: [] for t in live}
+    # RSS before any stream: the baseline of the per-stream memory.
+    idle_kib = {t.key: float(rss_kib(t.pid)) for t in live if t.pid is not None}
     try:
         for target in live if not ctx.quick else ():
             # Warm-up: a tenth of the streams, long enough for every slot to finish one.
@@ -180,7 +198,7 @@ def run(ctx: Context, nginx_upstream: tg.Target) -> dict[str, Any]:
         if mock.proc is not None:
             ctx.procs.stop(mock.proc)
     result["runs"] = runs
-    result["summary"] = summarise(runs, streams)
+    result["summary"] = summarise(runs, idle_kib, streams)
     result["measured_streams"] = median(
         float(r["steady_streams"]) for rows in runs.values() for r in rows
     )

@@ -7,14 +7,17 @@ the N slots opens a stream, reads it to ``data: [DONE]`` and opens the next one,
 so N streams stay open (a slot is between streams only for one request set-up).
 
 Which streams are measured: those *started* inside the window from the end of the
-ramp to ``--duration``. The first starts are spread over ``--ramp`` seconds
-(default: one stream's length at the peers' pacing, 64 x 20 ms) so the streams'
-20 ms ticks are spread out, as real traffic is, rather than 1,000 streams writing
-on the same tick; streams started in the ramp are not measured (they also pay for
-connection set-up). After the window the slots keep opening unmeasured filler
-streams until every measured stream has ended, so each measured stream lives its
-whole life under N open streams, however slow a proxy makes it; the fillers are
-then cut (not counted as errors).
+ramp to ``--duration``, except each slot's first stream. The first starts are
+spread over ``--ramp`` seconds (default: one stream's length at the peers' pacing,
+64 x 20 ms) so the streams' 20 ms ticks are spread out, as real traffic is, rather
+than 1,000 streams writing on the same tick. A slot's first stream also pays for a
+new connection, which a saturated server may leave in its accept queue for a long
+time; those first streams are summarised on their own (``new_conn_ttft_ms``). After
+the window the slots keep opening unmeasured filler streams until every measured
+stream has ended, so each measured stream lives its whole life under N open
+streams; the fillers are then cut (not counted as errors). A measured stream still
+open ``--max-tail`` seconds after the window is cut and counted as an error, so a
+stalled proxy cannot hold the run for ever.
 
 Measured per stream, with ``time.perf_counter`` in this process:
 
@@ -73,6 +76,7 @@ class StreamRecord:
     tokens: int = 0
     done: bool = False
     aborted: bool = False  # a filler stream the client cut at the end of the run
+    reused: bool = False  # sent on a kept-alive connection (not a fresh one)
     error: str | None = None
 
 
@@ -85,15 +89,18 @@ class _Plan:
         self.origin = time.perf_counter()
         self.window = (self.origin + ramp, self.origin + duration)
         self.measuring = 0  # measured streams still open
-        self.in_flight = 0
+        self.in_flight = 0  # requests sent and not finished
+        self.served = 0  # of those, answered: the proxy accepted and responded
         self.open_samples: list[int] = []
+        self.served_samples: list[int] = []
         self.finished = asyncio.Event()
+        self.max_tail = 10.0
 
-    def begin(self) -> bool:
-        """A stream starts; returns whether it is measured."""
+    def begin(self, first: bool) -> bool:
+        """A stream starts (*first*: the slot's first); returns whether it is measured."""
         self.in_flight += 1
         now = time.perf_counter()
-        measured = self.window[0] <= now < self.window[1]
+        measured = not first and self.window[0] <= now < self.window[1]
         if measured:
             self.measuring += 1
         return measured
@@ -112,8 +119,11 @@ class _Plan:
             now = time.perf_counter()
             if now >= self.window[0]:
                 self.open_samples.append(self.in_flight)
+                self.served_samples.append(self.served)
             if now >= self.window[1] and not self.measuring:
                 self.finished.set()
+            if now >= self.window[1] + self.max_tail:
+                self.finished.set()  # measured streams still open are cut: errors
             await asyncio.sleep(0.05)
 
 
@@ -185,7 +195,9 @@ class _RawStream(asyncio.Protocol):
     streams x 50 tokens/s.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, plan: _Plan) -> None:
+        self._plan = plan
+        self._answered = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.cutting = False
@@ -201,6 +213,7 @@ class _RawStream(asyncio.Protocol):
         self._skip = 0  # the CRLF after a chunk's data
         self._status = 0
         self._keep_alive = True
+        self.requests = 0  # requests sent on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence no isinstance check.
@@ -216,7 +229,9 @@ class _RawStream(asyncio.Protocol):
         assert self.transport is not None
         self._origin = origin
         t0 = time.perf_counter()
-        self._counter = _Counter(StreamRecord(started=t0 - origin, measured=measured), t0)
+        rec = StreamRecord(started=t0 - origin, measured=measured, reused=self.requests > 0)
+        self._counter = _Counter(rec, t0)
+        self.requests += 1
         self._waiter = asyncio.get_running_loop().create_future()
         self._head, self._in_body, self._frame = b"", False, b""
         self._left = self._skip = 0
@@ -224,7 +239,7 @@ class _RawStream(asyncio.Protocol):
         return self._waiter
 
     def cut(self) -> None:
-        """Ends an unmeasured filler stream at the end of the run."""
+        """Ends a stream still open at the end of the run."""
         if self._counter is not None and self.transport is not None:
             self.cutting = True
             self.transport.abort()
@@ -239,6 +254,8 @@ class _RawStream(asyncio.Protocol):
             if end < 0:
                 return
             head, data = self._head[:end].lower(), self._head[end + 4 :]
+            self._answered = True
+            self._plan.served += 1
             self._status = int(head[9:12])
             self._chunked = b"transfer-encoding: chunked" in head
             self._keep_alive = b"connection: close" not in head
@@ -293,8 +310,11 @@ class _RawStream(asyncio.Protocol):
             return
         rec = counter.rec
         rec.ended = time.perf_counter() - self._origin
+        if self._answered:
+            self._answered = False
+            self._plan.served -= 1
         if self.cutting:
-            rec.aborted, error = True, "cut at the end of the run"
+            rec.aborted, error = True, "still open at the end of the run (cut)"
         elif error is None and self._status != 200:
             error = f"HTTP {self._status}"
         elif error is None and not rec.done:
@@ -326,11 +346,13 @@ async def _run_raw(
     async def slot(index: int) -> None:
         await asyncio.sleep(plan.ramp * index / plan.streams)
         proto: _RawStream | None = None
+        first = True
         while not plan.finished.is_set():
-            measured = plan.begin()
+            measured = plan.begin(first)
+            first = False
             try:
                 if proto is None or proto.closed:
-                    _, proto = await loop.create_connection(_RawStream, host, port)
+                    _, proto = await loop.create_connection(lambda: _RawStream(plan), host, port)
                 active.add(proto)
                 records.append(await proto.start(request, plan.origin, measured))
             except OSError as exc:
@@ -361,14 +383,19 @@ async def _aiohttp_stream(
     url: str,
     body: bytes,
     headers: dict[str, str],
-    origin: float,
+    plan: _Plan,
     measured: bool,
+    first: bool,
 ) -> StreamRecord:
     t0 = time.perf_counter()
-    rec = StreamRecord(started=t0 - origin, measured=measured)
+    # aiohttp keeps the slot's connection alive: only a slot's first stream opens one.
+    rec = StreamRecord(started=t0 - plan.origin, measured=measured, reused=not first)
+    answered = False
     counter = _Counter(rec, t0)
     try:
         async with session.post(url, data=body, headers=headers) as resp:
+            plan.served += 1
+            answered = True
             if resp.status != 200:
                 text = (await resp.read())[:200].decode("utf-8", "replace")
                 rec.error = f"HTTP {resp.status}: {text}"
@@ -380,7 +407,9 @@ async def _aiohttp_stream(
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         rec.error = f"{type(exc).__name__}: {exc}"[:200]
     finally:
-        rec.ended = time.perf_counter() - origin
+        rec.ended = time.perf_counter() - plan.origin
+        if answered:
+            plan.served -= 1
     return rec
 
 
@@ -394,10 +423,12 @@ async def _run_aiohttp(
 
         async def slot(index: int) -> None:
             await asyncio.sleep(plan.ramp * index / plan.streams)
+            first = True
             while not plan.finished.is_set():
-                measured = plan.begin()
+                measured = plan.begin(first)
                 try:
-                    rec = await _aiohttp_stream(session, url, body, headers, plan.origin, measured)
+                    rec = await _aiohttp_stream(session, url, body, headers, plan, measured, first)
+                    first = False
                     records.append(rec)
                 finally:
                     plan.end(measured)
@@ -419,17 +450,19 @@ async def run(
     body: bytes,
     headers: dict[str, str],
     engine: str = "raw",
-) -> tuple[list[StreamRecord], list[int]]:
-    """Runs the load; returns every stream and the open-stream samples of the window."""
+    max_tail: float = 10.0,
+) -> tuple[list[StreamRecord], list[tuple[int, int]]]:
+    """Runs the load; returns every stream and the (open, served) samples of the window."""
     plan = _Plan(streams, duration, ramp)
+    plan.max_tail = max_tail
     records: list[StreamRecord] = []
     await _ENGINES[engine](url, plan, body, headers, records)
-    return records, plan.open_samples
+    return records, list(zip(plan.open_samples, plan.served_samples, strict=True))
 
 
 def summarise(
     records: list[StreamRecord],
-    open_samples: list[int],
+    samples: list[tuple[int, int]],
     *,
     streams: int,
     duration: float,
@@ -440,7 +473,9 @@ def summarise(
     measured = [r for r in records if r.measured and r.error is None]
     # A run too short to have a window (a smoke test) still reports something.
     basis = measured or [r for r in records if r.error is None]
-    errors = [r.error for r in records if r.error is not None and not r.aborted]
+    # A cut filler is no error; a cut measured stream is (it stalled past --max-tail).
+    errors = [r.error for r in records if r.error is not None and (r.measured or not r.aborted)]
+    new_conn = [r.ttft_ms for r in records if not r.reused and r.ttft_ms is not None]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "streams": streams,
@@ -456,10 +491,18 @@ def summarise(
         "tokens_per_stream": _pct(sorted(float(r.tokens) for r in basis), 50),
         "stream_ms": _dist([(r.ended - r.started) * 1000 for r in basis]),
         "ttft_ms": _dist([r.ttft_ms for r in basis if r.ttft_ms is not None]),
+        "new_conn_ttft_ms": _dist(new_conn),
+        "new_conn_unanswered": sum(1 for r in records if not r.reused and r.ttft_ms is None),
         "gap_ms": _dist([g for r in basis for g in r.gaps_ms]),
+        # Requests in flight, and those the server had answered (accepted and started
+        # responding): a server that cannot keep up leaves the difference unaccepted.
         "open_streams": {
-            "mean": sum(open_samples) / len(open_samples) if open_samples else None,
-            "min": min(open_samples) if open_samples else None,
+            "mean": sum(o for o, _ in samples) / len(samples) if samples else None,
+            "min": min(o for o, _ in samples) if samples else None,
+        },
+        "served_streams": {
+            "mean": sum(s for _, s in samples) / len(samples) if samples else None,
+            "min": min(s for _, s in samples) if samples else None,
         },
         "client_cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
         "uvloop": "uvloop" in sys.modules,
@@ -481,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=3.0, help="end of the window (s)")
     parser.add_argument("--ramp", type=float, default=1.3, help="spread first starts (s)")
+    parser.add_argument(
+        "--max-tail", type=float, default=10.0, help="wait for measured streams at most (s)"
+    )
     parser.add_argument("--deployment", default="gpt-4o", help="the body's model field")
     parser.add_argument(
         "--header", action="append", default=[], metavar="NAME:VALUE", help="repeatable"
@@ -509,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         body=body,
         headers=headers,
         engine=args.engine,
+        max_tail=args.max_tail,
     )
     uvloop: Any = None
     if not args.no_uvloop:

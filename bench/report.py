@@ -7,12 +7,13 @@ numbers appear only as context next to the ratios.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["evaluate", "render"]
+__all__ = ["evaluate", "load", "render"]
 
 # The multiplication sign reads better in tables than an "x"; spelled as an escape for ruff.
 X = "\u00d7"
@@ -156,8 +157,9 @@ def _streams_section(res: dict[str, Any]) -> list[str]:
         "until each measured stream has ended. Gaps are between consecutive token events; "
         "events coalesced into one read count as a 0 ms gap (and a long one before them). "
         "RSS per open stream = (highest peak of the rounds - RSS before the first stream) / "
-        f"{n:,}. The last column is each slot's first stream, which also waits for the "
-        'proxy to accept its new connection while the other streams run. "Served at once" '
+        "the streams served at once in that round. The last column is each slot's first "
+        "stream, which also waits for the proxy to accept its new connection while the other "
+        'streams run. "Served at once" '
         "counts the streams the proxy had accepted and answered (the client keeps N requests "
         "in flight; the rest wait in the proxy's accept queue)."
     )
@@ -196,7 +198,9 @@ def _streams_section(res: dict[str, Any]) -> list[str]:
             "—" if direct else _num(s["rss_per_stream_kib"], ".1f", " KiB"),
             f"{_ms(s['new_conn_ttft_ms_p99'])} / {_ms(s['new_conn_ttft_ms_max'])}"
             + (
-                f" ({int(s['new_conn_unanswered'])} unanswered)" if s["new_conn_unanswered"] else ""
+                f" ({_num(s['new_conn_unanswered'])} per run never answered)"
+                if s["new_conn_unanswered"]
+                else ""
             ),
         ]
 
@@ -375,11 +379,17 @@ def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 + ("" if held else f"; only {_num(served)} of {n:,} streams served at once"),
             )
         )
+        per_requested = s.get("rss_per_requested_stream_kib", math.nan)
         verdicts.append(
             (
                 "streams: < 64 KiB RSS per open stream",
                 verdict(rss < 64.0),
-                _num(rss, ".1f", " KiB"),
+                f"{_num(rss, '.1f', ' KiB')} per stream served"
+                + (
+                    ""
+                    if held
+                    else f" ({_num(per_requested, '.1f', ' KiB')} if spread over all {n:,})"
+                ),
             )
         )
     routes = results.get("routes")
@@ -418,6 +428,20 @@ def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     return verdicts
+
+
+def _nan_summaries(value: Any, in_summary: bool = False) -> Any:
+    if isinstance(value, dict):
+        return {k: _nan_summaries(v, in_summary or k == "summary") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_summaries(v, in_summary) for v in value]
+    return math.nan if value is None and in_summary else value
+
+
+def load(text: str) -> dict[str, Any]:
+    """Results read back from latest.json: the nulls of the summaries become NaN again."""
+    data: dict[str, Any] = _nan_summaries(json.loads(text))
+    return data
 
 
 def render(results: dict[str, Any]) -> str:

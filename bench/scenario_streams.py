@@ -99,9 +99,10 @@ def summarise(
 ) -> dict[str, dict[str, float]]:
     """Medians over rounds; added TTFT and gaps paired per round with direct.
 
-    RSS per open stream is (highest peak of any round - RSS idle) / N, with the idle
-    RSS read once, before the target's first stream: an allocator keeps what a round
-    grew, so a later round's "before" would already hold most of the streams' memory.
+    RSS per open stream is (highest peak of any round - RSS idle) / the streams served
+    at once in that round (at most N), with the idle RSS read once, before the target's
+    first stream: an allocator keeps what a round grew, so a later round's "before"
+    would already hold most of the streams' memory.
     """
     direct = {row["round"]: row for row in runs.get("direct", [])}
 
@@ -112,23 +113,26 @@ def summarise(
     out: dict[str, dict[str, float]] = {}
     for key, rows in runs.items():
         paired = [(r, direct[r["round"]]) for r in rows if r["round"] in direct]
+        # The round whose RSS peaked (NaN for direct, which has no proxy process).
+        peak = max(rows, key=lambda r: -1.0 if math.isnan(r["rss_peak_kib"]) else r["rss_peak_kib"])
         summary = {
             "errors": float(sum(r["errors"] for r in rows)),
             "steady_streams": median(float(r["steady_streams"]) for r in rows),
             "open_mean": median(float(r["open_streams"]["mean"] or math.nan) for r in rows),
             "served_mean": median(float(r["served_streams"]["mean"] or math.nan) for r in rows),
             "rss_idle_mib": idle_kib.get(key, math.nan) / 1024,
-            "rss_peak_mib": max((r["rss_peak_kib"] for r in rows), default=math.nan) / 1024,
-            "rss_per_stream_kib": (
-                max((r["rss_peak_kib"] for r in rows), default=math.nan)
-                - idle_kib.get(key, math.nan)
-            )
+            "rss_peak_mib": peak["rss_peak_kib"] / 1024,
+            # Per stream the proxy really held: one that leaves connections in its
+            # accept queue holds fewer than N, and its memory is theirs alone.
+            "rss_per_stream_kib": (peak["rss_peak_kib"] - idle_kib.get(key, math.nan))
+            / min(float(streams), peak["served_streams"]["mean"] or float(streams)),
+            "rss_per_requested_stream_kib": (peak["rss_peak_kib"] - idle_kib.get(key, math.nan))
             / streams,
             "new_conn_ttft_ms_p99": median(get(r, "new_conn_ttft_ms", "p99") for r in rows),
             "new_conn_ttft_ms_max": max(
                 (get(r, "new_conn_ttft_ms", "max") for r in rows), default=math.nan
             ),
-            "new_conn_unanswered": float(sum(r["new_conn_unanswered"] for r in rows)),
+            "new_conn_unanswered": median(float(r["new_conn_unanswered"]) for r in rows),
             "client_cpu_s": median(r["client_cpu_s"] for r in rows),
             "client_cores": median(r["client_cpu_s"] / r["wall_s"] for r in rows),
             "proxy_cores": median(r["proxy_cores"] for r in rows),
@@ -199,6 +203,7 @@ def run(ctx: Context, nginx_upstream: tg.Target) -> dict[str, Any]:
             ctx.procs.stop(mock.proc)
     result["runs"] = runs
     result["summary"] = summarise(runs, idle_kib, streams)
+    result["idle_kib"] = idle_kib
     result["measured_streams"] = median(
         float(r["steady_streams"]) for rows in runs.values() for r in rows
     )

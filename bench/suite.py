@@ -145,6 +145,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "latest.json")
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    parser.add_argument(
+        "--render",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="only print the report of saved results (scenarios of later files win)",
+    )
     return parser.parse_args(argv)
 
 
@@ -158,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     _reexec_in_venv()
     args = _parse_args(argv)
     sys.path.insert(0, str(BENCH))
+    if args.render:
+        import report
+
+        merged: dict[str, Any] = {}
+        for path in args.render:
+            merged.update(report.load(path.read_text()))
+        print(report.render(merged))
+        return 0
     import aiohttp
     import report
     import targets as tg

@@ -155,6 +155,7 @@ class Reloader:
         self._compiled: dict[tuple[str, str], CompiledRoute] = {}
         # name -> a valid version refused only because another file holds its path
         self._blocked: dict[str, tuple[RouteFile, bytes]] = {}
+        self._pending_commit: Callable[[], None] | None = None
 
     # -- entry points -------------------------------------------------------
 
@@ -195,7 +196,14 @@ class Reloader:
                 self.last_report = report
                 METRICS.config_reloads.labels("failed").inc()
                 return report
-            return self._apply(scan, trigger, force=force)
+            # Building (compiling routes, fsyncing last-known-good copies) runs in
+            # the worker thread too; only the publish, one assignment, runs on
+            # the event loop, so a big reload never stalls live requests.
+            report = await asyncio.to_thread(self._apply, scan, trigger, force=force, publish=False)
+            commit, self._pending_commit = self._pending_commit, None
+            if commit is not None:
+                commit()
+            return report
 
     def files(self) -> list[FileState]:
         """The state of every file known to the last reload, by name."""
@@ -277,7 +285,9 @@ class Reloader:
             scan.removed += sorted(self._serving.keys() - scan.seen.keys() - set(scan.removed))
         return scan
 
-    def _apply(self, scan: _Scan, trigger: Trigger, *, force: bool) -> ReloadReport:
+    def _apply(
+        self, scan: _Scan, trigger: Trigger, *, force: bool, publish: bool = True
+    ) -> ReloadReport:
         started = time.perf_counter()
         if not (scan.added or scan.changed or scan.removed or force):
             self._seen = scan.seen
@@ -337,26 +347,17 @@ class Reloader:
             fallback = serving.get(name)
             if fallback is not None and builder.offer(fallback.file) is not None:
                 del serving[name]
-        self._blocked = blocked
-        self.generation += 1
-        table = builder.build(self.generation)
-        self._seen, self._serving, self._refused = scan.seen, serving, refused
-        self._compiled = {
+        generation = self.generation + 1
+        table = builder.build(generation)
+        compiled = {
             (s.file.source, s.file.digest): self._compiled[(s.file.source, s.file.digest)]
             for s in serving.values()
         }
-        self.table = table
-        if self._publish is not None:
-            self._publish(table)
-        if self._store is not None:
-            for name in accepted:
-                self._store.save(name, serving[name].raw)
-            for name in scan.removed:
-                self._store.delete(name)
+        self._persist({name: serving[name].raw for name in accepted}, scan.removed)
         report = ReloadReport(
             trigger=trigger,
             published=True,
-            generation=self.generation,
+            generation=generation,
             added=tuple(scan.added),
             changed=tuple(scan.changed),
             removed=tuple(scan.removed),
@@ -366,14 +367,35 @@ class Reloader:
             routes=len(table.routes),
             build_ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        self.last_report = report
-        self.last_reload_at = now
-        METRICS.config_reloads.labels("published").inc()
-        METRICS.config_generation.set(self.generation)
-        METRICS.config_rejected_files.set(len(refused))
-        METRICS.routes.set(len(table.routes))
-        _log_report(report, self.files())
+
+        def commit() -> None:
+            # Everything a status reader sees changes together, with no await
+            # in between, on the event loop (or synchronously at start-up).
+            self._blocked = blocked
+            self._seen, self._serving, self._refused = scan.seen, serving, refused
+            self._compiled = compiled
+            self.generation, self.table = generation, table
+            self.last_report, self.last_reload_at = report, now
+            if self._publish is not None:
+                self._publish(table)
+            METRICS.config_reloads.labels("published").inc()
+            METRICS.config_generation.set(generation)
+            METRICS.config_rejected_files.set(len(refused))
+            METRICS.routes.set(len(table.routes))
+            _log_report(report, self.files())
+
+        if publish:
+            commit()
+        else:
+            self._pending_commit = commit
         return report
+
+    def _persist(self, accepted: dict[str, bytes], removed: list[str]) -> None:
+        if self._store is not None:
+            for name, raw in accepted.items():
+                self._store.save(name, raw)
+            for name in removed:
+                self._store.delete(name)
 
     def _compile(self, file: RouteFile) -> CompiledRoute:
         key = (file.source, file.digest)

@@ -119,6 +119,16 @@ class _Scan:
     seen: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Attempt:
+    builder: TableBuilder
+    serving: dict[str, _Serving]
+    refused: dict[str, ConfigError]
+    accepted: list[str] = field(default_factory=list)
+    blocked: dict[str, tuple[RouteFile, bytes]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+
 class Reloader:
     """Owns the config state of one gateway and publishes its tables.
 
@@ -303,7 +313,6 @@ class Reloader:
             n: e for n, e in self._refused.items() if n not in scan.removed and n not in scan.parsed
         }
         refused.update(scan.refused)
-        builder = TableBuilder(self._compile)
         now = time.time()
         # A forced reload (SIGHUP) parses every file again; one whose content
         # did not change stays an incumbent, not a newcomer.
@@ -320,33 +329,18 @@ class Reloader:
         for name, version in self._blocked.items():
             if name not in scan.removed and name not in scan.parsed and name not in scan.refused:
                 candidates[name] = version
-        # 1. Incumbents: files whose serving version stays keep their paths.
-        for name in sorted(serving.keys() - candidates.keys()):
-            error = builder.offer(serving[name].file)
-            if error is not None:  # cannot happen for a consistent previous table
-                refused[name] = error
-                del serving[name]
-        # 2. Files that serve now and have a new version: the new version if it
-        #    fits, else their last known good one; before any newcomer, so an
-        #    active route keeps its path even when it changes in the same batch.
-        # 3. Newcomers, in lexical order (at start-up the first file wins).
-        in_service = sorted(n for n in candidates if n in serving)
-        newcomers = sorted(n for n in candidates if n not in serving)
-        accepted: list[str] = []
-        blocked: dict[str, tuple[RouteFile, bytes]] = {}
-        for name in in_service + newcomers:
-            file, raw = candidates[name]
-            error = builder.offer(file)
-            if error is None:
-                serving[name] = _Serving(file, raw, now)
-                refused.pop(name, None)
-                accepted.append(name)
-                continue
-            refused[name] = error
-            blocked[name] = (file, raw)
-            fallback = serving.get(name)
-            if fallback is not None and builder.offer(fallback.file) is not None:
-                del serving[name]
+        # An active file that lost both versions to another active file that
+        # changed in the same batch goes first in the next attempt: it held
+        # the path. Each retry pins one more file, so this ends.
+        first: list[str] = []
+        while True:
+            attempt = self._offer_all(candidates, serving, refused, first, now)
+            dropped = [n for n in attempt.dropped if n not in first]
+            if not dropped:
+                break
+            first.append(dropped[0])
+        builder, serving, refused = attempt.builder, attempt.serving, attempt.refused
+        accepted, blocked = attempt.accepted, attempt.blocked
         generation = self.generation + 1
         table = builder.build(generation)
         compiled = {
@@ -389,6 +383,46 @@ class Reloader:
         else:
             self._pending_commit = commit
         return report
+
+    def _offer_all(
+        self,
+        candidates: dict[str, tuple[RouteFile, bytes]],
+        serving_before: dict[str, _Serving],
+        refused_before: dict[str, ConfigError],
+        first: list[str],
+        now: float,
+    ) -> _Attempt:
+        """Builds one candidate table; the previous state is not modified."""
+        builder = TableBuilder(self._compile)
+        serving, refused = dict(serving_before), dict(refused_before)
+        attempt = _Attempt(builder, serving, refused)
+        # 1. Incumbents: files whose serving version stays keep their paths.
+        for name in sorted(serving.keys() - candidates.keys()):
+            error = builder.offer(serving[name].file)
+            if error is not None:  # cannot happen for a consistent previous table
+                refused[name] = error
+                del serving[name]
+        # 2. Files that serve now and have a new version: the new version if it
+        #    fits, else their last known good one; before any newcomer, so an
+        #    active route keeps its path even when it changes in the same batch.
+        # 3. Newcomers, in lexical order (at start-up the first file wins).
+        in_service = first + sorted(n for n in candidates if n in serving and n not in first)
+        newcomers = sorted(n for n in candidates if n not in serving)
+        for name in in_service + newcomers:
+            file, raw = candidates[name]
+            error = builder.offer(file)
+            if error is None:
+                serving[name] = _Serving(file, raw, now)
+                refused.pop(name, None)
+                attempt.accepted.append(name)
+                continue
+            refused[name] = error
+            attempt.blocked[name] = (file, raw)
+            fallback = serving.get(name)
+            if fallback is not None and builder.offer(fallback.file) is not None:
+                del serving[name]
+                attempt.dropped.append(name)
+        return attempt
 
     def _persist(self, accepted: dict[str, bytes], removed: list[str]) -> None:
         if self._store is not None:

@@ -483,11 +483,6 @@ def test_incumbent_changed_in_the_same_deploy_as_a_newcomer_keeps_its_path(
     assert gw.chat("shared") == NEW
 
 
-@pytest.mark.xfail(
-    reason="aigw bug: Reloader._apply offers the new versions of active files in lexical "
-    "order, so a.yaml takes m.yaml's path and m.yaml (new and LKG versions) is dropped",
-    strict=True,
-)
 def test_active_file_cannot_take_the_path_of_another_active_file_changed_with_it(
     gw: ReloadGateway,
 ) -> None:

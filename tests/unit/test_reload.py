@@ -209,3 +209,19 @@ async def test_missing_directory(tmp_path: Path) -> None:
     report = await r.reload("watch")
     assert report.error and not report.published
     assert served(r) == {"a": "gpt-4o"}  # the whole last table keeps serving
+
+
+async def test_active_file_moving_onto_another_active_files_path_is_refused(
+    tmp_path: Path,
+) -> None:
+    shared = "/openai/deployments/shared/chat/completions"
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    (tmp_path / "m.yaml").write_text(route_file("m", path=shared))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    # One batch: a.yaml moves onto m.yaml's path while m.yaml changes too.
+    (tmp_path / "a.yaml").write_text(route_file("a", path=shared))
+    (tmp_path / "m.yaml").write_text(route_file("m", path=shared, deployment="gpt-4.1-mini"))
+    await r.reload("watch")
+    assert served(r) == {"a": "gpt-4o", "m": "gpt-4.1-mini"}
+    assert states(r) == {"a.yaml": "lkg", "m.yaml": "active"}

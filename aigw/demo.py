@@ -11,8 +11,6 @@ import asyncio
 import dataclasses
 import os
 
-from aiohttp import web
-
 from aigw.logs import get_logger
 from aigw.server import Server, ServeSettings
 
@@ -42,35 +40,27 @@ def run_seed_script(endpoint: str) -> list[str]:
 
 async def run_demo(settings: ServeSettings, *, once: bool) -> int:
     """Runs mock + gateway + the seed script; serves on until Ctrl-C unless *once*."""
-    from aigw.testing.azure_mock import MockConfig, build_app
+    from aigw.testing.azure_mock import MockServer
 
-    mock_config = MockConfig()
-    runner = web.AppRunner(build_app(mock_config), access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    mock_port = runner.addresses[0][1]
-    mock_url = f"http://127.0.0.1:{mock_port}"
-    _log.info("demo_mock_started", url=mock_url)
-
-    env = dict(os.environ)
-    env.setdefault("AZURE_OPENAI_KEY", mock_config.api_key)
-    env.setdefault("AZURE_INSTANCE", "demo")
-    server = Server(dataclasses.replace(settings, azure_base_url=mock_url), env)
-    await server.start()
-    endpoint = f"http://{settings.listener.host}:{server.port}"
-    try:
-        lines = await asyncio.to_thread(run_seed_script, endpoint)
-        for line in lines:
-            print(line, flush=True)
-        if not once:
-            print(
-                f"aigw is serving on {endpoint} against the mock at {mock_url}; "
-                "press Ctrl-C to stop.",
-                flush=True,
-            )
-            await asyncio.Event().wait()
-    finally:
-        await server.stop()
-        await runner.cleanup()
+    async with MockServer() as mock:
+        _log.info("demo_mock_started", url=mock.url)
+        env = dict(os.environ)
+        env.setdefault("AZURE_OPENAI_KEY", mock.config.api_key)
+        env.setdefault("AZURE_INSTANCE", "demo")
+        server = Server(dataclasses.replace(settings, azure_base_url=mock.url), env)
+        await server.start()
+        endpoint = f"http://{settings.listener.host}:{server.port}"
+        try:
+            lines = await asyncio.to_thread(run_seed_script, endpoint)
+            for line in lines:
+                print(line, flush=True)
+            if not once:
+                print(
+                    f"aigw is serving on {endpoint} against the mock at {mock.url}; "
+                    "press Ctrl-C to stop.",
+                    flush=True,
+                )
+                await asyncio.Event().wait()
+        finally:
+            await server.stop()
     return 0

@@ -18,6 +18,7 @@ error, never a clean but truncated finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -81,15 +82,15 @@ def make_relay(
             if model_header and status < 300:
                 headers[MODEL_HEADER] = label
             if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-                if streams_in_flight is None:
+                tracking = (
+                    streams_in_flight.track_inprogress()
+                    if streams_in_flight is not None
+                    else contextlib.nullcontext()
+                )
+                with tracking:
                     response = await _relay_stream(
                         ex, upstream, headers, require_done, capture_body
                     )
-                else:
-                    with streams_in_flight.track_inprogress():
-                        response = await _relay_stream(
-                            ex, upstream, headers, require_done, capture_body
-                        )
             else:
                 response = await _relay_body(ex, upstream, headers, capture_body)
             healthy = True

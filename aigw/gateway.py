@@ -6,7 +6,7 @@ seen only by the requests that start after it. Publishing is one reference
 assignment on the event loop thread, so there is no lock and no moment where a
 request can see half a table.
 
-The upstream connection pool (``ClientSession``) belongs to the gateway (and
+The upstream connection pool (``UpstreamPool``) belongs to the gateway (and
 through it to the app), never to a table: swapping tables never closes a
 connection an in-flight stream is using.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 
 from aigw.chain.access_log import access_log
 from aigw.chain.errors import error_responses
@@ -28,6 +28,7 @@ from aigw.metrics import METRICS
 from aigw.route import compile_chain
 from aigw.routing import InvalidPath, Match, normalize_request_path
 from aigw.table import RouteTable
+from aigw.upstream.pool import UpstreamPool
 
 __all__ = ["Gateway"]
 
@@ -54,13 +55,13 @@ class Gateway:
 
     Args:
         table: The first route table to serve.
-        session: The app's upstream connection pool.
+        pool: The app's upstream connection pool.
     """
 
-    __slots__ = ("_session", "_table")
+    __slots__ = ("_pool", "_table")
 
-    def __init__(self, table: RouteTable, session: ClientSession) -> None:
-        self._session = session
+    def __init__(self, table: RouteTable, pool: UpstreamPool) -> None:
+        self._pool = pool
         self._table = table
         scrubber.replace(table.secrets())
 
@@ -91,9 +92,7 @@ class Gateway:
             )
         found = table.router.match(request.method, path)
         if isinstance(found, Match):
-            ex = Exchange(
-                request=request, path=path, session=self._session, generation=table.generation
-            )
+            ex = Exchange(request=request, path=path, pool=self._pool, generation=table.generation)
             return await found.value.handler(ex)
         if found is None:
             error: Exception = RouteNotFound(
@@ -114,7 +113,7 @@ class Gateway:
         ex = Exchange(
             request=request,
             path=path,
-            session=self._session,
+            pool=self._pool,
             generation=table.generation,
             preset_error=error,
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aigw.admin import build_admin_app
-from aigw.app import build_app, make_session
+from aigw.app import build_app
 from aigw.config.errors import ConfigError
 from aigw.gateway import Gateway
 from aigw.listener import Listener, ListenerSettings, start_listener
@@ -20,6 +20,7 @@ from aigw.logs import LogFile, get_logger
 from aigw.reload import Reloader
 from aigw.systemd import Notifier
 from aigw.table import RouteTable
+from aigw.upstream.pool import UpstreamPool
 from aigw.watch import watch_conf_dir
 
 __all__ = ["ServeSettings", "Server", "serve"]
@@ -90,8 +91,8 @@ class Server:
             OSError: A port cannot be bound.
         """
         settings = self.settings
-        session = make_session(pool_size=settings.pool_size)
-        self._session = session
+        pool = UpstreamPool(limit=settings.pool_size)
+        self._pool = pool
         store = LastKnownGood(settings.state_dir) if settings.state_dir is not None else None
         gateway: Gateway | None = None
 
@@ -110,7 +111,7 @@ class Server:
         )
         reloader.load_initial()
         assert reloader.table is not None
-        gateway = Gateway(reloader.table, session)
+        gateway = Gateway(reloader.table, pool)
         self.gateway, self.reloader = gateway, reloader
         self._listener = await start_listener(build_app(gateway), settings.listener)
         if settings.admin is not None:
@@ -179,7 +180,7 @@ class Server:
             await self._listener.stop()
             self._listener = None
         if self.gateway is not None:
-            await self._session.close()
+            await self._pool.close()
             self.gateway = None
         _log.info("stopped")
 

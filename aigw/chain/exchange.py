@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import ClientSession, web
+from aiohttp import web
+
+from aigw.upstream.pool import UpstreamPool
 
 __all__ = ["Exchange", "Handler"]
 
@@ -28,7 +30,7 @@ class Exchange:
 
     request: web.Request
     path: str
-    session: ClientSession
+    pool: UpstreamPool
     generation: int = 0
     started_ns: int = field(default_factory=time.perf_counter_ns)
     request_id: str = ""

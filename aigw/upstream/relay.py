@@ -17,14 +17,14 @@ error, never a clean but truncated finish.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
+import ssl
 import time
 from typing import Any
+from urllib.parse import quote
 
-import aiohttp
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
@@ -33,6 +33,7 @@ from prometheus_client import Gauge
 from aigw.chain.exchange import Exchange, Handler
 from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from aigw.upstream.headers import REQUEST_POLICY, RESPONSE_POLICY
+from aigw.upstream.pool import ConnectError, ProtocolError, UpstreamResponse
 from aigw.upstream.sse import SSESplitter, StreamObserver
 from aigw.upstream.target import UpstreamTarget, valid_api_version
 
@@ -77,11 +78,11 @@ def make_relay(
                     f"the upstream answered {status} with a redirect; aigw never follows "
                     "upstream redirects (they would carry the injected credential)",
                 )
-            headers = RESPONSE_POLICY.filter(upstream.headers.items())
-            headers["x-request-id"] = ex.request_id
+            headers = RESPONSE_POLICY.filter(upstream.headers)
+            headers.append(("x-request-id", ex.request_id))
             if model_header and status < 300:
-                headers[MODEL_HEADER] = label
-            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                headers.append((MODEL_HEADER, label))
+            if upstream.content_type.startswith("text/event-stream"):
                 tracking = (
                     streams_in_flight.track_inprogress()
                     if streams_in_flight is not None
@@ -107,7 +108,7 @@ def make_relay(
     return relay
 
 
-async def _send(ex: Exchange, target: UpstreamTarget) -> aiohttp.ClientResponse:
+async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
     request = ex.request
     api_version = request.query.get("api-version") if request.query_string else None
     if api_version is None:
@@ -120,55 +121,61 @@ async def _send(ex: Exchange, target: UpstreamTarget) -> aiohttp.ClientResponse:
             param="api-version",
         )
     ex.api_version = api_version
+    # The version passed the syntax check above: it needs no escaping.
+    path = f"{target.path(ex.path)}?api-version={api_version}"
+    if ex.extra_query:
+        path += "".join(f"&{quote(k, safe='')}={quote(v, safe='')}" for k, v in ex.extra_query)
     headers = REQUEST_POLICY.filter(request.headers.items())
-    headers.extend(ex.extra_headers)
+    headers += ex.extra_headers
     # The relay reads usage from every body and forwards bytes unchanged, so it
     # asks for them uncompressed rather than inflate-then-forward.
-    headers["Accept-Encoding"] = "identity"
-    url = target.url(ex.path)
+    headers.append(("Accept-Encoding", "identity"))
+    origin = target.origin
     ex.upstream_sent_ns = time.perf_counter_ns()
     try:
-        async with asyncio.timeout(target.send_timeout):
-            upstream = await ex.session.request(
-                request.method,
-                url,
-                params=(("api-version", api_version), *ex.extra_query),
-                data=ex.upstream_body or None,
-                headers=headers,
-                allow_redirects=False,
-                timeout=target.timeout,
-            )
+        upstream = await ex.pool.request(
+            origin,
+            request.method,
+            path,
+            headers,
+            ex.upstream_body,
+            connect_timeout=target.connect_timeout,
+            read_timeout=target.read_timeout,
+            write_timeout=target.write_timeout,
+        )
     except TimeoutError as exc:
         ex.outcome = "upstream_timeout"
         raise UpstreamTimeout(
-            "upstream_timeout", f"the upstream {url.host} did not answer in time"
+            "upstream_timeout", f"the upstream {origin.host} did not answer in time ({exc})"
         ) from exc
-    except aiohttp.ClientSSLError as exc:
+    except ssl.SSLError as exc:
         ex.outcome = "upstream_tls_error"
         raise UpstreamUnavailable(
-            "upstream_tls_error", f"TLS handshake with {url.host} failed: {exc.strerror or ''}"
+            "upstream_tls_error",
+            f"TLS handshake with {origin.host} failed: {exc.reason or type(exc).__name__}",
         ) from exc
-    except aiohttp.ClientConnectorError as exc:
+    except ConnectError as exc:
         ex.outcome = "upstream_unreachable"
         raise UpstreamUnavailable(
             "upstream_unreachable",
-            f"cannot connect to the upstream {url.host}:{url.port}: {exc.strerror or 'error'}",
+            f"cannot connect to the upstream {origin.host}:{origin.port}: "
+            f"{exc.strerror or 'error'}",
         ) from exc
-    except aiohttp.ClientError as exc:
+    except (OSError, ProtocolError) as exc:
         ex.outcome = "upstream_error"
         raise UpstreamUnavailable(
             "upstream_error",
-            f"the upstream {url.host} closed the connection before answering "
-            f"({type(exc).__name__})",
+            f"the upstream {origin.host} closed the connection or broke HTTP before "
+            f"answering ({type(exc).__name__}: {exc})",
         ) from exc
     ex.upstream_headers_ns = time.perf_counter_ns()
     ex.upstream_status = upstream.status
-    ex.upstream_request_id = upstream.headers.get("apim-request-id")
+    ex.upstream_request_id = upstream.head.get("apim-request-id")
     return upstream
 
 
 async def _relay_body(
-    ex: Exchange, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], capture: bool
+    ex: Exchange, upstream: UpstreamResponse, headers: list[tuple[str, str]], capture: bool
 ) -> web.Response:
     try:
         body = await upstream.read()
@@ -177,30 +184,30 @@ async def _relay_body(
         raise UpstreamTimeout(
             "upstream_timeout", "the upstream stopped sending its response body"
         ) from exc
-    except aiohttp.ClientError as exc:
+    except (OSError, ProtocolError) as exc:
         ex.outcome = "upstream_error"
         raise UpstreamUnavailable(
             "upstream_error",
             f"the upstream connection failed while reading its response ({type(exc).__name__})",
         ) from exc
-    if upstream.status < 300 and "json" in headers.get("Content-Type", ""):
+    if upstream.status < 300 and "json" in upstream.content_type:
         ex.response_model, ex.usage = read_body_usage(body)
     if capture:
         ex.response_body = body
     ex.bytes_out = len(body)
-    return web.Response(status=upstream.status, body=body, headers=headers)
+    return web.Response(status=upstream.status, body=body, headers=CIMultiDict(headers))
 
 
 async def _relay_stream(
     ex: Exchange,
-    upstream: aiohttp.ClientResponse,
-    headers: CIMultiDict[str],
+    upstream: UpstreamResponse,
+    headers: list[tuple[str, str]],
     require_done: bool,
     capture: bool,
 ) -> web.StreamResponse:
-    headers["Cache-Control"] = "no-cache"
-    headers["X-Accel-Buffering"] = "no"  # tell any proxy in front not to buffer
-    response = web.StreamResponse(status=upstream.status, headers=headers)
+    headers.append(("Cache-Control", "no-cache"))
+    headers.append(("X-Accel-Buffering", "no"))  # tell any proxy in front not to buffer
+    response = web.StreamResponse(status=upstream.status, headers=CIMultiDict(headers))
     transport = ex.request.transport
     if transport is not None:
         tcp_nodelay(transport, True)
@@ -211,12 +218,12 @@ async def _relay_stream(
     try:
         while True:
             try:
-                chunk = await upstream.content.readany()
+                chunk = await upstream.readany()
             except TimeoutError:
                 ex.outcome = "upstream_idle_timeout"
                 await _fail_stream(ex, response, "the upstream stopped sending (idle timeout)")
                 return response
-            except aiohttp.ClientError as exc:
+            except (OSError, ProtocolError) as exc:
                 ex.outcome = "upstream_reset"
                 await _fail_stream(
                     ex, response, f"the upstream connection was lost ({type(exc).__name__})"

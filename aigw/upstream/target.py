@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from aiohttp import ClientTimeout
 from yarl import URL
 
 from aigw.config.model import RouteType, TargetConfig
+from aigw.upstream.pool import Origin
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -43,29 +43,39 @@ class UpstreamTarget:
     """A compiled forwarding target.
 
     Attributes:
-        origin: ``scheme://host[:port]`` of the upstream.
-        fixed_path: The upstream path; None means "the client's normalised
-            path" (``route_type: preserve``).
+        origin: Scheme, host and port of the upstream.
+        fixed_path: The upstream path, percent-encoded; None means "the
+            client's normalised path" (``route_type: preserve``).
         default_api_version: Sent when the client's query has no api-version.
-        timeout: Connect and per-read (first byte, then between chunks) limits;
-            never a total limit, which would cut long streams.
-        send_timeout: Bound on sending the request and receiving the response head.
+        connect_timeout: Seconds to get a connection (pool wait, connect, TLS).
+        read_timeout: Seconds of silence tolerated: before the response head,
+            then between body reads. Never a total limit, which would cut
+            long streams.
+        write_timeout: Seconds for the upstream to take the request body.
         deployment: The Azure deployment name, for logs.
         label: ``provider/model`` for the model-name response header and logs.
     """
 
-    origin: URL
+    origin: Origin
     fixed_path: str | None
     default_api_version: str
-    timeout: ClientTimeout
-    send_timeout: float
+    connect_timeout: float
+    read_timeout: float
+    write_timeout: float
     deployment: str | None
     label: str
 
-    def url(self, client_path: str) -> URL:
-        """The upstream URL for a request whose normalised path is *client_path*."""
-        path = self.fixed_path if self.fixed_path is not None else client_path
-        return self.origin.with_path(path, encoded=False)
+    def path(self, client_path: str) -> str:
+        """The upstream path for a request whose normalised path is *client_path*.
+
+        The normalised path is already canonical percent-encoding, so it is
+        used as it is.
+        """
+        return self.fixed_path if self.fixed_path is not None else client_path
+
+    def url(self, client_path: str) -> str:
+        """The upstream URL without its query, for display."""
+        return f"{self.origin}{self.path(client_path)}"
 
 
 def compile_target(target: TargetConfig, *, azure_base_url: str | None = None) -> UpstreamTarget:
@@ -83,7 +93,7 @@ def compile_target(target: TargetConfig, *, azure_base_url: str | None = None) -
     if options.upstream_url:
         url = URL(options.upstream_url)
         origin = url.origin()
-        fixed_path = url.path or "/"
+        fixed_path = url.raw_path or "/"
         if target.route_type == "preserve":
             fixed_path = None
         default_version = url.query.get("api-version") or options.azure_api_version
@@ -94,19 +104,16 @@ def compile_target(target: TargetConfig, *, azure_base_url: str | None = None) -
             fixed_path = None
         else:
             suffix = options.upstream_path or OPERATION_PATHS.get(target.route_type, "")
-            fixed_path = f"/openai/deployments/{deployment}{_slashed(suffix)}"
+            path = f"/openai/deployments/{deployment}{_slashed(suffix)}"
+            fixed_path = URL.build(path=path).raw_path
         default_version = options.azure_api_version
     return UpstreamTarget(
-        origin=origin,
+        origin=Origin(scheme=origin.scheme, host=origin.raw_host or "", port=origin.port or 0),
         fixed_path=fixed_path,
         default_api_version=default_version or DEFAULT_API_VERSION,
-        timeout=ClientTimeout(
-            total=None,
-            connect=target.connect_timeout / 1000,
-            sock_connect=target.connect_timeout / 1000,
-            sock_read=target.read_timeout / 1000,
-        ),
-        send_timeout=(target.write_timeout + target.read_timeout) / 1000,
+        connect_timeout=target.connect_timeout / 1000,
+        read_timeout=target.read_timeout / 1000,
+        write_timeout=target.write_timeout / 1000,
         deployment=deployment,
         label=f"{target.model.provider}/{target.model.name or deployment or 'preserve'}",
     )

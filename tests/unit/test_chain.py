@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
@@ -30,6 +30,7 @@ from aigw.config.model import (
 )
 from aigw.errors import BadRequest, PayloadTooLarge
 from aigw.metrics import Metrics
+from aigw.upstream.pool import UpstreamPool
 
 INFO = RouteInfo(
     name="r",
@@ -63,10 +64,10 @@ def exchange(
         hdrs["Content-Length"] = str(len(body))
     payload: Any = _Payload(body)
     request = make_mocked_request("POST", path, headers=hdrs, payload=payload)
-    return Exchange(request=request, path="/p", session=_NO_SESSION)
+    return Exchange(request=request, path="/p", pool=_NO_POOL)
 
 
-_NO_SESSION: ClientSession = None  # type: ignore[assignment]
+_NO_POOL: UpstreamPool = None  # type: ignore[assignment]
 
 
 class Recorder:

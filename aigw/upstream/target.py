@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from yarl import URL
 
 from aigw.config.model import RouteType, TargetConfig
-from aigw.upstream.pool import Origin
+from aigw.upstream.connection import Origin
 
 __all__ = [
     "DEFAULT_API_VERSION",

@@ -95,13 +95,23 @@ class StreamObserver:
 
     def observe(self, event: bytes) -> bool:
         """Notes what *event* says; returns False if it must not reach the client."""
+        # PERF: once the model and the first token are known, only a usage
+        # object or the [DONE] marker can still matter; byte scans rule out the
+        # other deltas (whose "usage" is null) without splitting them into lines.
+        if (
+            self.first_token_ns is not None
+            and self.model is not None
+            and b"[DONE]" not in event
+            and not _has_usage(event)
+        ):
+            return True
         data = event_data(event)
         if data is None:
             return True
         if data.startswith(b"[DONE]"):
             self.saw_done = True
             return True
-        has_usage = b'"usage":{' in data or b'"usage": {' in data
+        has_usage = _has_usage(data)
         wants_model = self.model is None and b'"model":""' not in data
         wants_token = self.first_token_ns is None and (b'"delta"' in data or b'"text"' in data)
         if not (has_usage or wants_model or wants_token):
@@ -123,6 +133,10 @@ class StreamObserver:
             if self.hide_usage_chunk and choices == []:
                 return False
         return True
+
+
+def _has_usage(data: bytes) -> bool:
+    return b'"usage":{' in data or b'"usage": {' in data
 
 
 def _carries_token(choices: list[Any]) -> bool:

@@ -77,8 +77,13 @@ class Gateway:
         previous, self._table = self._table, table
         return previous
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """The aiohttp handler for every request on the proxy port."""
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The handler for every request on the proxy port.
+
+        aiohttp's low-level ``web.Server`` calls it directly: no
+        ``Application``, whose router would match every request against one
+        catch-all regex before aigw's own trie does the real routing.
+        """
         table = self._table  # NOTE: read once; see the module docstring.
         raw_path = request.raw_path
         query_at = raw_path.find("?")
@@ -108,7 +113,7 @@ class Gateway:
         return await self._reject(request, path, table, error)
 
     async def _reject(
-        self, request: web.Request, path: str, table: RouteTable, error: Exception
+        self, request: web.BaseRequest, path: str, table: RouteTable, error: Exception
     ) -> web.StreamResponse:
         ex = Exchange(
             request=request,

@@ -56,6 +56,7 @@ import logging
 import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import http_parser, web, web_protocol
 from aiohttp.abc import AbstractStreamWriter
@@ -63,7 +64,16 @@ from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11, RawRequestMe
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["Listener", "ListenerSettings", "require_c_parser", "start_listener"]
+__all__ = [
+    "Listener",
+    "ListenerSettings",
+    "RequestHandlerFunc",
+    "require_c_parser",
+    "start_listener",
+]
+
+RequestHandlerFunc = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+"""A request handler served without an ``Application`` (see :func:`start_listener`)."""
 
 _log = logging.getLogger(__name__)
 
@@ -388,7 +398,7 @@ class Listener:
 
     __slots__ = ("_port", "_runner", "_server", "_stopping")
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.Server, port: int) -> None:
+    def __init__(self, runner: web.BaseRunner, server: asyncio.Server, port: int) -> None:
         self._runner = runner
         self._server = server
         self._port = port
@@ -426,13 +436,17 @@ class Listener:
         await self._server.wait_closed()
 
 
-async def start_listener(app: web.Application, settings: ListenerSettings) -> Listener:
+async def start_listener(
+    app: web.Application | RequestHandlerFunc, settings: ListenerSettings
+) -> Listener:
     """Starts serving ``app`` on ``settings.host``/``settings.port``.
 
     Runs the app's startup signals (the app is frozen afterwards), then binds.
 
     Args:
-        app: The application to serve.
+        app: The application to serve, or a bare request handler served by
+            aiohttp's low-level ``web.Server`` (no router, no middlewares, no
+            signals: what the proxy port needs, since aigw routes by itself).
         settings: Bind address and timeouts.
 
     Returns:
@@ -446,15 +460,20 @@ async def start_listener(app: web.Application, settings: ListenerSettings) -> Li
     require_c_parser()
     _check_aiohttp_internals()
 
-    runner = web.AppRunner(
-        app,
+    options: dict[str, Any] = {
         # A disconnected client cancels its handler (and so its upstream call).
-        handler_cancellation=True,
+        "handler_cancellation": True,
         # SECURITY: aiohttp's access log format includes the query string.
-        access_log=None,
-        keepalive_timeout=settings.keepalive_timeout,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
+        "access_log": None,
+        "keepalive_timeout": settings.keepalive_timeout,
+    }
+    runner: web.BaseRunner
+    if isinstance(app, web.Application):
+        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, **options)
+    else:
+        runner = web.ServerRunner(
+            web.Server(app, **options), shutdown_timeout=settings.shutdown_timeout
+        )
     await runner.setup()
     try:
         server = runner.server

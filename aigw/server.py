@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from aigw.admin import build_admin_app
-from aigw.app import build_app
 from aigw.config.errors import ConfigError
 from aigw.gateway import Gateway
 from aigw.listener import Listener, ListenerSettings, start_listener
@@ -113,7 +112,7 @@ class Server:
         assert reloader.table is not None
         gateway = Gateway(reloader.table, pool)
         self.gateway, self.reloader = gateway, reloader
-        self._listener = await start_listener(build_app(gateway), settings.listener)
+        self._listener = await start_listener(gateway.handle, settings.listener)
         if settings.admin is not None:
             self._admin = await start_listener(
                 build_admin_app(reloader, worker=settings.worker), settings.admin

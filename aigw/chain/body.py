@@ -38,7 +38,7 @@ _REQUIRED_FIELD = {
 }
 
 
-async def read_bounded(request: web.Request, limit: int) -> bytes:
+async def read_bounded(request: web.BaseRequest, limit: int) -> bytes:
     """Reads the whole request body, refusing more than *limit* bytes (0: no limit)."""
     declared = request.content_length
     if limit and declared is not None and declared > limit:

@@ -28,7 +28,7 @@ class Exchange:
     all at the end.
     """
 
-    request: web.Request
+    request: web.BaseRequest
     path: str
     pool: UpstreamPool
     generation: int = 0

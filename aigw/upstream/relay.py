@@ -25,6 +25,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
@@ -297,10 +298,24 @@ def read_body_usage(body: bytes) -> tuple[str | None, dict[str, Any] | None]:
     if at >= 0:
         start = body.find(b"{", at)
         if start > 0 and body[at + 7 : start].strip() == b":":
-            try:
-                value, _ = _decoder.raw_decode(body[start:].decode("utf-8", "replace"))
-            except ValueError:
-                value = None
+            value = _usage_object(body, start)
             if isinstance(value, dict):
                 usage = value
     return model, usage
+
+
+def _usage_object(body: bytes, start: int) -> Any:
+    # The usual case: usage is the body's last key, so its object ends just
+    # before the body's closing brace and orjson can take exactly that slice.
+    end = body.rstrip().rfind(b"}")
+    if end > start:
+        try:
+            return orjson.loads(body[start:end])
+        except orjson.JSONDecodeError:
+            pass
+    # Otherwise decode one value from its start, wherever it ends.
+    try:
+        value, _ = _decoder.raw_decode(body[start:].decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return value

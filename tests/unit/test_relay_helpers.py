@@ -29,6 +29,12 @@ def test_usage_and_model_read_from_an_azure_body() -> None:
     assert usage == {"completion_tokens": 5, "prompt_tokens": 7, "total_tokens": 12}
 
 
+def test_usage_read_when_it_is_not_the_last_key() -> None:
+    # Not Azure's (alphabetical) order: the fast slice fails, the fallback decodes.
+    body = b'{"usage": {"prompt_tokens": 7, "details": {"cached": 1}},\n "model": "m", "z": [1]}\n'
+    assert read_body_usage(body) == ("m", {"prompt_tokens": 7, "details": {"cached": 1}})
+
+
 def test_usage_absent_or_broken_body() -> None:
     assert read_body_usage(b"{}") == (None, None)
     assert read_body_usage(b'{"usage": {"broken"') == (None, None)

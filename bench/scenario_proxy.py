@@ -4,6 +4,10 @@ Load points:
 
 * concurrency 1, 32 and 256 against the fixed-body nginx upstream (it answers at
   once, so what is measured is the proxy);
+* concurrency 32 *paced*: each connection waits 0-64 ms (32 on average) after
+  every answer (about 1,000 req/s offered, below every target's capacity). wrk's closed loop at c=32
+  saturates a one-core Python proxy, and its "added latency" is then queueing
+  (32 / throughput), not what the proxy adds to one request; paced, it is;
 * sustained load at concurrency 256 against a 20 ms upstream (the peers' "sustained
   RPS @ 20 ms"): the upper bound is 256 / 20 ms = 12,800 req/s, which ``direct``
   shows the upstream stand-in reaches, so the proxies are what limits.
@@ -40,11 +44,20 @@ class Point:
     title: str
     connections: int
     deployment: str
+    delay_ms: int = 0
+    """Pause of each connection between an answer and its next request (0: none)."""
 
 
 POINTS = (
     Point("c1", "concurrency 1", 1, tg.DEPLOYMENT),
     Point("c32", "concurrency 32", 32, tg.DEPLOYMENT),
+    Point(
+        "c32paced",
+        "concurrency 32, paced (0-64 ms pause per connection: ~1,000 req/s offered)",
+        32,
+        tg.DEPLOYMENT,
+        delay_ms=32,
+    ),
     Point("c256", "concurrency 256", 256, tg.DEPLOYMENT),
     Point("sustained", "sustained, 20 ms upstream, concurrency 256", 256, tg.SLOW_DEPLOYMENT),
 )
@@ -70,12 +83,13 @@ def _one_run(
     return result, extra
 
 
-def _script(ctx: Context, deployment: str, target: tg.Target) -> Path:
+def _script(ctx: Context, point: Point, target: tg.Target) -> Path:
     return write_script(
-        ctx.workdir / f"wrk-{deployment}-{target.key}.lua",
+        ctx.workdir / f"wrk-{point.deployment}-{point.delay_ms}-{target.key}.lua",
         method="POST",
-        body=tg.request_body(deployment),
+        body=tg.request_body(point.deployment),
         headers=tg.client_headers(target),
+        delay_ms=point.delay_ms,
     )
 
 
@@ -89,7 +103,7 @@ def _warm_up(
     """
     warm = Point("warmup", "warm-up", 256, point.deployment)
     for target in live:
-        script = _script(ctx, point.deployment, target)
+        script = _script(ctx, warm, target)
         result, _ = _one_run(target, upstream, warm, ctx.warmup, script)
         served[target.key] = served.get(target.key, 0) + result.requests
 
@@ -101,7 +115,7 @@ def _run_point(
     upstream: tg.Target,
     served: dict[str, int],
 ) -> dict[str, list[dict[str, Any]]]:
-    scripts = {t.key: _script(ctx, point.deployment, t) for t in live}
+    scripts = {t.key: _script(ctx, point, t) for t in live}
     by_key = {t.key: t for t in live}
     runs: dict[str, list[dict[str, Any]]] = {t.key: [] for t in live}
     for round_index in range(ctx.rounds):
@@ -156,11 +170,11 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
         result["upstream"]["sustained"] = "nginx + echo_sleep 20 ms"
     else:
         # No echo module: the 20 ms upstream is the Python mock on uvloop.
-        groups.append((upstream, list(POINTS[:3])))
+        groups.append((upstream, [p for p in POINTS if p.key != "sustained"]))
         mock = tg.start_mock(
             ctx.procs, ctx.workdir / "mock-20ms", latency_ms=20.0, deployments=(tg.SLOW_DEPLOYMENT,)
         )
-        groups.append((mock, [POINTS[3]]))
+        groups.append((mock, [p for p in POINTS if p.key == "sustained"]))
         result["upstream"]["sustained"] = "Azure mock --latency-ms 20 --uvloop"
     for group_index, (up, points) in enumerate(groups):
         deployments = (tg.DEPLOYMENT, tg.SLOW_DEPLOYMENT)

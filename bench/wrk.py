@@ -88,10 +88,21 @@ def _lua_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def write_script(path: Path, *, method: str, body: str, headers: dict[str, str]) -> Path:
-    """Writes a wrk Lua script that sends *body* with *headers* and reports JSON."""
+def write_script(
+    path: Path, *, method: str, body: str, headers: dict[str, str], delay_ms: int = 0
+) -> Path:
+    """Writes a wrk Lua script that sends *body* with *headers* and reports JSON.
+
+    With *delay_ms*, each connection waits on average that long after an
+    answer before its next request (wrk's ``delay()`` hook): a paced load
+    instead of wrk's default closed loop. The pause is uniform in
+    [0, 2 x delay_ms]: a fixed pause would keep connections that started
+    together in lockstep, arriving in bursts of the whole concurrency.
+    """
     lines = [f"wrk.method = {_lua_string(method)}", f"wrk.body = {_lua_string(body)}"]
     lines += [f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()]
+    if delay_ms:
+        lines.append(f"function delay() return math.random(0, {2 * int(delay_ms)}) end")
     path.write_text("\n".join(lines) + "\n" + _DONE_HOOK)
     return path
 

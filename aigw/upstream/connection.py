@@ -242,8 +242,11 @@ class UpstreamConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _wait(self, within: float | None, what: str) -> None:
-        """Waits for the next event (bytes, end, error), failing after *within* s of silence.
+    def _arm(self, within: float | None, what: str) -> asyncio.Future[None]:
+        """A future for the next event (bytes, end, error) that fails after *within* s of silence.
+
+        The caller awaits it and then clears ``_waiter``. (Not a coroutine:
+        one frame less on a path taken once per stream delta.)
 
         PERF: a stream waits once per delta, tens of times a second per
         connection. Arming and cancelling a timer for every wait cost ~13 % of
@@ -264,10 +267,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._timer = loop.call_at(deadline, self._on_deadline)
         else:
             self._deadline = None
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def _on_deadline(self) -> None:
         self._timer = None
@@ -316,7 +316,10 @@ class UpstreamConnection(asyncio.Protocol):
         while self.head is None:
             if self._error is not None:
                 raise self._error
-            await self._wait(within, "the upstream did not answer in time")
+            try:
+                await self._arm(within, "the upstream did not answer in time")
+            finally:
+                self._waiter = None
         return self.head
 
     async def read_chunk(self, within: float | None) -> bytes:
@@ -335,7 +338,10 @@ class UpstreamConnection(asyncio.Protocol):
                 return b""
             if self._error is not None:
                 raise self._error
-            await self._wait(within, "the upstream stopped sending (read timeout)")
+            try:
+                await self._arm(within, "the upstream stopped sending (read timeout)")
+            finally:
+                self._waiter = None
 
     def close(self) -> None:
         """Closes the socket now (never reused)."""
@@ -351,5 +357,3 @@ class UpstreamConnection(asyncio.Protocol):
         self.head = None
         self._body_queue.clear()
         self._buffered = 0
-
-

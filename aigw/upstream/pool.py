@@ -32,6 +32,8 @@ import collections
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aigw.upstream.connection import Origin, UpstreamConnection, UpstreamDisconnected
 from aigw.upstream.http1 import ProtocolError, ResponseHead, encode_request
@@ -53,11 +55,14 @@ class ConnectError(OSError):
 class UpstreamResponse:
     """An upstream response being received: head now, body on demand.
 
-    Exactly one of ``release()`` (after the whole body was read) or
-    ``close()`` must follow; ``release`` returns the connection to the pool.
+    ``readany()`` returns the next bytes of the body as they arrived, ``b""``
+    at its end (a stream's relay calls it once per delta, so it is the
+    connection's own reader, bound here, with no wrapper frame). Exactly one of
+    ``release()`` (after the whole body was read) or ``close()`` must follow;
+    ``release`` returns the connection to the pool.
     """
 
-    __slots__ = ("_conn", "_pool", "_read_timeout", "_settled", "head", "status")
+    __slots__ = ("_conn", "_pool", "_read_timeout", "_settled", "head", "readany", "status")
 
     def __init__(
         self,
@@ -72,6 +77,7 @@ class UpstreamResponse:
         self._settled = False
         self.head = head
         self.status = head.status
+        self.readany: Callable[[], Awaitable[bytes]] = partial(conn.read_chunk, read_timeout)
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -103,10 +109,6 @@ class UpstreamResponse:
         if len(parts) == 1:
             return parts[0]
         return b"".join(parts)
-
-    async def readany(self) -> bytes:
-        """The next bytes of the body as they arrived, ``b""`` at its end."""
-        return await self._conn.read_chunk(self._read_timeout)
 
     def release(self) -> None:
         """Hands the connection back for reuse if the body was read to its end."""

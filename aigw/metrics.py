@@ -1,21 +1,138 @@
 """Prometheus metrics, served on the admin listener at ``/metrics``.
 
-PERF: label children are resolved once per route when its chain is compiled
-(``RouteMetrics``); per request the access-log stage only increments and
-observes pre-bound children, plus one dict lookup for the status code.
+PERF: the per-request metrics are plain accumulators, not prometheus_client
+metric objects. Every ``inc``/``observe`` of a prometheus_client child takes a
+``threading.Lock``; here all updates happen on the worker's event-loop thread,
+so the locks only cost time (about 4% of a worker's CPU in profiles). The
+accumulators are ints and floats in ``__slots__`` objects, each histogram a
+list of per-bucket counts plus a sum, and a custom collector turns them into
+metric families when ``/metrics`` is scraped.
+
+Series are owned by ``Metrics`` and keyed by their label values, so a route
+recompiled under the same name on a hot reload keeps counting from its old
+totals, as prometheus_client's ``labels()`` children did. The series are
+resolved once per route when its chain is compiled (``RouteMetrics``); per
+request the access-log stage only bumps pre-bound accumulators, plus one dict
+lookup for the status code.
+
+The cold metrics (config generation, rejected files, reloads, routes) are
+ordinary prometheus_client objects: they move once per reload.
+
+Not thread-safe by design: only the event-loop thread may update the
+per-request series. A scrape from another thread sees each value whole, though
+a histogram's sum can be one observation apart from its buckets.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client.metrics
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["METRICS", "Metrics", "RouteMetrics"]
+__all__ = ["METRICS", "HistogramSeries", "Metrics", "RouteMetrics", "StreamsInFlight"]
 
 # LLM calls span milliseconds (errors, embeddings) to minutes (long generations).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+_REQUESTS = ("aigw_requests", "Requests answered, by route, HTTP status and configured model.")
+_LATENCY = (
+    "aigw_request_duration_seconds",
+    "Time from request received to response finished (whole stream for SSE).",
+)
+_UPSTREAM_LATENCY = (
+    "aigw_upstream_duration_seconds",
+    "Time from request sent upstream to upstream response headers.",
+)
+_TTFT = (
+    "aigw_time_to_first_token_seconds",
+    "Streams: time from request received to the first token relayed.",
+)
+_TOKENS = (
+    "aigw_tokens",
+    "Tokens reported by the upstream, by route, model and kind (prompt/completion).",
+)
+_UPSTREAM_ERRORS = (
+    "aigw_upstream_errors",
+    "Upstream failures by route and kind (unreachable, timeout, reset, truncated, ...).",
+)
+_STREAMS_IN_FLIGHT = ("aigw_streams_in_flight", "SSE streams being relayed right now.")
+
+_K = TypeVar("_K")
+_S = TypeVar("_S")
+
+
+class CounterSeries:
+    """One counter series: a running total and when the series appeared."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value: float = 0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        """Adds *amount* (never negative)."""
+        self.value += amount
+
+
+class HistogramSeries:
+    """One histogram series: per-bucket (not cumulative) counts and the sum.
+
+    ``buckets[i]`` counts the observations ``bounds[i - 1] < v <= bounds[i]``;
+    the last slot is the ``+Inf`` bucket. The cumulative counts Prometheus
+    wants are computed at scrape time.
+    """
+
+    __slots__ = ("bounds", "buckets", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        """Records one observation of *amount*."""
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le).
+        self.buckets[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class StreamsInFlight:
+    """A route's open SSE streams; ``with streams_in_flight:`` around a relay."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def __enter__(self) -> None:
+        self.value += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        self.value -= 1
+
+
+def _series(store: dict[_K, _S], key: _K, new: Callable[[], _S]) -> _S:
+    """The series for *key* in *store*, created on first use."""
+    series = store.get(key)
+    if series is None:
+        series = store[key] = new()
+    return series
 
 
 class Metrics:
@@ -23,51 +140,16 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "aigw_requests",
-            "Requests answered, by route, HTTP status and configured model.",
-            ["route", "status", "model"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "aigw_request_duration_seconds",
-            "Time from request received to response finished (whole stream for SSE).",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.upstream_latency = Histogram(
-            "aigw_upstream_duration_seconds",
-            "Time from request sent upstream to upstream response headers.",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.ttft = Histogram(
-            "aigw_time_to_first_token_seconds",
-            "Streams: time from request received to the first token relayed.",
-            ["route"],
-            buckets=_TTFT_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "aigw_tokens",
-            "Tokens reported by the upstream, by route, model and kind (prompt/completion).",
-            ["route", "model", "kind"],
-            registry=registry,
-        )
-        self.upstream_errors = Counter(
-            "aigw_upstream_errors",
-            "Upstream failures by route and kind (unreachable, timeout, reset, truncated, ...).",
-            ["route", "kind"],
-            registry=registry,
-        )
-        self.streams_in_flight = Gauge(
-            "aigw_streams_in_flight",
-            "SSE streams being relayed right now.",
-            ["route"],
-            registry=registry,
-        )
+        # Per-request series, keyed by label values in label-name order.
+        self.requests: dict[tuple[str, str, str], CounterSeries] = {}  # route, status, model
+        self.latency: dict[str, HistogramSeries] = {}  # route
+        self.upstream_latency: dict[str, HistogramSeries] = {}
+        self.ttft: dict[str, HistogramSeries] = {}
+        self.tokens: dict[tuple[str, str, str], CounterSeries] = {}  # route, model, kind
+        self.upstream_errors: dict[tuple[str, str], CounterSeries] = {}  # route, kind
+        self.streams_in_flight: dict[str, StreamsInFlight] = {}  # route
+        # Registered first: the families come out in the order they always did.
+        registry.register(_RouteCollector(self))
         self.config_generation = Gauge(
             "aigw_config_generation", "Generation of the route table serving.", registry=registry
         )
@@ -85,14 +167,27 @@ class Metrics:
         self.routes = Gauge("aigw_routes", "Routes in the serving table.", registry=registry)
 
     def for_route(self, route: str, model: str | None) -> RouteMetrics:
-        """Children of every per-route metric, bound once at compile time."""
+        """Every per-route series, bound once at compile time.
+
+        Called again for the same route (a reload), it binds the same series:
+        the totals carry on.
+        """
         return RouteMetrics(self, route, model or "-")
+
+    def request_counter(self, route: str, status: str, model: str) -> CounterSeries:
+        """The ``aigw_requests_total`` series for these labels."""
+        return _series(self.requests, (route, status, model), CounterSeries)
+
+    def upstream_error_counter(self, route: str, kind: str) -> CounterSeries:
+        """The ``aigw_upstream_errors_total`` series for these labels."""
+        return _series(self.upstream_errors, (route, kind), CounterSeries)
 
 
 class RouteMetrics:
-    """One route's pre-bound metric children."""
+    """One route's pre-bound series."""
 
     __slots__ = (
+        "_errors",
         "_metrics",
         "_model",
         "_route",
@@ -109,25 +204,119 @@ class RouteMetrics:
         self._metrics = metrics
         self._route = route
         self._model = model
-        self._status: dict[int, Any] = {}
-        self.latency = metrics.latency.labels(route)
-        self.upstream_latency = metrics.upstream_latency.labels(route)
-        self.ttft = metrics.ttft.labels(route)
-        self.prompt_tokens = metrics.tokens.labels(route, model, "prompt")
-        self.completion_tokens = metrics.tokens.labels(route, model, "completion")
-        self.streams_in_flight = metrics.streams_in_flight.labels(route)
+        self._status: dict[int, CounterSeries] = {}
+        self._errors: dict[str, CounterSeries] = {}
+        # Bound now (not on first use) so they are exported at zero, as before.
+        self.latency = _series(metrics.latency, route, _latency_histogram)
+        self.upstream_latency = _series(metrics.upstream_latency, route, _latency_histogram)
+        self.ttft = _series(metrics.ttft, route, _ttft_histogram)
+        self.prompt_tokens = _series(metrics.tokens, (route, model, "prompt"), CounterSeries)
+        self.completion_tokens = _series(
+            metrics.tokens, (route, model, "completion"), CounterSeries
+        )
+        self.streams_in_flight = _series(metrics.streams_in_flight, route, StreamsInFlight)
 
     def count(self, status: int) -> None:
         """Counts one answered request."""
-        child = self._status.get(status)
-        if child is None:
-            child = self._metrics.requests.labels(self._route, str(status), self._model)
-            self._status[status] = child
-        child.inc()
+        counter = self._status.get(status)
+        if counter is None:
+            counter = self._metrics.request_counter(self._route, str(status), self._model)
+            self._status[status] = counter
+        counter.value += 1
 
     def upstream_error(self, kind: str) -> None:
         """Counts one upstream failure of *kind*."""
-        self._metrics.upstream_errors.labels(self._route, kind).inc()
+        counter = self._errors.get(kind)
+        if counter is None:
+            counter = self._metrics.upstream_error_counter(self._route, kind)
+            self._errors[kind] = counter
+        counter.value += 1
+
+
+def _latency_histogram() -> HistogramSeries:
+    return HistogramSeries(_LATENCY_BUCKETS)
+
+
+def _ttft_histogram() -> HistogramSeries:
+    return HistogramSeries(_TTFT_BUCKETS)
+
+
+class _RouteCollector:
+    """Exports ``Metrics``' per-request series at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without samples (the registry reserves their names)."""
+        return self._families(describe=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The families with every series' current values."""
+        return self._families(describe=False)
+
+    def _families(self, *, describe: bool) -> Iterator[Metric]:
+        m = self._metrics
+        # Same switch as prometheus_client's own metrics (PROMETHEUS_DISABLE_CREATED_SERIES).
+        created = getattr(prometheus_client.metrics, "_use_created", True) and not describe
+        yield _counters(*_REQUESTS, ["route", "status", "model"], m.requests, created, describe)
+        yield _histograms(*_LATENCY, m.latency, created, describe)
+        yield _histograms(*_UPSTREAM_LATENCY, m.upstream_latency, created, describe)
+        yield _histograms(*_TTFT, m.ttft, created, describe)
+        yield _counters(*_TOKENS, ["route", "model", "kind"], m.tokens, created, describe)
+        yield _counters(*_UPSTREAM_ERRORS, ["route", "kind"], m.upstream_errors, created, describe)
+        gauge = GaugeMetricFamily(*_STREAMS_IN_FLIGHT, labels=["route"])
+        if not describe:
+            for route, in_flight in list(m.streams_in_flight.items()):
+                gauge.add_metric([route], float(in_flight.value))
+        yield gauge
+
+
+def _counters(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    store: dict[tuple[str, str, str], CounterSeries] | dict[tuple[str, str], CounterSeries],
+    created: bool,
+    describe: bool,
+) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    if not describe:
+        for key, series in list(store.items()):
+            family.add_metric(
+                list(key), float(series.value), created=series.created if created else None
+            )
+    return family
+
+
+@functools.cache
+def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``le`` label values of *bounds*, spelled as prometheus_client spells them."""
+    return tuple(floatToGoString(bound) for bound in bounds)  # type: ignore[no-untyped-call]
+
+
+def _histograms(
+    name: str,
+    documentation: str,
+    store: dict[str, HistogramSeries],
+    created: bool,
+    describe: bool,
+) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=["route"])
+    if describe:
+        return family
+    for route, series in list(store.items()):
+        counts = list(series.buckets)  # one snapshot: count == the +Inf bucket
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for le, count in zip(_le_labels(series.bounds), counts, strict=False):
+            total += count
+            buckets.append((le, float(total)))
+        buckets.append(("+Inf", float(total + counts[-1])))
+        family.add_metric([route], buckets, series.sum)
+        if created:
+            family.samples.append(Sample(name + "_created", {"route": route}, series.created, None))
+    return family
 
 
 METRICS = Metrics()

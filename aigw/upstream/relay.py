@@ -29,10 +29,10 @@ import orjson
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
-from prometheus_client import Gauge
 
 from aigw.chain.exchange import Exchange, Handler
 from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
+from aigw.metrics import StreamsInFlight
 from aigw.upstream.headers import REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.pool import ConnectError, ProtocolError, UpstreamResponse
 from aigw.upstream.sse import SSESplitter, StreamObserver
@@ -53,7 +53,7 @@ def make_relay(
     require_done: bool,
     model_header: bool,
     capture_body: bool = False,
-    streams_in_flight: Gauge | None = None,
+    streams_in_flight: StreamsInFlight | None = None,
 ) -> Handler:
     """Builds the terminal handler for one route.
 
@@ -64,7 +64,7 @@ def make_relay(
         model_header: Add ``X-AIGW-LLM-Model`` to successful responses.
         capture_body: Keep the response body for the access log
             (``log_payloads``); streams are then accumulated as relayed.
-        streams_in_flight: Gauge child counting this route's open streams.
+        streams_in_flight: Counts this route's open streams (a context manager).
     """
     label = target.label
 
@@ -85,9 +85,7 @@ def make_relay(
                 headers.append((MODEL_HEADER, label))
             if upstream.content_type.startswith("text/event-stream"):
                 tracking = (
-                    streams_in_flight.track_inprogress()
-                    if streams_in_flight is not None
-                    else contextlib.nullcontext()
+                    streams_in_flight if streams_in_flight is not None else contextlib.nullcontext()
                 )
                 with tracking:
                     response = await _relay_stream(

@@ -25,6 +25,9 @@ from aigw.upstream.http1 import (
 
 __all__ = ["Origin", "UpstreamConnection", "UpstreamDisconnected"]
 
+_MAX_INTERIM = 10
+"""Interim (1xx) responses tolerated before the real one."""
+
 _HIGH_WATER = 256 * 1024
 """Body bytes buffered from the upstream before its socket is paused."""
 
@@ -78,6 +81,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_error",
         "_head_buffer",
         "_head_request",
+        "_in_flight",
+        "_interim",
         "_loop",
         "_paused",
         "_remaining",
@@ -103,6 +108,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_done = False
         self._head_buffer = b""
         self._head_request = False
+        self._in_flight = False
+        self._interim = 0
         self._body_queue: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._remaining = 0  # Content-Length bytes still due
@@ -126,6 +133,11 @@ class UpstreamConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if not self._in_flight:
+            # Bytes on an idle connection answer nothing aigw asked: read as
+            # the next request's response they would be a smuggled answer.
+            self.close()
+            return
         try:
             if self.head is None:
                 self._receive_head(data)
@@ -146,8 +158,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self._stop_timer()
         if self.head is not None and not self.body_done:
-            if self._chunked is None and self.head.content_length is None:
-                self._finish_body()  # a close-delimited body ends here
+            if self._chunked is None and self.head.content_length is None and exc is None:
+                self._finish_body()  # a close-delimited body ends with a clean close
             else:
                 self._fail(UpstreamDisconnected("the upstream closed the connection mid-body"))
         elif self.head is None and self._waiter is not None:
@@ -168,22 +180,24 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _receive_head(self, data: bytes) -> None:
         buffer = self._head_buffer + data if self._head_buffer else data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > MAX_HEAD_BYTES:
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end > MAX_HEAD_BYTES or (end < 0 and len(buffer) > MAX_HEAD_BYTES):
                 raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
-            self._head_buffer = buffer
-            return
-        self._head_buffer = b""
-        head = parse_response_head(buffer[:end], head_request=self._head_request)
-        rest = buffer[end + 4 :]
-        if head.status < 200:
+            if end < 0:
+                self._head_buffer = buffer
+                return
+            head = parse_response_head(buffer[:end], head_request=self._head_request)
+            buffer = buffer[end + 4 :]
+            if head.status >= 200:
+                break
             # 1xx interim responses (103 Early Hints): skip to the real one.
             if head.status == 101:
                 raise ProtocolError("the upstream switched protocols unasked")
-            if rest:
-                self._receive_head(rest)
-            return
+            self._interim += 1
+            if self._interim > _MAX_INTERIM:
+                raise ProtocolError(f"more than {_MAX_INTERIM} interim (1xx) responses")
+        self._head_buffer = b""
         self.head = head
         if not head.keep_alive:
             self.reusable = False
@@ -194,8 +208,8 @@ class UpstreamConnection(asyncio.Protocol):
             if self._remaining == 0:
                 self._finish_body()
         self._wake()
-        if rest:
-            self._receive_body(rest)
+        if buffer:
+            self._receive_body(buffer)
 
     def _receive_body(self, data: bytes) -> None:
         decoder = self._chunked
@@ -288,13 +302,26 @@ class UpstreamConnection(asyncio.Protocol):
 
     def start(self, request: bytes, *, head_request: bool) -> None:
         """Sends one request; the connection must be idle."""
-        self.head = None
-        self.body_done = False
+        self._clear_response()
         self._head_request = head_request
-        self._error = None
-        self._chunked = None
+        self._in_flight = True
         assert self.transport is not None
         self.transport.write(request)
+
+    def _clear_response(self) -> None:
+        self.head = None
+        self.body_done = False
+        self._error = None
+        self._chunked = None
+        self._head_buffer = b""
+        self._remaining = 0
+        self._interim = 0
+        self._body_queue.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
 
     @property
     def writing_paused(self) -> bool:
@@ -343,17 +370,28 @@ class UpstreamConnection(asyncio.Protocol):
             finally:
                 self._waiter = None
 
+    @property
+    def body_consumed(self) -> bool:
+        """The whole response body arrived and was read."""
+        return self.body_done and not self._body_queue
+
     def close(self) -> None:
-        """Closes the socket now (never reused)."""
+        """Closes the socket now (never reused).
+
+        ``abort``, not ``close``: a closed transport still sends what it has
+        buffered, so a request abandoned half-sent (write timeout, client
+        gone) would reach Azure whole and be acted on, and billed, after aigw
+        has reported it failed.
+        """
         self.reusable = False
+        self._in_flight = False
         self._stop_timer()
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            self.transport.abort()
             self.closed = True
 
     def reset_for_reuse(self) -> None:
         """Back to idle after a complete response."""
         self._stop_timer()
-        self.head = None
-        self._body_queue.clear()
-        self._buffered = 0
+        self._in_flight = False
+        self._clear_response()

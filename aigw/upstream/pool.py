@@ -197,7 +197,7 @@ class UpstreamPool:
         wire = encode_request(method, target, origin.host_header, headers, body)
         conn = self._take_idle(origin)
         if conn is None:
-            conn = await self._connect(origin, connect_timeout)
+            conn = await self._acquire(origin, connect_timeout)
         try:
             conn.start(wire, head_request=method == "HEAD")
             if conn.writing_paused:
@@ -240,11 +240,26 @@ class UpstreamPool:
             self._open -= 1
         return None
 
-    async def _connect(self, origin: Origin, within: float | None) -> UpstreamConnection:
+    async def _acquire(self, origin: Origin, within: float | None) -> UpstreamConnection:
+        """A connection to *origin*: an idle one, else a new one under the cap, else waits.
+
+        Bounded by *within* as a whole (pool wait, connect and TLS handshake).
+        """
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(within):
-                await self._reserve(origin)
+                while True:
+                    # Checked again after every wait: the wake-up may be a
+                    # connection to this origin released for reuse.
+                    idle = self._take_idle(origin)
+                    if idle is not None:
+                        return idle
+                    if self._closed:
+                        raise ConnectError("the upstream pool is closed")
+                    if self._open < self._limit or self._evict_one_idle():
+                        break
+                    await self._wait_for_room()
+                self._open += 1
                 try:
                     _, conn = await loop.create_connection(
                         lambda: UpstreamConnection(origin, loop),
@@ -268,24 +283,18 @@ class UpstreamPool:
         self._schedule_sweep()
         return conn
 
-    async def _reserve(self, origin: Origin) -> None:
-        """Counts one more connection, waiting for room (or making it) under the cap."""
-        while self._open >= self._limit:
-            if self._closed:
-                raise ConnectError("the upstream pool is closed")
-            if self._evict_one_idle():
-                continue
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._notify_waiter()  # woken but leaving: pass the turn on
-                elif waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                raise
-        self._open += 1
+    async def _wait_for_room(self) -> None:
+        """Waits until a connection is released or closed."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._notify_waiter()  # woken but leaving: pass the turn on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
 
     def _evict_one_idle(self) -> bool:
         for idle in self._idle.values():
@@ -297,7 +306,7 @@ class UpstreamPool:
         return False
 
     def _release(self, conn: UpstreamConnection) -> None:
-        if conn.reusable and conn.body_done and not conn.closed and not self._closed:
+        if conn.reusable and conn.body_consumed and not conn.closed and not self._closed:
             conn.reset_for_reuse()
             conn.idle_since = time.monotonic()
             self._idle.setdefault(conn.origin, []).append(conn)

@@ -122,11 +122,6 @@ def test_invalid_status_lines(line: bytes) -> None:
         parse_response_head(line + b"\r\nContent-Length: 0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: http1.py parse_response_head (~l.112) accepts any 3 digits, so 000-099 parse and "
-    "the connection then skips them as 1xx interim responses (valid codes are 100-599)",
-)
 @pytest.mark.parametrize("code", [b"000", b"099"])
 def test_status_codes_below_100_are_rejected(code: bytes) -> None:
     with pytest.raises(ProtocolError):
@@ -190,11 +185,6 @@ def test_malformed_header_lines(line: bytes) -> None:
         _head(b"HTTP/1.1 200 OK", b"Content-Length: 0", line)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: http1.py:_scan_headers splits only on CRLF: a bare LF, CR or NUL inside a field "
-    "value is kept (RFC 9112 5.5: reject or replace with SP)",
-)
 @pytest.mark.parametrize("value", [b"a\nTransfer-Encoding: chunked", b"a\rb", b"a\x00b"])
 def test_control_characters_in_field_values_are_rejected(value: bytes) -> None:
     with pytest.raises(ProtocolError):
@@ -239,11 +229,6 @@ def test_invalid_content_length_is_rejected(value: bytes) -> None:
         _head(b"HTTP/1.1 200 OK", b"Content-Length: " + value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: http1.py _scan_headers (~l.168) int(text) raises ValueError (not ProtocolError) "
-    "past sys.get_int_max_str_digits() (4300) digits",
-)
 def test_absurdly_long_content_length_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         _head(b"HTTP/1.1 200 OK", b"Content-Length: " + b"1" * 5000)
@@ -289,12 +274,6 @@ def test_no_length_means_read_until_close() -> None:
     assert head.keep_alive is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: http1.py parse_response_head (~l.121) keeps an HTTP/1.0 response with Transfer-"
-    "Encoding alive; RFC 9112 6.1 says its framing is faulty and the connection must be "
-    "closed after it",
-)
 def test_http10_with_transfer_encoding_is_not_kept_alive() -> None:
     head = _head(b"HTTP/1.0 200 OK", b"Connection: keep-alive", b"Transfer-Encoding: chunked")
     assert head.keep_alive is False
@@ -636,12 +615,6 @@ def test_chunked_line_just_under_the_limit_is_kept() -> None:
     assert _done(decoder)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: http1.py ChunkedDecoder.feed (~l.235) checks the 4096-byte line limit only while "
-    "no CRLF is buffered: a 5000-byte extension line is rejected when fed in pieces, "
-    "accepted whole",
-)
 def test_chunked_overlong_line_rejected_regardless_of_split() -> None:
     wire = b"3;" + b"e" * 5000 + b"\r\nabc\r\n0\r\n\r\n"
     with pytest.raises(ProtocolError):

@@ -545,12 +545,6 @@ async def test_close_delimited_body(serve: Serve, pool: UpstreamPool, head: byte
     assert pool.idle_connections(server.origin) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: connection.py connection_lost (~l.148-150) ends a close-delimited body on any "
-    "connection_lost, even with exc (a TCP reset): the truncated body is returned as "
-    "complete",
-)
 async def test_reset_during_close_delimited_body_is_an_error(
     serve: Serve, pool: UpstreamPool
 ) -> None:
@@ -743,12 +737,6 @@ async def test_head_larger_than_max_head_bytes(serve: Serve, pool: UpstreamPool)
     assert pool.open_connections == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: connection.py _receive_head (~l.172-174) checks MAX_HEAD_BYTES only while no "
-    "blank line is buffered: an oversized head whose last segment carries CRLFCRLF is "
-    "accepted",
-)
 async def test_head_larger_than_max_head_bytes_ending_in_a_later_segment(
     serve: Serve, pool: UpstreamPool
 ) -> None:
@@ -812,12 +800,6 @@ async def test_extra_bytes_after_the_response_before_release(
     assert server.accepted == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bytes arriving on an idle pooled connection are parsed as the next response "
-    "(connection.py data_received ~l.130: head is None again after reset_for_reuse); "
-    "start() does not clear _body_queue/_head_buffer, so they reach the next request",
-)
 @pytest.mark.parametrize(
     "unsolicited", [b"EXTRA", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"]
 )
@@ -869,12 +851,6 @@ async def test_interim_responses_are_skipped(serve: Serve, pool: UpstreamPool, s
     assert server.accepted == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: connection.py _receive_head (~l.185) recurses once per interim response in one "
-    "read: a few thousand 1xx in a packet raise RecursionError out of data_received "
-    "(asyncio logs a fatal error, the caller sees UpstreamDisconnected)",
-)
 async def test_a_flood_of_interim_responses_fails_cleanly(serve: Serve, pool: UpstreamPool) -> None:
     flood = b"HTTP/1.1 103 Early Hints\r\n\r\n" * 20000 + response(b"final")
 
@@ -997,12 +973,6 @@ async def test_write_timeout_bounds_a_body_nobody_reads(serve: Serve, pool: Upst
     assert pool.open_connections == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: connection.py close() (~l.351) uses transport.close(), which keeps the socket "
-    "open until the write buffer is flushed: after a write timeout the 'abandoned' request "
-    "is still delivered whole to the upstream (which may act on it and bill it)",
-)
 async def test_a_request_abandoned_on_write_timeout_is_not_delivered(
     serve: Serve, pool: UpstreamPool
 ) -> None:
@@ -1084,11 +1054,6 @@ async def test_limit_makes_a_second_request_wait_for_the_first(
     assert pool.open_connections == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pool.py _reserve (~l.273-277): a woken waiter evicts the idle connection _release"
-    " just parked for it (same origin) and opens a fresh one instead of reusing it",
-)
 async def test_limit_waiter_reuses_the_released_connection(
     serve: Serve, make_pool: PoolFactory
 ) -> None:
@@ -1259,20 +1224,16 @@ async def test_slow_reader_pauses_the_upstream_socket(serve: Serve, pool: Upstre
     assert server.accepted == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: release() pools a connection whose body arrived but was not read (pool.py "
-    "_release ~l.300 checks body_done, not an empty queue); reset_for_reuse (connection.py "
-    "~l.354) drops the queue but leaves the socket paused, so the next request on it never "
-    "sees its response",
-)
-async def test_release_of_a_paused_connection_does_not_stall_the_next_request(
+async def test_release_of_an_unread_paused_connection_closes_it(
     serve: Serve, pool: UpstreamPool
 ) -> None:
     size = 300_000
+    connections = 0
 
     async def handler(peer: Peer) -> None:
-        if await peer.read_request() is not None:
+        nonlocal connections
+        connections += 1
+        if connections == 1 and await peer.read_request() is not None:
             await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
         while await peer.read_request() is not None:
             await peer.send(response(b"second"))
@@ -1287,14 +1248,19 @@ async def test_release_of_a_paused_connection_does_not_stall_the_next_request(
     conn.data_received(b"x" * (size - _RECV_MAX))
     assert conn.body_done
     assert not conn.transport.is_reading()
+    # Released with its body unread: not reusable (its bytes would be lost or,
+    # paused, the next response never read), so it is closed, not pooled.
     resp.release()
+    assert conn.closed
+    assert pool.idle_connections(server.origin) == 0
     try:
         second = await get(pool, server.origin, read_timeout=0.5)
     except TimeoutError:
-        pytest.fail("the next request on the released connection never got its response")
+        pytest.fail("the next request never got its response")
     body = await second.read()
     second.release()
     assert body == b"second"
+    assert connections == 2
 
 
 # -- release / close ------------------------------------------------------------------------

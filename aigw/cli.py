@@ -216,11 +216,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             Notifier.from_env(),
         )
         return _run(supervisor.run())
-    if args.command == "serve":
-        return _run(serve(_settings(args), log_file=log_file))
-    from aigw.demo import run_demo
+    try:
+        if args.command == "serve":
+            return _run(serve(_settings(args), log_file=log_file))
+        from aigw.demo import run_demo
 
-    return _run(run_demo(_settings(args), once=args.once))
+        return _run(run_demo(_settings(args), once=args.once))
+    finally:
+        # Lines are flushed once per loop iteration (aigw.logs); the loop's
+        # last iteration may not have come.
+        (log_file or sys.stdout).flush()
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
-from aigw.logs import SecretScrubber
+from aigw.logs import LogFile, SecretScrubber, configure_logging, get_logger
 
 _KEY = "azure-key-0123456789abcdef"
 _QUOTED = 'pa"ss\\word-with-escapes'
@@ -61,3 +63,34 @@ def test_replacing_the_secrets_forgets_the_old_ones() -> None:
     scrubber.replace(["another-secret-value"])
     assert _KEY in _render(scrubber, message=_KEY)
     assert "another-secret-value" not in _render(scrubber, message="another-secret-value")
+
+
+def test_lines_reach_the_file_within_one_loop_iteration(tmp_path: Path) -> None:
+    path = tmp_path / "aigw.log"
+    log_file = LogFile(path)
+    try:
+        configure_logging("info", log_file)
+        log = get_logger("test")
+        log.info("outside_the_loop")
+        # No loop running: flushed at once, as a start-up error must be.
+        assert "outside_the_loop" in path.read_text()
+
+        async def scenario() -> tuple[str, str]:
+            log.info("inside_the_loop")
+            log.info("same_iteration")
+            before = path.read_text()
+            await asyncio.sleep(0)  # one iteration
+            await asyncio.sleep(0)
+            return before, path.read_text()
+
+        before, after = asyncio.run(scenario())
+        assert "inside_the_loop" not in before  # batched, not one write per line
+        assert "inside_the_loop" in after and "same_iteration" in after
+        assert [json.loads(line)["event"] for line in after.splitlines()] == [
+            "outside_the_loop",
+            "inside_the_loop",
+            "same_iteration",
+        ]
+    finally:
+        configure_logging("info")
+        log_file.close()

@@ -162,7 +162,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._finish_body()  # a close-delimited body ends with a clean close
             else:
                 self._fail(UpstreamDisconnected("the upstream closed the connection mid-body"))
-        elif self.head is None and self._waiter is not None:
+        elif self.head is None and self._in_flight:
             self._fail(UpstreamDisconnected("the upstream closed the connection before answering"))
         drain = self._drain_waiter
         if drain is not None and not drain.done():

@@ -83,6 +83,7 @@ def _proxy_section(res: dict[str, Any]) -> list[str]:
         "p99",
         "errors",
         "proxy CPU (cores)",
+        "CPU per request",
         "RSS peak / after",
     ]
 
@@ -99,6 +100,7 @@ def _proxy_section(res: dict[str, Any]) -> list[str]:
             _ms(s["p99_ms"]),
             _num(s["errors"]),
             _num(s["proxy_cores"], ".2f"),
+            "—" if direct else _num(s.get("cpu_us_per_request", math.nan), ",.0f", " µs"),
             "—"
             if direct
             else f"{_num(s['rss_peak_mib'], '.1f')} / {_num(s['rss_after_mib'], '.1f')} MiB",
@@ -192,6 +194,7 @@ def _streams_section(res: dict[str, Any]) -> list[str]:
             _num(s["errors"]),
             _num(s["served_mean"]),
             _num(s["proxy_cores"], ".2f"),
+            "—" if direct else _num(s.get("cpu_us_per_request", math.nan), ",.0f", " µs"),
             "—"
             if direct
             else f"{_num(s['rss_idle_mib'], '.1f')} → {_num(s['rss_peak_mib'], '.1f')} MiB",

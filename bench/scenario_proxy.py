@@ -150,6 +150,10 @@ def summarise_point(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str
             "rss_peak_mib": median(r["rss_peak_kib"] / 1024 for r in rows),
             "rss_after_mib": median(r["rss_after_kib"] / 1024 for r in rows),
             "proxy_cores": median(r["proxy_cores"] for r in rows),
+            # The least noise-sensitive figure: CPU the proxy spent per request served.
+            "cpu_us_per_request": median(
+                r["proxy_cores"] / r["rps"] * 1e6 for r in rows if r["rps"]
+            ),
             "upstream_cores": median(r["upstream_cores"] for r in rows),
         }
     # Ratios against the baselines, paired per round as well.

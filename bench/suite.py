@@ -160,19 +160,32 @@ def _on_signal(signum: int, _frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
+def _render(paths: list[Path]) -> int:
+    """Prints the report of saved result files (scenarios of later files win)."""
+    import report
+    import scenario_proxy
+
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged.update(report.load(path.read_text()))
+    # Summaries are recomputed from the raw runs, so columns added since a
+    # file was saved appear in its report too.
+    for point in merged.get("proxy", {}).get("points", {}).values():
+        for rows in point["runs"].values():
+            for row in rows:  # the JSON stores NaN as null
+                row.update({k: math.nan for k, v in row.items() if v is None})
+        point["summary"] = scenario_proxy.summarise_point(point["runs"])
+    print(report.render(merged))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the suite; returns the exit code (1 if a scenario failed to run)."""
     _reexec_in_venv()
     args = _parse_args(argv)
     sys.path.insert(0, str(BENCH))
     if args.render:
-        import report
-
-        merged: dict[str, Any] = {}
-        for path in args.render:
-            merged.update(report.load(path.read_text()))
-        print(report.render(merged))
-        return 0
+        return _render(args.render)
     import aiohttp
     import report
     import targets as tg

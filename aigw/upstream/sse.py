@@ -32,6 +32,13 @@ class SSESplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Adds *chunk* and returns the events it completes."""
+        if (
+            not self._pending
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n\n") == len(chunk) - 2
+            and b"\r\n\r\n" not in chunk
+        ):
+            return [chunk]  # PERF: the usual delta, exactly one whole event
         buf = self._pending + chunk if self._pending else chunk
         events: list[bytes] = []
         start = 0

@@ -566,6 +566,33 @@ def test_chunked_data_must_be_followed_by_crlf(wire: bytes) -> None:
             decoder.feed(wire[i : i + 1])
 
 
+def test_chunked_one_whole_chunk_per_read_as_streams_arrive() -> None:
+    # The decoder's shortcut for a read that is exactly one chunk, as SSE deltas arrive.
+    decoder = ChunkedDecoder()
+    events = [b"data: {}\n\n", b"data: " + b"x" * 300 + b"\n\n", b"data: [DONE]\n\n"]
+    for event in events:
+        assert decoder.feed(b"%x\r\n" % len(event) + event + b"\r\n") == event
+        assert not _done(decoder)
+    assert decoder.feed(b"0\r\n\r\n") == b""
+    assert _done(decoder)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        b"+5\r\nhello\r\n",
+        b"0x5\r\nhello\r\n",
+        b"5_\r\nhello\r\n",
+        b"5\r\nhelloXY",
+        b"5\r\nhello!\r\n",
+        b"4\r\nhello\r\n",
+    ],
+)
+def test_chunked_one_read_that_only_looks_like_a_whole_chunk_is_refused(read: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ChunkedDecoder().feed(read)
+
+
 def test_chunked_bad_crlf_split_across_feeds() -> None:
     decoder = ChunkedDecoder()
     assert decoder.feed(b"5\r\nhello\r") == b"hello"

@@ -42,6 +42,16 @@ def test_splitter_handles_crlf_and_keeps_partial_tail() -> None:
     assert splitter.pending == b"data: {"
 
 
+def test_splitter_one_event_per_read_and_reads_that_only_look_like_one() -> None:
+    splitter = SSESplitter()
+    event = b'data: {"a": 1}\n\n'
+    assert splitter.feed(event) == [event]
+    # Ends like one event, but a CRLF-terminated event comes first.
+    assert splitter.feed(b"data: a\r\n\r\ndata: b\n\n") == [b"data: a\r\n\r\n", b"data: b\n\n"]
+    assert splitter.feed(b"data: a\n\ndata: b\n\n") == [b"data: a\n\n", b"data: b\n\n"]
+    assert splitter.pending == b""
+
+
 def test_event_data_joins_lines_and_ignores_comments() -> None:
     assert event_data(b"data: a\ndata:b\n\n") == b"a\nb"
     assert event_data(b": comment\n\n") is None

@@ -194,7 +194,6 @@ def _streams_section(res: dict[str, Any]) -> list[str]:
             _num(s["errors"]),
             _num(s["served_mean"]),
             _num(s["proxy_cores"], ".2f"),
-            "—" if direct else _num(s.get("cpu_us_per_request", math.nan), ",.0f", " µs"),
             "—"
             if direct
             else f"{_num(s['rss_idle_mib'], '.1f')} → {_num(s['rss_peak_mib'], '.1f')} MiB",

@@ -259,8 +259,9 @@ class UpstreamConnection(asyncio.Protocol):
     def _arm(self, within: float | None, what: str) -> asyncio.Future[None]:
         """A future for the next event (bytes, end, error) that fails after *within* s of silence.
 
-        The caller awaits it and then clears ``_waiter``. (Not a coroutine:
-        one frame less on a path taken once per stream delta.)
+        The caller awaits it. (Not a coroutine: one frame less on a path
+        taken once per stream delta.) Once done it may stay in ``_waiter``:
+        everything that resolves the waiter first checks it is not done.
 
         PERF: a stream waits once per delta, tens of times a second per
         connection. Arming and cancelling a timer for every wait cost ~13 % of
@@ -343,10 +344,7 @@ class UpstreamConnection(asyncio.Protocol):
         while self.head is None:
             if self._error is not None:
                 raise self._error
-            try:
-                await self._arm(within, "the upstream did not answer in time")
-            finally:
-                self._waiter = None
+            await self._arm(within, "the upstream did not answer in time")
         return self.head
 
     async def read_chunk(self, within: float | None) -> bytes:
@@ -365,10 +363,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return b""
             if self._error is not None:
                 raise self._error
-            try:
-                await self._arm(within, "the upstream stopped sending (read timeout)")
-            finally:
-                self._waiter = None
+            await self._arm(within, "the upstream stopped sending (read timeout)")
 
     @property
     def body_consumed(self) -> bool:

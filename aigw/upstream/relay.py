@@ -8,8 +8,8 @@ Two shapes of answer:
   with a side-channel observer reading usage and the first token.
 
 Failure mapping at this boundary: cannot connect → 502, no answer in time →
-504, an upstream redirect → 502 (never followed: aiohttp would resend the
-injected ``api-key`` to the new origin). Once a stream has started the status
+504, an upstream redirect → 502 (never followed: following it would resend
+the injected ``api-key`` to the new origin). Once a stream has started the status
 line is gone, so an upstream that dies mid-stream gets an SSE error event and
 the connection is closed without the chunked terminator: the client sees an
 error, never a clean but truncated finish.

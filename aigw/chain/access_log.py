@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from time import perf_counter_ns
 from typing import Any
 
@@ -94,7 +93,7 @@ def _count(ex: Exchange, metrics: RouteMetrics, status: int) -> None:
 
 
 def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) -> None:
-    now = time.perf_counter_ns()
+    now = perf_counter_ns()
     request = ex.request
     event: dict[str, Any] = {
         "request_id": ex.request_id,

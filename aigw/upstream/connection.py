@@ -386,7 +386,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
 
     def reset_for_reuse(self) -> None:
-        """Back to idle after a complete response."""
+        """Back to idle after a response read to its end.
+
+        The response state is cleared by the next ``start``; until then
+        ``_in_flight`` is off, so nothing arriving can reach it.
+        """
         self._stop_timer()
         self._in_flight = False
-        self._clear_response()

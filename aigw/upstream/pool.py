@@ -120,8 +120,7 @@ class UpstreamResponse:
         """Closes the connection (the response was not, or could not be, read whole)."""
         if not self._settled:
             self._settled = True
-            self._conn.close()
-            self._pool._forget(self._conn)
+            self._pool._discard(self._conn)
 
 
 class UpstreamPool:
@@ -204,8 +203,7 @@ class UpstreamPool:
                 await conn.drain(write_timeout)
             head = await conn.read_head(read_timeout)
         except BaseException:
-            conn.close()
-            self._forget(conn)
+            self._discard(conn)
             raise
         return UpstreamResponse(self, conn, head, read_timeout)
 
@@ -234,7 +232,7 @@ class UpstreamPool:
         cutoff = time.monotonic() - self._idle_timeout
         while idle:
             conn = idle.pop()  # most recently used first
-            if not conn.closed and conn.idle_since >= cutoff:
+            if _fresh(conn, cutoff):
                 return conn
             conn.close()
             self._open -= 1
@@ -314,10 +312,11 @@ class UpstreamPool:
                 # A waiter for another origin can evict this idle one.
                 self._notify_waiter()
             return
-        conn.close()
-        self._forget(conn)
+        self._discard(conn)
 
-    def _forget(self, conn: UpstreamConnection) -> None:
+    def _discard(self, conn: UpstreamConnection) -> None:
+        """Closes a connection that will not be reused and frees its slot."""
+        conn.close()
         self._open -= 1
         self._notify_waiter()
 
@@ -346,12 +345,19 @@ class UpstreamPool:
         cutoff = time.monotonic() - self._idle_timeout
         remaining = 0
         for idle in self._idle.values():
-            fresh = [c for c in idle if not c.closed and c.idle_since >= cutoff]
+            fresh = []
             for conn in idle:
-                if conn.closed or conn.idle_since < cutoff:
+                if _fresh(conn, cutoff):
+                    fresh.append(conn)
+                else:
                     conn.close()
                     self._open -= 1
             idle[:] = fresh
             remaining += len(fresh)
         if remaining or self._open:
             self._schedule_sweep()
+
+
+def _fresh(conn: UpstreamConnection, cutoff: float) -> bool:
+    """An idle connection still worth reusing: open, and idle since *cutoff* or later."""
+    return not conn.closed and conn.idle_since >= cutoff

@@ -13,6 +13,7 @@ import uvloop
 
 from aigw import __version__
 from aigw.config.errors import ConfigError
+from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener import ListenerSettings
 from aigw.logs import LogFile, configure_logging
 from aigw.reload import Reloader
@@ -132,6 +133,50 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
         metavar="SECONDS",
         help="close connections that do not deliver a request head this fast",
     )
+    limits = DEFAULT_LIMITS
+    cmd.add_argument(
+        "--client-body-timeout",
+        type=float,
+        default=limits.client_body_timeout,
+        metavar="SECONDS",
+        help="answer 408 when a client sends nothing of its request body for this long",
+    )
+    cmd.add_argument(
+        "--client-body-total-timeout",
+        type=float,
+        default=limits.client_body_total_timeout,
+        metavar="SECONDS",
+        help="answer 408 when a request body takes longer than this in all",
+    )
+    cmd.add_argument(
+        "--client-send-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close both sides when a client stops reading its response for this long",
+    )
+    cmd.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="client connections per worker; past it new ones wait in the listen queue "
+        "(default: derived from the open-file limit)",
+    )
+    cmd.add_argument(
+        "--max-response-size",
+        type=int,
+        default=limits.max_response_size,
+        metavar="BYTES",
+        help="cut an upstream response body longer than this and end it as an error (0: no limit)",
+    )
+    cmd.add_argument(
+        "--max-event-size",
+        type=int,
+        default=limits.max_event_size,
+        metavar="BYTES",
+        help="end a stream with an error event when one upstream SSE event is larger than this",
+    )
 
 
 def _settings(args: argparse.Namespace) -> ServeSettings:
@@ -149,6 +194,14 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         header_timeout=args.header_timeout,
         shutdown_timeout=args.drain_timeout,
         reuse_port=worker is not None,
+        client_send_timeout=args.client_send_timeout,
+        max_connections=args.max_connections,
+    )
+    limits = Limits(
+        client_body_timeout=args.client_body_timeout,
+        client_body_total_timeout=args.client_body_total_timeout,
+        max_response_size=args.max_response_size,
+        max_event_size=args.max_event_size,
     )
     return ServeSettings(
         conf_dir=args.conf_dir,
@@ -159,6 +212,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         watch=args.watch,
         settle_ms=args.settle_ms,
         worker=worker,
+        limits=limits,
     )
 
 

@@ -113,6 +113,12 @@ class ListenerSettings:
             requests before cancelling them. aiohttp applies it twice at worst:
             once waiting for the handler, once waiting for the cancelled handler.
         backlog: Listen queue length (capped by ``net.core.somaxconn``).
+        client_send_timeout: Seconds a response write may wait for a client
+            that stopped reading before both sides are closed (nginx
+            ``send_timeout``).
+        max_connections: Most client connections served at once; past it the
+            listener stops accepting until one closes. None derives it from
+            ``RLIMIT_NOFILE`` (see :func:`default_max_connections`).
     """
 
     host: str = "127.0.0.1"
@@ -122,6 +128,8 @@ class ListenerSettings:
     reuse_port: bool = False
     shutdown_timeout: float = 30.0
     backlog: int = _DEFAULT_BACKLOG
+    client_send_timeout: float = 60.0
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -136,6 +144,10 @@ class ListenerSettings:
             raise ValueError(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
         if self.backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {self.backlog}")
+        if not self.client_send_timeout > 0:
+            raise ValueError(f"client_send_timeout must be > 0, got {self.client_send_timeout}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
 
 
 # ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from aigw.config.errors import ConfigDirectoryError, ConfigError, ConfigIssue
 from aigw.config.loader import discover, parse_route_file
 from aigw.config.model import RouteFile
+from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.lkg import LastKnownGood
 from aigw.logs import get_logger
 from aigw.metrics import METRICS
@@ -138,6 +139,7 @@ class Reloader:
         publish: Called with each new table (the gateway's ``swap``).
         store: Last-known-good persistence; None disables it.
         azure_base_url: Serve-time override of the Azure origin.
+        limits: Time and size bounds bound into every compiled route.
     """
 
     def __init__(
@@ -148,12 +150,14 @@ class Reloader:
         publish: Callable[[RouteTable], object] | None = None,
         store: LastKnownGood | None = None,
         azure_base_url: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.conf_dir = conf_dir
         self._env = dict(env)
         self._publish = publish
         self._store = store
         self._azure_base_url = azure_base_url
+        self._limits = limits
         self._lock = asyncio.Lock()
         self.generation = 0
         self.table: RouteTable | None = None
@@ -435,7 +439,7 @@ class Reloader:
         key = (file.source, file.digest)
         route = self._compiled.get(key)
         if route is None:
-            route = compile_route(file, azure_base_url=self._azure_base_url)
+            route = compile_route(file, azure_base_url=self._azure_base_url, limits=self._limits)
             self._compiled[key] = route
         return route
 

@@ -18,6 +18,7 @@ from aigw.chain.exchange import Handler
 from aigw.chain.info import RouteInfo
 from aigw.chain.request_id import request_id
 from aigw.config.model import RouteFile
+from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import METRICS
 from aigw.upstream.relay import make_relay
 from aigw.upstream.target import UpstreamTarget, compile_target
@@ -62,8 +63,10 @@ def compile_chain(stages: Sequence[Stage], terminal: Handler) -> Handler:
     return handler
 
 
-def compile_route(file: RouteFile, *, azure_base_url: str | None = None) -> CompiledRoute:
-    """Builds the target and the chain for one route file."""
+def compile_route(
+    file: RouteFile, *, azure_base_url: str | None = None, limits: Limits = DEFAULT_LIMITS
+) -> CompiledRoute:
+    """Builds the target and the chain for one route file, bound to the process's *limits*."""
     proxy = file.proxy
     target_config = proxy.targets[0]
     options = target_config.model.options

@@ -13,6 +13,7 @@ from typing import Any
 from aigw.admin import build_admin_app
 from aigw.config.errors import ConfigError
 from aigw.gateway import Gateway
+from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener import Listener, ListenerSettings, start_listener
 from aigw.lkg import LastKnownGood
 from aigw.logs import LogFile, get_logger
@@ -43,6 +44,7 @@ class ServeSettings:
         watch: Reload when conf.d changes.
         settle_ms: How long files must stay unchanged before a reload reads them.
         worker: This process's index under ``--workers N`` (None: single process).
+        limits: Request body deadlines and response size bounds (``aigw.limits``).
     """
 
     conf_dir: Path
@@ -54,6 +56,7 @@ class ServeSettings:
     watch: bool = True
     settle_ms: int = 50
     worker: int | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 class Server:
@@ -107,6 +110,7 @@ class Server:
             publish=publish,
             store=store,
             azure_base_url=settings.azure_base_url,
+            limits=settings.limits,
         )
         reloader.load_initial()
         assert reloader.table is not None

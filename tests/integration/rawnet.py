@@ -1,0 +1,217 @@
+"""Hostile-network tools: scripted raw upstreams, raw-socket clients, a process's RSS.
+
+The SDK and the mock speak well-formed HTTP; attacks do not. A
+:class:`ScriptedUpstream` is an asyncio TCP server (in its own thread, since
+the gateway under test is a separate process and most tests are synchronous)
+whose every connection runs a script that reads and writes exactly the bytes a
+case needs. :func:`raw_request` and :class:`RawResponse` are the client side:
+a plain socket, bytes out, the answer parsed by llhttp (``httptools``) so a
+test sees framing exactly as a strict client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httptools
+
+from tests.integration.harness import GatewayProcess
+
+__all__ = [
+    "RawResponse",
+    "ScriptedUpstream",
+    "gateway_to",
+    "raw_request",
+    "read_head_of_request",
+    "read_response",
+    "rss_kib",
+]
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""What one upstream connection does: read the request, write the answer's bytes."""
+
+
+class ScriptedUpstream:
+    """A TCP server on 127.0.0.1 whose connections each run *script*.
+
+    Use as a context manager. ``connections`` counts accepted connections;
+    ``script`` may be replaced between requests.
+    """
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.open_connections = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open_connections += 1
+        try:
+            await self.script(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open_connections -= 1
+            writer.close()
+
+    def __enter__(self) -> ScriptedUpstream:
+        self._thread.start()
+        start = asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = asyncio.run_coroutine_threadsafe(start, self._loop).result(10)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+async def read_head_of_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """Reads one request head and its Content-Length body; returns (head, body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    body = await reader.readexactly(length) if length else b""
+    return head, body
+
+
+@dataclass
+class RawResponse:
+    """One response as a strict client parsed it."""
+
+    status: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    complete: bool = False
+    """The message ended by its own framing (not by the connection closing early)."""
+
+    def header(self, name: str) -> str | None:
+        lower = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lower), None)
+
+
+class _Collector:
+    def __init__(self, response: RawResponse) -> None:
+        self.response = response
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.response.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        self.response.body += body
+
+    def on_message_complete(self) -> None:
+        self.response.complete = True
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> RawResponse:
+    """Reads one response from *sock* (the socket stays usable for the next one).
+
+    Bytes past the end of the response stay unread only if they arrive in a
+    later segment; tests that pipeline should read one response at a time.
+    """
+    response = RawResponse()
+    parser = httptools.HttpResponseParser(_Collector(response))
+    deadline = time.monotonic() + timeout
+    while not response.complete:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no complete response in time")
+        sock.settimeout(remaining)
+        data = sock.recv(65536)
+        if not data:
+            with contextlib.suppress(httptools.HttpParserError):
+                parser.feed_data(b"")
+            break
+        parser.feed_data(data)
+    response.status = parser.get_status_code()
+    return response
+
+
+def raw_request(port: int, data: bytes, timeout: float = 10.0) -> RawResponse:
+    """Sends *data* on a fresh connection and reads one response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_response(sock, timeout)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of process *pid*, in KiB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+CHAT_ROUTE = """route:
+  name: raw
+  paths: [/openai/deployments/raw/chat/completions]
+  methods: [POST]
+plugins:
+  - name: ai-proxy-advanced
+    config:{config}
+      targets:
+        - route_type: {route_type}
+          auth: {{header_name: api-key, header_value: upstream-secret-key}}
+          read_timeout: {read_timeout}
+          model:
+            provider: azure
+            name: raw
+            options:
+              azure_instance: raw
+              azure_deployment_id: raw
+              upstream_url: {upstream}/openai/deployments/raw/chat/completions
+"""
+
+CHAT_PATH = "/openai/deployments/raw/chat/completions"
+"""The path :func:`gateway_to` serves."""
+
+
+@contextlib.contextmanager
+def gateway_to(
+    upstream: str,
+    conf_dir: Path,
+    *extra: str,
+    route_type: str = "llm/v1/chat",
+    read_timeout: int = 5000,
+    config: str = "",
+) -> Iterator[GatewayProcess]:
+    """An aigw process with one route (``CHAT_PATH``) forwarding to *upstream*."""
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "raw.yaml").write_text(
+        CHAT_ROUTE.format(
+            upstream=upstream, route_type=route_type, read_timeout=read_timeout, config=config
+        )
+    )
+    process = GatewayProcess(conf_dir, *extra)
+    try:
+        yield process
+    finally:
+        process.close()

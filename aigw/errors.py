@@ -12,7 +12,9 @@ Hierarchy::
      ├── BadRequest            400  invalid_request_error
      ├── RouteNotFound         404  not_found_error
      ├── MethodNotAllowed      405  invalid_request_error
+     ├── RequestTimeout        408  invalid_request_error
      ├── PayloadTooLarge       413  invalid_request_error
+     ├── ExpectationFailed     417  invalid_request_error
      ├── InternalError         500  server_error
      ├── UpstreamUnavailable   502  upstream_error
      └── UpstreamTimeout       504  upstream_error
@@ -28,10 +30,12 @@ from typing import ClassVar
 
 __all__ = [
     "BadRequest",
+    "ExpectationFailed",
     "GatewayError",
     "InternalError",
     "MethodNotAllowed",
     "PayloadTooLarge",
+    "RequestTimeout",
     "RouteNotFound",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -50,6 +54,9 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
+    close_connection: bool = False
+    """Answer with ``Connection: close``: set when the rest of the request cannot
+    be told from the next one (a body that never came, or was never sent)."""
 
     def __init__(
         self,
@@ -97,11 +104,30 @@ class MethodNotAllowed(GatewayError):
     error_type = "invalid_request_error"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its request body in time (408); the connection closes."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    close_connection = True
+
+
 class PayloadTooLarge(GatewayError):
     """The request body is larger than the route allows (413)."""
 
     status = 413
     error_type = "invalid_request_error"
+
+
+class ExpectationFailed(GatewayError):
+    """The request's ``Expect`` names something other than ``100-continue`` (417).
+
+    The client is holding its body back, so the connection closes.
+    """
+
+    status = 417
+    error_type = "invalid_request_error"
+    close_connection = True
 
 
 class InternalError(GatewayError):

@@ -86,7 +86,7 @@ def compile_route(
         ("request_id", request_id),
         ("access_log", partial(access_log, info, metrics)),
         ("error_responses", partial(error_responses, info)),
-        ("body_checks", partial(body_checks, proxy, target_config)),
+        ("body_checks", partial(body_checks, proxy, target_config, limits)),
         ("credentials", partial(credentials, target_config.auth)),
     ]
     terminal = make_relay(

@@ -13,6 +13,9 @@ Per route type (Kong's ``route_type``):
   not ask for it;
 * ``preserve`` forwards the body untouched.
 
+The body itself is read by :func:`aigw.chain.body_reader.read_bounded`, within
+the route's size limit and the process's body deadlines.
+
 The JSON is re-serialised only when one of these rules changed it; otherwise
 the client's bytes go upstream as they came.
 """
@@ -24,11 +27,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from aigw.chain.body_reader import read_bounded
 from aigw.chain.exchange import Exchange, Handler
 from aigw.config.model import AiProxyAdvancedConfig, TargetConfig
-from aigw.errors import BadRequest, PayloadTooLarge
+from aigw.errors import BadRequest, RequestTimeout
+from aigw.limits import Limits
 
-__all__ = ["body_checks", "read_bounded"]
+__all__ = ["body_checks"]
 
 _STREAMING_TYPES = frozenset({"llm/v1/chat", "llm/v1/completions"})
 _REQUIRED_FIELD = {
@@ -38,37 +43,18 @@ _REQUIRED_FIELD = {
 }
 
 
-async def read_bounded(request: web.BaseRequest, limit: int) -> bytes:
-    """Reads the whole request body, refusing more than *limit* bytes (0: no limit)."""
-    declared = request.content_length
-    if limit and declared is not None and declared > limit:
-        # Refused before reading a byte of it.
-        raise _too_large(limit)
-    if not request.body_exists:
-        return b""
-    parts: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if limit and size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+_CLIENT_BODY_TIMEOUT = "client_body_timeout"
+"""The access log's outcome for a body that did not arrive in time."""
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        "request_too_large",
-        f"the request body is larger than this route's max_request_body_size ({limit} bytes)",
-    )
-
-
-def body_checks(proxy: AiProxyAdvancedConfig, target: TargetConfig, next_: Handler) -> Handler:
+def body_checks(
+    proxy: AiProxyAdvancedConfig, target: TargetConfig, limits: Limits, next_: Handler
+) -> Handler:
     """Builds the body stage for one route (all decisions that can be made now, are)."""
     limit = proxy.max_request_body_size
     route_type = target.route_type
     if route_type == "preserve":
-        return _preserve_stage(limit, next_)
+        return _preserve_stage(limit, limits, next_)
 
     required = _REQUIRED_FIELD[route_type]
     streams = route_type in _STREAMING_TYPES
@@ -88,7 +74,11 @@ def body_checks(proxy: AiProxyAdvancedConfig, target: TargetConfig, next_: Handl
         )
 
     async def stage(ex: Exchange) -> web.StreamResponse:
-        body = await read_bounded(ex.request, limit)
+        try:
+            body = await read_bounded(ex.request, limit, limits)
+        except RequestTimeout:
+            ex.outcome = _CLIENT_BODY_TIMEOUT
+            raise
         ex.client_body = ex.upstream_body = body
         payload = _parse_object(body)
         _require(payload, required)
@@ -130,9 +120,13 @@ def body_checks(proxy: AiProxyAdvancedConfig, target: TargetConfig, next_: Handl
     return stage
 
 
-def _preserve_stage(limit: int, next_: Handler) -> Handler:
+def _preserve_stage(limit: int, limits: Limits, next_: Handler) -> Handler:
     async def stage(ex: Exchange) -> web.StreamResponse:
-        body = await read_bounded(ex.request, limit)
+        try:
+            body = await read_bounded(ex.request, limit, limits)
+        except RequestTimeout:
+            ex.outcome = _CLIENT_BODY_TIMEOUT
+            raise
         ex.client_body = ex.upstream_body = body
         # Pass-through: the body is never rewritten; it is only peeked at so a
         # stream is logged as one.

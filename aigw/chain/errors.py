@@ -22,6 +22,8 @@ def error_response(ex: Exchange, error: GatewayError) -> web.Response:
     response = web.Response(status=error.status, body=error.body(), content_type="application/json")
     response.headers["x-request-id"] = ex.request_id
     response.headers.update(error.headers)
+    if error.close_connection:
+        response.force_close()
     ex.bytes_out = response.content_length or 0
     return response
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
@@ -28,7 +30,8 @@ from aigw.config.model import (
     ModelOptions,
     TargetConfig,
 )
-from aigw.errors import BadRequest, PayloadTooLarge
+from aigw.errors import BadRequest, ExpectationFailed, PayloadTooLarge, RequestTimeout
+from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import Metrics
 from aigw.upstream.pool import UpstreamPool
 
@@ -46,24 +49,45 @@ METRICS = Metrics(CollectorRegistry())
 ROUTE_METRICS = METRICS.for_route("r", "gpt-4o")
 
 
-class _Payload:
-    """Just enough of aiohttp's StreamReader for the body stage."""
+class _Protocol:
+    """Just enough of aiohttp's BaseProtocol for a real StreamReader."""
 
-    def __init__(self, body: bytes) -> None:
-        self._chunks = [body[i : i + 4] for i in range(0, len(body), 4)]
+    connected = True
 
-    async def readany(self) -> bytes:
-        return self._chunks.pop(0) if self._chunks else b""
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
+def body_stream(*chunks: bytes, eof: bool = True) -> StreamReader:
+    """A request body stream as aiohttp's parser fills it: *chunks*, then the end (if *eof*)."""
+    protocol: Any = _Protocol()
+    stream = StreamReader(protocol, 2**16, loop=asyncio.get_running_loop())
+    for chunk in chunks:
+        stream.feed_data(chunk)
+    if eof:
+        stream.feed_eof()
+    return stream
 
 
 def exchange(
-    body: bytes = b"", headers: dict[str, str] | None = None, path: str = "/p"
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    path: str = "/p",
+    *,
+    payload: StreamReader | None = None,
+    version: HttpVersion = HttpVersion11,
 ) -> Exchange:
+    """An exchange whose request carries *body* (with its Content-Length) or *payload*."""
     hdrs = CIMultiDict(headers or {})
     if body:
         hdrs["Content-Length"] = str(len(body))
-    payload: Any = _Payload(body)
-    request = make_mocked_request("POST", path, headers=hdrs, payload=payload)
+        payload = body_stream(body)
+    request = make_mocked_request(
+        "POST", path, headers=hdrs, payload=payload or EMPTY_PAYLOAD, version=version
+    )
     return Exchange(request=request, path="/p", pool=_NO_POOL)
 
 
@@ -92,9 +116,11 @@ def proxy(t: TargetConfig, **kw: Any) -> AiProxyAdvancedConfig:
     return AiProxyAdvancedConfig(targets=(t,), **kw)
 
 
-def body_stage(next_: Handler, t: TargetConfig | None = None, **kw: Any) -> Handler:
+def body_stage(
+    next_: Handler, t: TargetConfig | None = None, limits: Limits = DEFAULT_LIMITS, **kw: Any
+) -> Handler:
     t = t or target()
-    return body_checks(proxy(t, **kw), t, next_)
+    return body_checks(proxy(t, **kw), t, limits, next_)
 
 
 CHAT = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -168,10 +194,134 @@ async def test_body_rejections(route_type: str, body: bytes, code: str) -> None:
     assert recorder.seen == []
 
 
-async def test_body_size_limit_counts_streamed_bytes() -> None:
+async def test_body_size_limit_refuses_a_declared_length_unread() -> None:
     stage = body_stage(Recorder(), max_request_body_size=10)
+    ex = exchange(CHAT)
     with pytest.raises(PayloadTooLarge):
+        await stage(ex)
+    assert ex.request.content.read_nowait(-1) == CHAT  # not a byte was read
+
+
+@pytest.mark.parametrize("arrived", [True, False], ids=["buffered", "in-flight"])
+async def test_body_size_limit_counts_streamed_bytes(arrived: bool) -> None:
+    # Chunked: no Content-Length to refuse up front, so the bytes are counted.
+    chunked = {"Transfer-Encoding": "chunked"}
+    stream = body_stream(*(CHAT[i : i + 8] for i in range(0, len(CHAT), 8)), eof=arrived)
+    stage = body_stage(Recorder(), max_request_body_size=len(CHAT) - 1)
+    with pytest.raises(PayloadTooLarge):
+        await stage(exchange(headers=chunked, payload=stream))
+    exact = body_stage(recorder := Recorder(), max_request_body_size=len(CHAT))
+    stream = body_stream(*(CHAT[i : i + 8] for i in range(0, len(CHAT), 8)), eof=arrived)
+    if not arrived:
+        asyncio.get_running_loop().call_later(0.01, stream.feed_eof)
+    await exact(exchange(headers=chunked, payload=stream))
+    assert recorder.seen[0].client_body == CHAT
+
+
+FAST = Limits(client_body_timeout=0.1, client_body_total_timeout=0.5)
+"""Body deadlines short enough for unit tests."""
+
+
+def feed_later(stream: StreamReader, chunks: list[bytes], every: float, end: bool) -> None:
+    """Feeds *chunks* to *stream* one every *every* seconds, then the end if *end*."""
+
+    async def feed() -> None:
+        for chunk in chunks:
+            await asyncio.sleep(every)
+            stream.feed_data(chunk)
+        if end:
+            stream.feed_eof()
+
+    _FEEDERS.add(task := asyncio.ensure_future(feed()))
+    task.add_done_callback(_FEEDERS.discard)
+
+
+_FEEDERS: set[asyncio.Future[None]] = set()
+
+
+async def test_body_idle_deadline_answers_408_and_marks_the_outcome() -> None:
+    headers = {"Content-Length": "100"}
+    stage = body_stage(recorder := Recorder(), limits=FAST)
+    ex = exchange(headers=headers, payload=body_stream(b'{"mess', eof=False))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RequestTimeout) as info:
+        await stage(ex)
+    waited = asyncio.get_running_loop().time() - started
+    assert 0.09 < waited < 0.4
+    assert info.value.status == 408 and info.value.close_connection
+    assert (
+        info.value.message
+        == "the request body stalled: no data for 0.1 s (6 of 100 bytes received)"
+    )
+    assert ex.outcome == "client_body_timeout" and recorder.seen == []
+
+
+async def test_body_total_deadline_ends_a_trickle() -> None:
+    stream = body_stream(eof=False)
+    feed_later(stream, [b"x"] * 100, every=0.03, end=True)  # never idle 0.1 s, 3 s in all
+    stage = body_stage(Recorder(), target("preserve"), limits=FAST)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RequestTimeout, match=r"did not complete within 0\.5 s") as info:
+        await stage(ex := exchange(headers={"Transfer-Encoding": "chunked"}, payload=stream))
+    assert 0.45 < asyncio.get_running_loop().time() - started < 1.0
+    assert "bytes received)" in info.value.message
+    assert ex.outcome == "client_body_timeout"
+
+
+async def test_body_in_time_uses_one_timer_and_none_when_already_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counting_call_at(
+        when: float, callback: Any, *args: Any, **kwargs: Any
+    ) -> asyncio.TimerHandle:
+        if getattr(callback, "__qualname__", "").startswith("_BodyDeadline."):
+            armed.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    await body_stage(Recorder(), limits=FAST)(exchange(CHAT))
+    assert armed == []  # the whole body was already buffered
+
+    # 40 reads 10 ms apart: never idle for 0.1 s, 0.4 s in all, so it passes;
+    # the timer re-arms about once per idle period, not once per read.
+    stream = body_stream(eof=False)
+    chunks = [CHAT[i : i + 2] for i in range(0, len(CHAT), 2)][:40]
+    rest = CHAT[2 * len(chunks) :]
+    feed_later(stream, [*chunks, rest], every=0.01, end=True)
+    await body_stage(recorder := Recorder(), limits=FAST)(
+        exchange(headers={"Transfer-Encoding": "chunked"}, payload=stream)
+    )
+    assert recorder.seen[0].client_body == CHAT
+    assert 1 <= len(armed) <= 8, armed
+
+
+async def test_expect_other_than_100_continue_is_417() -> None:
+    stage = body_stage(Recorder())
+    with pytest.raises(ExpectationFailed) as info:
+        await stage(exchange(CHAT, headers={"Expect": "something-else"}))
+    assert (info.value.status, info.value.code, info.value.close_connection) == (
+        417,
+        "expectation_failed",
+        True,
+    )
+    # HTTP/1.0 has no expectations: the header is ignored (RFC 9110 §10.1.1).
+    await body_stage(Recorder())(
+        exchange(CHAT, headers={"Expect": "something-else"}, version=HttpVersion10)
+    )
+
+
+async def test_declared_too_large_with_expect_closes_the_connection() -> None:
+    stage = body_stage(Recorder(), max_request_body_size=10)
+    with pytest.raises(PayloadTooLarge) as info:
+        await stage(exchange(CHAT, headers={"Expect": "100-continue"}))
+    assert info.value.close_connection
+    with pytest.raises(PayloadTooLarge) as info:
         await stage(exchange(CHAT))
+    assert not info.value.close_connection
 
 
 async def test_streaming_modes() -> None:

@@ -1,0 +1,186 @@
+"""Read one request body within its bounds: size, time, and ``Expect: 100-continue``.
+
+SECURITY: a request body is the one thing a client can make the gateway hold
+for as long as it likes: send a head declaring 8 MiB, all but one byte, then
+nothing, and the bytes sit in memory with the connection open. Every body is
+therefore read under two deadlines (``aigw.limits``):
+
+* ``client_body_timeout``: the longest silence between two reads (nginx
+  ``client_body_timeout``), and
+* ``client_body_total_timeout``: the whole body, however steadily it trickles.
+
+Missing either is answered with a 408 and the connection is closed: the rest of
+that body is never coming, and whatever does come cannot be told from the next
+request.
+
+PERF: the usual SDK request arrives with its head, so by the time the route
+runs the parser has already seen the end of the body. That case reads what is
+buffered and arms nothing. Only a body still in flight gets a deadline, and
+then one timer for the whole body: each read just notes the time, and the timer,
+when it fires, re-arms itself at the next possible expiry if data came since.
+
+``Expect: 100-continue`` (curl sends it for bodies over 1 MiB and then waits a
+second for the go-ahead) is answered here, once the route has matched and the
+declared size is accepted, right before the first read. Any other expectation
+is refused with a 417.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
+from aiohttp.streams import StreamReader
+
+from aigw.errors import ExpectationFailed, PayloadTooLarge, RequestTimeout
+from aigw.limits import Limits
+
+__all__ = ["read_bounded"]
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def read_bounded(request: web.BaseRequest, limit: int, limits: Limits) -> bytes:
+    """Reads the whole request body within *limits*, refusing more than *limit* bytes.
+
+    Args:
+        request: The request whose body to read.
+        limit: The route's ``max_request_body_size`` (0: no limit).
+        limits: The process's body deadlines.
+
+    Raises:
+        PayloadTooLarge: The declared or the received size is over *limit*.
+        RequestTimeout: The body did not arrive within the deadlines.
+        ExpectationFailed: ``Expect`` names anything but ``100-continue``.
+    """
+    expect = request.headers.get(hdrs.EXPECT)
+    # RFC 9110 §10.1.1: an HTTP/1.0 client cannot expect anything; ignore it.
+    if expect is not None and request.version != HttpVersion11:
+        expect = None
+    if expect is not None and expect.strip().lower() != "100-continue":
+        raise ExpectationFailed(
+            "expectation_failed",
+            f"Expect: {expect[:60]!r} cannot be met; only 100-continue is supported",
+        )
+    declared = request.content_length
+    if limit and declared is not None and declared > limit:
+        # Refused before reading a byte of it, and before any 100 Continue.
+        error = _too_large(limit)
+        # A client waiting for 100 Continue never sends the body; what it sends
+        # next on this connection would be misread as that body.
+        error.close_connection = expect is not None
+        raise error
+    if not request.body_exists:
+        return b""
+    content = request.content
+    if content.is_eof():
+        # The whole body is already buffered (the usual case): no wait, no timer.
+        body = content.read_nowait(-1)
+        if limit and len(body) > limit:
+            raise _too_large(limit)
+        return body
+    if expect is not None and content.total_bytes == 0:
+        # A client that already started sending needs no go-ahead (RFC 9110
+        # lets the server skip it then).
+        await _send_continue(request)
+    return await _read_in_time(content, limit, limits, declared)
+
+
+async def _send_continue(request: web.BaseRequest) -> None:
+    writer = request.writer
+    await writer.write(_CONTINUE)
+    # As aiohttp's own expect handler does: the interim response is not part
+    # of the final response's size.
+    writer.output_size = 0
+
+
+class _BodyTimedOut(TimeoutError):
+    """Set on the body stream when a deadline passes; wakes the pending read.
+
+    A ``TimeoutError`` on purpose: after the handler returns, aiohttp drains an
+    unfinished body for up to ``lingering_time`` and stops quietly at a
+    timeout, so the connection closes as soon as the 408 is written.
+    """
+
+
+class _BodyDeadline:
+    """One timer guarding a whole body read: idle gap and total time.
+
+    Reads only record when they happened (:meth:`progress`); the timer runs at
+    the earliest moment a deadline could pass and, if data arrived meanwhile,
+    re-arms itself for the next one. A body that arrives in a few reads costs
+    one ``call_at`` and one ``cancel``.
+    """
+
+    __slots__ = ("_content", "_end", "_handle", "_idle", "_loop", "expired", "last_read")
+
+    def __init__(self, content: StreamReader, idle: float, total: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._loop = loop
+        self._content = content
+        self._idle = idle
+        self._end = now + total
+        self.last_read = now
+        self.expired: str | None = None
+        self._handle = loop.call_at(min(now + idle, self._end), self._check)
+
+    def _check(self) -> None:
+        if self._content.is_eof():
+            return  # all of it is here; the reads left do not wait
+        due = min(self.last_read + self._idle, self._end)
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self.expired = "total" if due == self._end else "idle"
+        self._content.set_exception(_BodyTimedOut())
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+async def _read_in_time(
+    content: StreamReader, limit: int, limits: Limits, declared: int | None
+) -> bytes:
+    deadline = _BodyDeadline(content, limits.client_body_timeout, limits.client_body_total_timeout)
+    clock = asyncio.get_running_loop().time
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await content.readany():
+            deadline.last_read = clock()
+            size += len(chunk)
+            if limit and size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+    except BaseException as exc:
+        # Free a refused or abandoned body now, not whenever the traceback that
+        # references this frame is dropped.
+        parts.clear()
+        if isinstance(exc, _BodyTimedOut):
+            raise _timed_out(deadline.expired, limits, content.total_bytes, declared) from None
+        raise
+    finally:
+        deadline.cancel()
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _timed_out(
+    expired: str | None, limits: Limits, received: int, declared: int | None
+) -> RequestTimeout:
+    if expired == "total":
+        why = f"did not complete within {limits.client_body_total_timeout:g} s"
+    else:
+        why = f"stalled: no data for {limits.client_body_timeout:g} s"
+    of = f" of {declared}" if declared is not None else ""
+    return RequestTimeout(
+        "request_timeout", f"the request body {why} ({received}{of} bytes received)"
+    )
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        "request_too_large",
+        f"the request body is larger than this route's max_request_body_size ({limit} bytes)",
+    )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from typing import Any
 
 import openai
 
-from tests.integration.harness import GatewayProcess, MockProcess
+from tests.integration.harness import GatewayProcess, MockProcess, wait_until
+from tests.integration.test_errors import raw_post
 from tests.integration.test_sdk import QUESTION, sync_client
 
 CANARY = "client-canary-7f3a9b"
@@ -126,3 +128,34 @@ def test_hop_by_hop_and_cookie_response_headers_are_not_relayed(
     for name in ("x-upstream-hop", "keep-alive", "set-cookie", "proxy-authenticate"):
         assert name not in raw.headers
     assert raw.headers["apim-request-id"]
+
+
+def test_a_key_the_client_puts_in_the_path_or_request_id_is_redacted_from_the_log(
+    gateway: GatewayProcess, mock: MockProcess, request_id: str
+) -> None:
+    """Log lines carry client-chosen text; a configured key in it must come out redacted.
+
+    The route key (``MockProcess.api_key``) is sent where aigw does log what the client
+    wrote: the path of a request that matches no route, and the request id.
+    """
+    key = MockProcess.api_key
+    status, _, body = raw_post(
+        gateway,
+        f"/openai/deployments/{key}/chat/completions",
+        json.dumps({"messages": QUESTION}).encode(),
+        headers={"x-request-id": f"{request_id}-404-{key}"},
+    )
+    assert status == 404, body
+    sync_client(gateway).chat.completions.create(
+        model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": f"{request_id}-200-{key}"}
+    )
+
+    def lines() -> list[dict[str, Any]] | None:
+        mine = [e for e in gateway.events() if str(e.get("request_id")).startswith(request_id)]
+        return mine if len(mine) == 2 else None
+
+    not_found, ok = wait_until(lines)
+    assert not_found["request_id"] == f"{request_id}-404-[REDACTED]"
+    assert not_found["path"] == "/openai/deployments/[REDACTED]/chat/completions"
+    assert (ok["request_id"], ok["status"]) == (f"{request_id}-200-[REDACTED]", 200)
+    assert key not in gateway.raw_log()

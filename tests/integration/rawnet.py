@@ -28,6 +28,7 @@ __all__ = [
     "RawResponse",
     "ScriptedUpstream",
     "gateway_to",
+    "parse_response",
     "raw_request",
     "read_head_of_request",
     "read_response",
@@ -151,6 +152,21 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> RawResponse:
                 parser.feed_data(b"")
             break
         parser.feed_data(data)
+    response.status = parser.get_status_code()
+    return response
+
+
+def parse_response(data: bytes) -> RawResponse:
+    """Parses the bytes a client received on a connection that has since closed.
+
+    For reads a test had to do itself (to act between the first bytes and the rest):
+    ``complete`` is False when the bytes end before the message's own framing does.
+    """
+    response = RawResponse()
+    parser = httptools.HttpResponseParser(_Collector(response))
+    with contextlib.suppress(httptools.HttpParserError):
+        parser.feed_data(data)
+        parser.feed_data(b"")
     response.status = parser.get_status_code()
     return response
 

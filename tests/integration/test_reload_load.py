@@ -6,7 +6,10 @@ broken in every way a file can break and fixed again, 60 times. Expected: zero f
 on A, every stream complete, every change observed on the admin status endpoint within
 `BOUND_S`, every broken file reported (log and status) while its last good version serves.
 
-``pytest -s`` prints the observed reload latencies.
+`BOUND_S` is ten times the 300 ms product target so that a loaded CI machine does not fail
+the test; the target itself is watched by ``bench/bench_reload.py``, whose report gives the
+median / p90 / max and counts the changes over 300 ms. ``pytest -s`` prints the latencies
+observed here, with the same count.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from tests.integration.test_sdk import API_VERSION, QUESTION, sync_client
 
 ROUNDS = 5
 """Each round makes 12 changes: 60 in all."""
+
+TARGET_MS = 300
+"""The product target for a change to go live; reported, never asserted (see the docstring)."""
 
 
 @dataclass
@@ -370,5 +376,7 @@ def test_reload_under_load(gw: ReloadGateway) -> None:
         f"{traffic.streams_ok} streams on route A, 0 failed; {crossing} streams spanned a reload"
     )
     print(_summary("change -> status shows it", every))
+    over = sum(1 for value in every if value > TARGET_MS)
+    print(f"  over the {TARGET_MS} ms product target: {over} of {len(every)}")
     for kind, values in latencies.items():
         print("  " + _summary(kind, values))

@@ -95,6 +95,7 @@ def compile_route(
         model_header=proxy.model_name_header,
         capture_body=target_config.logging.log_payloads,
         streams_in_flight=metrics.streams_in_flight,
+        limits=limits,
     )
     return CompiledRoute(
         info=info,

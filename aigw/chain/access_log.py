@@ -30,6 +30,8 @@ _UPSTREAM_FAILURES = frozenset(
         "upstream_idle_timeout",
         "upstream_reset",
         "upstream_truncated",
+        "upstream_response_too_large",
+        "upstream_event_too_large",
     }
 )
 

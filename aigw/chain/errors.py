@@ -16,7 +16,8 @@ _log = get_logger("aigw.errors")
 
 def error_response(ex: Exchange, error: GatewayError) -> web.Response:
     """The JSON response for *error*, carrying the request id."""
-    ex.error = error.message
+    if ex.error is None:  # else a stage logged the detail it kept out of the message
+        ex.error = error.message
     if ex.outcome == "ok":
         ex.outcome = error.code
     response = web.Response(status=error.status, body=error.body(), content_type="application/json")

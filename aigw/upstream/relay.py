@@ -1,41 +1,49 @@
 """The terminal stage of every route: forward to the upstream, relay its answer.
 
-Two shapes of answer:
+Two shapes of answer, both relayed as they arrive, never held whole:
 
-* a JSON (or any non-SSE) body is read whole, scanned for usage, and sent on
-  as one response;
-* an SSE stream is relayed chunk by chunk as it arrives, never buffered whole,
-  with a side-channel observer reading usage and the first token.
+* a JSON (or any non-SSE) body: the usual small one is sent as it came, in one
+  response; a longer one is streamed on with the upstream's framing (its
+  Content-Length when it gave one, chunked otherwise), while a bounded window
+  of it (``body_window``) is kept for the usage reader;
+* an SSE stream, relayed event by event, with a side-channel observer reading
+  usage and the first token.
 
 Failure mapping at this boundary: cannot connect → 502, no answer in time →
 504, an upstream redirect → 502 (never followed: following it would resend
-the injected ``api-key`` to the new origin). Once a stream has started the status
-line is gone, so an upstream that dies mid-stream gets an SSE error event and
-the connection is closed without the chunked terminator: the client sees an
-error, never a clean but truncated finish.
+the injected ``api-key`` to the new origin), a body larger than
+``max_response_size`` → 502. The client's message is generic and quotes the
+request id; what went wrong, and with which host, goes to the access log only
+(an upstream's broken head or its address is no business of the client's).
+
+Once a response has started the status line is gone, so an upstream that dies
+mid-body, or a body that grows past a limit, ends the client's response as an
+error: an SSE error event on a stream, then the connection is closed without
+completing the body, so the client sees an error, never a clean but truncated
+finish.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import ssl
+import sys
 import time
-from typing import Any
 from urllib.parse import quote
 
-import orjson
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
 
 from aigw.chain.exchange import Exchange, Handler
 from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
+from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import StreamsInFlight
+from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
 from aigw.upstream.headers import REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.pool import ConnectError, ProtocolError, UpstreamResponse
-from aigw.upstream.sse import SSESplitter, StreamObserver
+from aigw.upstream.sse import EventTooLarge, SSESplitter, StreamObserver
 from aigw.upstream.target import UpstreamTarget, valid_api_version
 
 __all__ = ["MODEL_HEADER", "make_relay", "read_body_usage"]
@@ -43,8 +51,8 @@ __all__ = ["MODEL_HEADER", "make_relay", "read_body_usage"]
 MODEL_HEADER = "X-AIGW-LLM-Model"
 """Names the ``provider/model`` a response came from (Kong: ``X-Kong-LLM-Model``)."""
 
-_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
-_decoder = json.JSONDecoder()
+_SSE = "text/event-stream"
+_TOO_LARGE = "upstream_response_too_large"
 
 
 def make_relay(
@@ -54,6 +62,7 @@ def make_relay(
     model_header: bool,
     capture_body: bool = False,
     streams_in_flight: StreamsInFlight | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Handler:
     """Builds the terminal handler for one route.
 
@@ -62,11 +71,16 @@ def make_relay(
         require_done: The stream protocol ends with ``data: [DONE]`` (chat and
             completions); a stream that ends without it was cut upstream.
         model_header: Add ``X-AIGW-LLM-Model`` to successful responses.
-        capture_body: Keep the response body for the access log
-            (``log_payloads``); streams are then accumulated as relayed.
+        capture_body: Keep the response body's start for the access log
+            (``log_payloads``), up to ``body_window.CAPTURE_BYTES``.
         streams_in_flight: Counts this route's open streams (a context manager).
+        limits: The process's bounds; ``max_response_size`` and
+            ``max_event_size`` apply here.
     """
     label = target.label
+    # PERF: one comparison per read instead of "is there a limit, and is it crossed".
+    max_body = limits.max_response_size or sys.maxsize
+    max_event = limits.max_event_size
 
     async def relay(ex: Exchange) -> web.StreamResponse:
         upstream = await _send(ex, target)
@@ -79,32 +93,59 @@ def make_relay(
                     f"the upstream answered {status} with a redirect; aigw never follows "
                     "upstream redirects (they would carry the injected credential)",
                 )
+            length = upstream.head.content_length
+            if length is not None and length > max_body:
+                ex.error = f"the upstream announced a body of {length} bytes"
+                raise _too_large(ex, max_body)
             headers = RESPONSE_POLICY.filter(upstream.headers)
             headers.append(("x-request-id", ex.request_id))
             if model_header and status < 300:
                 headers.append((MODEL_HEADER, label))
-            if upstream.content_type.startswith("text/event-stream"):
+            media_type = _media_type(upstream.content_type)
+            if media_type == _SSE:
                 tracking = (
                     streams_in_flight if streams_in_flight is not None else contextlib.nullcontext()
                 )
                 with tracking:
                     response = await _relay_stream(
-                        ex, upstream, headers, require_done, capture_body
+                        ex, upstream, headers, require_done, capture_body, max_body, max_event
                     )
             else:
-                response = await _relay_body(ex, upstream, headers, capture_body)
+                wants_usage = status < 300 and "json" in media_type
+                response = await _relay_body(
+                    ex, upstream, headers, capture_body, wants_usage, max_body
+                )
             healthy = True
             return response
         finally:
-            # A fully read response goes back to the pool; anything else
-            # (client gone, upstream fault) closes the upstream connection,
-            # which is what stops Azure generating tokens nobody will read.
+            # A fully read response goes back to the pool (release() checks
+            # that); anything else (client gone, upstream fault, a limit
+            # crossed) closes the upstream connection, which is what stops
+            # Azure generating tokens nobody will read.
             if healthy:
                 upstream.release()
             else:
                 upstream.close()
 
     return relay
+
+
+def _media_type(content_type: str) -> str:
+    """``type/subtype`` of a Content-Type, lower-cased (media types are case-insensitive)."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _quoting(ex: Exchange, what: str) -> str:
+    """A client-facing message that gives no upstream detail, only the id to quote."""
+    return f"{what}; quote request id {ex.request_id}"
+
+
+def _too_large(ex: Exchange, limit: int) -> UpstreamUnavailable:
+    ex.outcome = _TOO_LARGE
+    return UpstreamUnavailable(
+        _TOO_LARGE,
+        _quoting(ex, f"the upstream response is larger than this gateway relays ({limit} bytes)"),
+    )
 
 
 async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
@@ -144,28 +185,35 @@ async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
         )
     except TimeoutError as exc:
         ex.outcome = "upstream_timeout"
+        ex.error = f"the upstream {origin.host}:{origin.port} did not answer in time ({exc})"
         raise UpstreamTimeout(
-            "upstream_timeout", f"the upstream {origin.host} did not answer in time ({exc})"
+            "upstream_timeout", _quoting(ex, "the upstream did not answer in time")
         ) from exc
     except ssl.SSLError as exc:
         ex.outcome = "upstream_tls_error"
+        ex.error = (
+            f"TLS handshake with {origin.host}:{origin.port} failed: "
+            f"{exc.reason or type(exc).__name__}"
+        )
         raise UpstreamUnavailable(
-            "upstream_tls_error",
-            f"TLS handshake with {origin.host} failed: {exc.reason or type(exc).__name__}",
+            "upstream_tls_error", _quoting(ex, "the TLS handshake with the upstream failed")
         ) from exc
     except ConnectError as exc:
         ex.outcome = "upstream_unreachable"
+        ex.error = (
+            f"cannot connect to the upstream {origin.host}:{origin.port}: {exc.strerror or 'error'}"
+        )
         raise UpstreamUnavailable(
-            "upstream_unreachable",
-            f"cannot connect to the upstream {origin.host}:{origin.port}: "
-            f"{exc.strerror or 'error'}",
+            "upstream_unreachable", _quoting(ex, "the upstream could not be reached")
         ) from exc
     except (OSError, ProtocolError) as exc:
         ex.outcome = "upstream_error"
+        ex.error = (
+            f"the upstream {origin.host}:{origin.port} closed the connection or broke HTTP "
+            f"before answering ({type(exc).__name__}: {exc})"
+        )
         raise UpstreamUnavailable(
-            "upstream_error",
-            f"the upstream {origin.host} closed the connection or broke HTTP before "
-            f"answering ({type(exc).__name__}: {exc})",
+            "upstream_error", _quoting(ex, "the upstream failed before answering")
         ) from exc
     ex.upstream_headers_ns = time.perf_counter_ns()
     ex.upstream_status = upstream.status
@@ -174,27 +222,123 @@ async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
 
 
 async def _relay_body(
-    ex: Exchange, upstream: UpstreamResponse, headers: list[tuple[str, str]], capture: bool
-) -> web.Response:
+    ex: Exchange,
+    upstream: UpstreamResponse,
+    headers: list[tuple[str, str]],
+    capture: bool,
+    wants_usage: bool,
+    max_body: int,
+) -> web.StreamResponse:
+    read = upstream.readany
     try:
-        body = await upstream.read()
-    except TimeoutError as exc:
+        first = await read()
+        rest = await read() if first else first
+    except (TimeoutError, OSError, ProtocolError) as exc:
+        raise _body_failed(ex, exc) from exc
+    if len(first) + len(rest) > max_body:
+        ex.error = f"the upstream body passed {max_body} bytes before aigw answered"
+        raise _too_large(ex, max_body)
+    if not rest:
+        # PERF: the usual answer arrived whole in one read: one response, one write.
+        if wants_usage:
+            ex.response_model, ex.usage = read_body_usage(first)
+        if capture:
+            ex.response_body = _captured(first)
+        ex.bytes_out = len(first)
+        return web.Response(status=upstream.status, body=first, headers=CIMultiDict(headers))
+    return await _stream_body(ex, upstream, headers, (first, rest), capture, wants_usage, max_body)
+
+
+async def _stream_body(
+    ex: Exchange,
+    upstream: UpstreamResponse,
+    headers: list[tuple[str, str]],
+    received: tuple[bytes, bytes],
+    capture: bool,
+    wants_usage: bool,
+    max_body: int,
+) -> web.StreamResponse:
+    """Relays a body that did not come in one read, keeping only bounded windows of it."""
+    response = web.StreamResponse(status=upstream.status, headers=CIMultiDict(headers))
+    # The client gets the upstream's framing: its length when it gave one,
+    # else chunked (aiohttp's default for a response of unknown length).
+    response.content_length = upstream.head.content_length
+    await response.prepare(ex.request)
+    window = BodyWindow() if wants_usage else None
+    captured = PayloadCapture() if capture else None
+    read, write = upstream.readany, response.write
+    data, following = received
+    size = 0
+    while True:
+        size += len(data)
+        if size > max_body:
+            ex.error = f"the upstream body passed {max_body} bytes; the response was cut"
+            ex.outcome = _TOO_LARGE
+            return _abort(ex, upstream, response)
+        if window is not None:
+            window.add(data)
+        if captured is not None:
+            captured.add(data)
+        try:
+            await write(data)
+        except ConnectionResetError:
+            ex.outcome = "client_disconnect"
+            raise
+        ex.bytes_out += len(data)
+        if following:
+            data, following = following, b""
+            continue
+        try:
+            data = await read()
+        except (TimeoutError, OSError, ProtocolError) as exc:
+            _body_failed(ex, exc)
+            return _abort(ex, upstream, response)
+        if not data:
+            break
+    await response.write_eof()
+    if window is not None:
+        ex.response_model, ex.usage = window.usage()
+    if captured is not None:
+        ex.response_body = captured.value()
+    return response
+
+
+def _body_failed(ex: Exchange, exc: BaseException) -> UpstreamTimeout | UpstreamUnavailable:
+    """Notes why the body could not be read; returns the error to answer if nothing was sent."""
+    if isinstance(exc, TimeoutError):
         ex.outcome = "upstream_timeout"
-        raise UpstreamTimeout(
-            "upstream_timeout", "the upstream stopped sending its response body"
-        ) from exc
-    except (OSError, ProtocolError) as exc:
-        ex.outcome = "upstream_error"
-        raise UpstreamUnavailable(
-            "upstream_error",
-            f"the upstream connection failed while reading its response ({type(exc).__name__})",
-        ) from exc
-    if upstream.status < 300 and "json" in upstream.content_type:
-        ex.response_model, ex.usage = read_body_usage(body)
-    if capture:
-        ex.response_body = body
-    ex.bytes_out = len(body)
-    return web.Response(status=upstream.status, body=body, headers=CIMultiDict(headers))
+        ex.error = "the upstream stopped sending its response body (read timeout)"
+        return UpstreamTimeout(
+            "upstream_timeout", _quoting(ex, "the upstream stopped sending its response")
+        )
+    ex.outcome = "upstream_error"
+    ex.error = (
+        f"the upstream connection failed while reading its response ({type(exc).__name__}: {exc})"
+    )
+    return UpstreamUnavailable(
+        "upstream_error", _quoting(ex, "the upstream failed while sending its response")
+    )
+
+
+def _abort(
+    ex: Exchange, upstream: UpstreamResponse, response: web.StreamResponse
+) -> web.StreamResponse:
+    """Ends a started non-SSE body as incomplete: both connections are closed.
+
+    The client then sees fewer bytes than the Content-Length, or chunks
+    without their terminator, which every HTTP client reports as an error.
+    """
+    upstream.close()
+    transport = ex.request.transport
+    if transport is not None:
+        transport.close()
+    return response
+
+
+def _captured(body: bytes) -> bytes:
+    capture = PayloadCapture()
+    capture.add(body)
+    return capture.value()
 
 
 async def _relay_stream(
@@ -203,6 +347,8 @@ async def _relay_stream(
     headers: list[tuple[str, str]],
     require_done: bool,
     capture: bool,
+    max_body: int,
+    max_event: int,
 ) -> web.StreamResponse:
     headers.append(("Cache-Control", "no-cache"))
     headers.append(("X-Accel-Buffering", "no"))  # tell any proxy in front not to buffer
@@ -212,11 +358,11 @@ async def _relay_stream(
         tcp_nodelay(transport, True)
     await response.prepare(ex.request)
     observer = StreamObserver(hide_usage_chunk=ex.hide_usage_chunk)
-    splitter = SSESplitter()
-    captured = bytearray() if capture else None
+    splitter = SSESplitter(max_event)
+    captured = PayloadCapture() if capture else None
     # PERF: this loop runs once per delta; everything it calls is bound once.
     read, write, feed, observe = upstream.readany, response.write, splitter.feed, observer.observe
-    hide = observer.hide_usage_chunk
+    size = 0
     try:
         while True:
             try:
@@ -233,12 +379,24 @@ async def _relay_stream(
                 return response
             if not chunk:
                 break
-            if hide:
-                out = b"".join([e for e in feed(chunk) if observe(e)])
-            else:
-                for event in feed(chunk):
-                    observe(event)
-                out = chunk
+            size += len(chunk)
+            if size > max_body:
+                ex.outcome = _TOO_LARGE
+                upstream.close()
+                await _fail_stream(ex, response, f"the upstream stream grew past {max_body} bytes")
+                return response
+            # Only whole events are forwarded: an error event written after a
+            # failure then starts on an event boundary of the client's parser.
+            # The usage chunk aigw asked for on its own is left out.
+            try:
+                out = b"".join([event for event in feed(chunk) if observe(event)])
+            except EventTooLarge:
+                ex.outcome = "upstream_event_too_large"
+                upstream.close()
+                await _fail_stream(
+                    ex, response, f"an upstream event is larger than {max_event} bytes"
+                )
+                return response
             if out:
                 try:
                     await write(out)
@@ -247,9 +405,13 @@ async def _relay_stream(
                     raise
                 ex.bytes_out += len(out)
                 if captured is not None:
-                    captured += out
-        if hide and splitter.pending:
-            await _write(ex, response, splitter.pending)
+                    captured.add(out)
+        tail = splitter.pending
+        if tail:
+            # An unterminated last event: the bytes are the client's to judge.
+            await _write(ex, response, tail)
+            if captured is not None:
+                captured.add(tail)
         if require_done and upstream.status < 300 and not observer.saw_done:
             ex.outcome = "upstream_truncated"
             await _fail_stream(ex, response, "the upstream ended the stream without [DONE]")
@@ -261,7 +423,7 @@ async def _relay_stream(
         ex.response_model = observer.model
         ex.first_token_ns = observer.first_token_ns
         if captured is not None:
-            ex.response_body = bytes(captured)
+            ex.response_body = captured.value()
 
 
 async def _write(ex: Exchange, response: web.StreamResponse, data: bytes) -> None:
@@ -286,41 +448,3 @@ async def _fail_stream(ex: Exchange, response: web.StreamResponse, message: str)
     transport = ex.request.transport
     if transport is not None:
         transport.close()
-
-
-def read_body_usage(body: bytes) -> tuple[str | None, dict[str, Any] | None]:
-    """Reads ``model`` and ``usage`` from a JSON completion body.
-
-    PERF: Azure serialises keys alphabetically, so ``usage`` is the last key;
-    it is decoded from the tail alone instead of parsing a body that can be
-    megabytes of embedding floats. Escaped quotes inside strings cannot match
-    the ``"usage"`` or ``"model"`` patterns, so text content cannot fake them.
-    """
-    model_match = _MODEL_FIELD.search(body)
-    model = model_match.group(1).decode("utf-8", "replace") if model_match else None
-    usage: dict[str, Any] | None = None
-    at = body.rfind(b'"usage"')
-    if at >= 0:
-        start = body.find(b"{", at)
-        if start > 0 and body[at + 7 : start].strip() == b":":
-            value = _usage_object(body, start)
-            if isinstance(value, dict):
-                usage = value
-    return model, usage
-
-
-def _usage_object(body: bytes, start: int) -> Any:
-    # The usual case: usage is the body's last key, so its object ends just
-    # before the body's closing brace and orjson can take exactly that slice.
-    end = body.rstrip().rfind(b"}")
-    if end > start:
-        try:
-            return orjson.loads(body[start:end])
-        except orjson.JSONDecodeError:
-            pass
-    # Otherwise decode one value from its start, wherever it ends.
-    try:
-        value, _ = _decoder.raw_decode(body[start:].decode("utf-8", "replace"))
-    except ValueError:
-        return None
-    return value

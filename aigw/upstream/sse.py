@@ -8,63 +8,128 @@ behalf, see ``StreamObserver``).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import orjson
 
-__all__ = ["SSESplitter", "StreamObserver", "event_data"]
+__all__ = ["DEFAULT_MAX_EVENT_SIZE", "EventTooLarge", "SSESplitter", "StreamObserver", "event_data"]
 
-_TERMINATORS = (b"\n\n", b"\r\n\r\n")
+_CR, _LF = 0x0D, 0x0A
+
+# A line end (CRLF, LF or CR) followed by another: the second ends a blank
+# line. Atomic groups keep CRLF whole, so ``x\r\ny`` is never read as CR + LF.
+_BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
+_CONTENT = re.compile(rb"[^\r\n]")
+
+DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """One event grew past the splitter's ``max_event_size`` without ending."""
 
 
 class SSESplitter:
     """Cuts a byte stream into complete events, keeping each event's raw bytes.
 
-    ``feed`` returns the events completed by a chunk, each including its
-    terminating blank line; an incomplete tail is kept for the next chunk.
+    ``feed`` returns the events completed by a chunk; an incomplete tail is
+    kept for the next chunk. Lines end in CRLF, LF or CR (the SSE grammar), and
+    an event ends at the first blank line after a non-blank one; blank lines
+    before an event's first line belong to that event. Concatenated, the events
+    and ``pending`` are exactly the bytes fed.
+
+    One CRLF can straddle two reads: when a read ends in the CR of a blank line
+    the event is returned at once (waiting for the next read would hold it back
+    from the client), and the LF that may follow starts the next event.
+
+    PERF: every byte is scanned once, by a C search over the new chunk only;
+    the incomplete tail is kept as a list of pieces, joined once when its event
+    completes. So a huge event costs linear time, and it is refused as soon as
+    it passes *max_event_size*, before it can cost more memory.
+
+    Args:
+        max_event_size: Largest event accepted, in bytes, blank line included.
+
+    Raises:
+        EventTooLarge: from ``feed``, once the current event is larger.
     """
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_after_cr", "_in_event", "_line_start", "_max", "_parts", "_size")
 
-    def __init__(self) -> None:
-        self._pending = b""
+    def __init__(self, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
+        self._max = max_event_size
+        self._parts: list[bytes] = []  # the incomplete event, as received
+        self._size = 0
+        self._in_event = False  # the incomplete event has a non-blank line
+        self._line_start = True  # the last byte fed ended a line
+        self._after_cr = False  # ... and it was a CR, whose LF may come next
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Adds *chunk* and returns the events it completes."""
+        size = len(chunk)
         if (
-            not self._pending
+            not self._parts
+            and not self._after_cr
+            and 2 < size <= self._max
             and chunk.endswith(b"\n\n")
-            and chunk.find(b"\n\n") == len(chunk) - 2
-            and b"\r\n\r\n" not in chunk
+            and chunk.find(b"\n\n") == size - 2
+            and b"\r" not in chunk
         ):
             return [chunk]  # PERF: the usual delta, exactly one whole event
-        buf = self._pending + chunk if self._pending else chunk
+        if not size:
+            return []
         events: list[bytes] = []
-        start = 0
+        start = at = 0  # where the current event and the scan start in chunk
+        if self._after_cr and chunk[0] == _LF:
+            at = 1  # the LF of a CRLF the previous read ended in the middle of
+        if self._in_event and self._line_start and at < size and chunk[at] in (_CR, _LF):
+            # The blank line starts right at the read boundary.
+            at += 2 if chunk[at] == _CR and chunk[at + 1 : at + 2] == b"\n" else 1
+            events.append(self._complete(chunk, start, at))
+            start = at
         while True:
-            end = _find_terminator(buf, start)
-            if end < 0:
+            if not self._in_event:
+                found = _CONTENT.search(chunk, at)
+                if found is None:
+                    break  # only blank lines so far: they wait for their event
+                at = found.start()
+                self._in_event = True
+            blank = _BLANK_LINE.search(chunk, at)
+            if blank is None:
                 break
-            events.append(buf[start:end])
-            start = end
-        self._pending = buf[start:]
+            at = blank.end()
+            events.append(self._complete(chunk, start, at))
+            start = at
+        if start < size:
+            rest = chunk[start:] if start else chunk
+            self._parts.append(rest)
+            self._size += len(rest)
+            if self._size > self._max:
+                raise EventTooLarge(f"an event is larger than {self._max} bytes")
+        last = chunk[-1]
+        self._line_start = last in (_CR, _LF)
+        self._after_cr = last == _CR
         return events
+
+    def _complete(self, chunk: bytes, start: int, end: int) -> bytes:
+        parts = self._parts
+        if parts:
+            parts.append(chunk[start:end])
+            event = b"".join(parts)
+            parts.clear()
+            self._size = 0
+        else:
+            event = chunk[start:end]
+        self._in_event = False
+        if len(event) > self._max:
+            raise EventTooLarge(f"an event is larger than {self._max} bytes")
+        return event
 
     @property
     def pending(self) -> bytes:
         """Bytes received after the last complete event."""
-        return self._pending
-
-
-def _find_terminator(buf: bytes, start: int) -> int:
-    """Index just past the first event terminator at or after *start*, or -1."""
-    best = -1
-    for term in _TERMINATORS:
-        i = buf.find(term, start)
-        if i >= 0 and (best < 0 or i + len(term) < best):
-            best = i + len(term)
-    return best
+        return b"".join(self._parts)
 
 
 def event_data(event: bytes) -> bytes | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from aigw.config.model import (
     AuthConfig,
     LoggingConfig,
@@ -11,6 +13,7 @@ from aigw.config.model import (
     ModelOptions,
     TargetConfig,
 )
+from aigw.upstream.body_window import HEAD_BYTES, TAIL_BYTES, BodyWindow, PayloadCapture
 from aigw.upstream.headers import REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.relay import read_body_usage
 from aigw.upstream.target import DEFAULT_API_VERSION, compile_target, valid_api_version
@@ -113,3 +116,105 @@ def test_api_version_syntax() -> None:
     assert valid_api_version("v1")
     assert not valid_api_version("2024-10-21&x=1")
     assert not valid_api_version("")
+
+
+# -- the bounded window a relayed body's usage is read from --------------------------------
+
+AZURE_USAGE = {"completion_tokens": 5, "prompt_tokens": 7, "total_tokens": 12}
+
+
+def _azure_body(content_size: int, **extra: object) -> bytes:
+    """An Azure-ordered completion (keys alphabetical: model and usage come last)."""
+    body = {
+        "choices": [{"index": 0, "message": {"content": "w" * content_size}}],
+        "created": 1,
+        "id": "chatcmpl-1",
+        "model": "gpt-4o-2024-11-20",
+        "object": "chat.completion",
+        "usage": AZURE_USAGE,
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+def _windowed(body: bytes, piece: int) -> tuple[str | None, dict[str, object] | None]:
+    window = BodyWindow()
+    for at in range(0, len(body), piece):
+        window.add(body[at : at + piece])
+    return window.usage()
+
+
+@pytest.mark.parametrize("piece", [1, 100, 4096, 65536, 10**9])
+def test_window_reads_what_the_whole_body_gives_when_it_fits(piece: int) -> None:
+    body = _azure_body(20_000)
+    assert _windowed(body, piece) == read_body_usage(body)
+    assert _windowed(body, piece) == ("gpt-4o-2024-11-20", AZURE_USAGE)
+
+
+@pytest.mark.parametrize("piece", [1000, 65536, 256 * 1024])
+def test_window_reads_model_and_usage_from_the_tail_of_a_large_body(piece: int) -> None:
+    assert _windowed(_azure_body(3_000_000), piece) == ("gpt-4o-2024-11-20", AZURE_USAGE)
+
+
+def test_window_reads_model_from_the_head_when_it_comes_first() -> None:
+    body = b'{"id":"x","model":"gpt-head","choices":[{"text":"' + b"w" * 500_000 + b'"}]}'
+    assert _windowed(body, 4096) == ("gpt-head", None)
+
+
+def test_window_usage_larger_than_the_tail_is_none_not_a_part_of_it() -> None:
+    usage = {**AZURE_USAGE, "details": {"note": "n" * (TAIL_BYTES + 1000), "inner": {"a": 1}}}
+    body = json.dumps({"choices": [{"text": "w" * 200_000}], "usage": usage}).encode()
+    assert read_body_usage(body)[1] == usage  # the whole body has it
+    assert _windowed(body, 4096)[1] is None
+
+
+def test_window_usage_in_the_dropped_middle_is_none() -> None:
+    body = json.dumps(
+        {"usage": AZURE_USAGE, "model": "m", "data": ["w" * 300_000], "z": {"t": 1}}
+    ).encode()
+    assert read_body_usage(body)[1] == AZURE_USAGE
+    assert _windowed(body, 4096) == ("m", None)
+
+
+def test_window_never_reads_a_wrong_usage_at_any_boundary() -> None:
+    """Slide the usage object across the head and tail boundaries: right or None, never wrong."""
+    usage = {"completion_tokens": 11, "prompt_tokens": 22, "total_tokens": 33}
+    tail_bytes = json.dumps({"usage": usage, "z": 1}).encode()[1:]
+    for before in range(TAIL_BYTES - 200, TAIL_BYTES + 200, 7):
+        for size in (HEAD_BYTES - 50, HEAD_BYTES + 50, 200_000):
+            body = (
+                b'{"a":"'
+                + b"w" * size
+                + b'",'
+                + tail_bytes[:-1]
+                + b',"pad":"'
+                + b"p" * before
+                + b'"}'
+            )
+            found = _windowed(body, 5000)[1]
+            assert found in (usage, None), (before, size, found)
+
+
+def test_capture_keeps_the_start_and_says_how_much_it_left_out() -> None:
+    capture = PayloadCapture(limit=10)
+    capture.add(b"0123")
+    capture.add(b"456789abcdef")
+    capture.add(b"ghij")
+    assert capture.value() == b"0123456789...[aigw: 10 more bytes not logged]"
+    whole = PayloadCapture(limit=10)
+    whole.add(b"0123456789")
+    assert whole.value() == b"0123456789"
+
+
+def test_window_never_splices_head_and_tail_into_a_usage() -> None:
+    """Head and tail read as one would join ``"completion_tokens": 1`` to ``2, ...``."""
+    head = b'{"pad": "", "usage": {"completion_tokens": 1'
+    head = head.replace(b'""', b'"' + b"h" * (HEAD_BYTES - len(head)) + b'"')
+    middle = b', "note": "' + b"n" * 1000 + b'", "x": 1'
+    tail = b'2, "prompt_tokens": 2, "total_tokens": 3, "pad": ""}}'
+    tail = tail.replace(b'""', b'"' + b"t" * (TAIL_BYTES - len(tail)) + b'"')
+    assert (len(head), len(tail)) == (HEAD_BYTES, TAIL_BYTES)
+    body = head + middle + tail
+    real = read_body_usage(body)[1]
+    assert real is not None and real["completion_tokens"] == 1 and real["x"] == 12
+    assert _windowed(body, 1) == (None, None)

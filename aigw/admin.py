@@ -2,6 +2,10 @@
 
 Kept off the proxy port on purpose: the proxy port faces clients, the admin
 port faces operators and monitoring, and it can be firewalled separately.
+It has its own listening socket and its own small connection limit
+(:data:`ADMIN_MAX_CONNECTIONS`), whose descriptors the proxy port's derived
+limit leaves free: a connection flood on the proxy port, which fills that
+port's limit and listen queue, leaves ``/status`` and ``/metrics`` reachable.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aigw.metrics import METRICS
 from aigw.reload import Reloader
 
-__all__ = ["build_admin_app"]
+__all__ = ["ADMIN_MAX_CONNECTIONS", "build_admin_app"]
+
+ADMIN_MAX_CONNECTIONS = 16
+"""Connections the admin listener serves at once: scrapers, probes and an operator."""
 
 
 def build_admin_app(reloader: Reloader, *, worker: int | None = None) -> web.Application:

@@ -15,9 +15,11 @@ Hierarchy::
      ├── RequestTimeout        408  invalid_request_error
      ├── PayloadTooLarge       413  invalid_request_error
      ├── ExpectationFailed     417  invalid_request_error
+     ├── HeaderFieldsTooLarge  431  invalid_request_error
      ├── InternalError         500  server_error
      ├── UpstreamUnavailable   502  upstream_error
-     └── UpstreamTimeout       504  upstream_error
+     ├── UpstreamTimeout       504  upstream_error
+     └── VersionNotSupported   505  invalid_request_error
 
 Upstream (Azure) errors are never wrapped: they are relayed unchanged.
 """
@@ -32,6 +34,7 @@ __all__ = [
     "BadRequest",
     "ExpectationFailed",
     "GatewayError",
+    "HeaderFieldsTooLarge",
     "InternalError",
     "MethodNotAllowed",
     "PayloadTooLarge",
@@ -39,6 +42,7 @@ __all__ = [
     "RouteNotFound",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "VersionNotSupported",
 ]
 
 
@@ -130,6 +134,14 @@ class ExpectationFailed(GatewayError):
     close_connection = True
 
 
+class HeaderFieldsTooLarge(GatewayError):
+    """The request head has a line too long or too many fields (431); the connection closes."""
+
+    status = 431
+    error_type = "invalid_request_error"
+    close_connection = True
+
+
 class InternalError(GatewayError):
     """A bug in aigw; the details go to the log, not to the client (500)."""
 
@@ -149,3 +161,11 @@ class UpstreamTimeout(GatewayError):
 
     status = 504
     error_type = "upstream_error"
+
+
+class VersionNotSupported(GatewayError):
+    """The request is not HTTP/1.1 or HTTP/1.0 (505); the connection closes."""
+
+    status = 505
+    error_type = "invalid_request_error"
+    close_connection = True

@@ -13,11 +13,36 @@ whatever the application does:
   closed (with a bare ``408`` if the client had started sending a head). Idle
   keep-alive connections stay governed by ``keepalive_timeout``; a running
   handler or a long streaming response is never cut by this timer.
+* SECURITY: **client send deadline.** A client that stops reading its
+  response (a stream, a large body) would hold its connection, the handler
+  and the handler's upstream connection for ever. When the transport's write
+  buffer fills (``pause_writing``) a timer starts; if the client has not read
+  enough to drain it (``resume_writing``) within ``client_send_timeout``, the
+  connection is aborted, which cancels the handler (see
+  ``handler_cancellation``) and so closes its upstream connection. The
+  access log says ``client_stalled`` (:func:`send_timed_out`). Like nginx's
+  ``send_timeout``, the clock runs between two successful writes, not over
+  the whole response.
+* SECURITY: **connection limit.** At most ``max_connections`` client
+  connections are open at once (default: derived from ``RLIMIT_NOFILE``);
+  past it the listener stops accepting and new connections wait in the
+  kernel's listen queue (``aigw.acceptor``). Counted in
+  ``aigw_connection_limit_reached_total``.
 * SECURITY: **HTTP version allowlist.** llhttp accepts ``HTTP/2.0`` request
   lines and versionless ``GET /`` (HTTP/0.9), and aiohttp answers them with a
   ``HTTP/2.0 200`` / ``HTTP/0.9 200`` status line. Anything but HTTP/1.0 and
-  HTTP/1.1 gets ``HTTP/1.1 505`` and the connection is closed, before the
-  application sees the request.
+  HTTP/1.1 gets ``HTTP/1.1 505`` (JSON) and the connection is closed, before
+  the application sees the request.
+* SECURITY: **refused requests** (the parser's 400s: a header line over 8190
+  bytes, too many headers, a control character, a garbage request line, the
+  HTTP/2 preface) get a JSON error and one access-log line, never aiohttp's
+  text/plain answer and stderr traceback that quote the request's bytes
+  (``aigw.refusals``).
+* ``Server: aigw``, without versions, instead of aiohttp's
+  ``Python/3.11 aiohttp/3.14.5``: naming the product tells a client which
+  hop answered (aigw or something in front of it), as nginx's
+  ``server_tokens off`` does; the versions only help someone looking for a
+  known vulnerability.
 * SECURITY: **C parser required.** Most of aiohttp's request-smuggling
   advisories were in the pure-Python parser, which ``AIOHTTP_NO_EXTENSIONS``
   (or a wheel without the extension) silently switches to. We refuse to start.
@@ -32,43 +57,56 @@ whatever the application does:
 How it hooks in: ``web.AppRunner`` still builds the low-level ``web.Server`` and
 runs the app's startup/shutdown/cleanup signals. Instead of ``web.TCPSite``
 (which hard-wires ``runner.server`` as the protocol factory, leaving no
-per-connection hook) we call ``loop.create_server`` with a factory that wraps
-each aiohttp ``RequestHandler`` in :class:`_HeadDeadlineProtocol`, a thin
-``asyncio.Protocol`` that forwards every transport callback and watches request
-heads go by. No aiohttp class is subclassed or patched. The version check wraps
-the ``request_factory`` / ``request_handler`` public attributes of that
-``web.Server`` instance, which every ``RequestHandler`` reads when it is built.
+per-connection hook, and cannot stop accepting) the ``aigw.acceptor`` accepts
+and hands each connection to a :class:`ClientConnection`, a thin
+``asyncio.Protocol`` that forwards every transport callback to aiohttp's
+``RequestHandler`` and watches request heads and write pauses go by. The
+handler is a :class:`~aigw.refusals.RefusingRequestHandler`, a subclass that
+only overrides the public ``handle_error``, built with the same options
+``web.Server`` would pass (``Application(handler_args=...)`` is therefore not
+honoured). The version check wraps the ``request_factory`` /
+``request_handler`` public attributes of that ``web.Server`` instance, which
+every ``RequestHandler`` reads when it is built.
 
-The wrapper needs two private ``RequestHandler`` attributes. They are named in
-one place (:data:`_PRIVATE_HANDLER_ATTRS` and the two accessors below), checked
-at start-up by :func:`_check_aiohttp_internals`, and their meaning is checked by
-a test against a live connection, so an aiohttp upgrade that changes them fails
-loudly instead of silently disabling the deadline.
+The module relies on a few aiohttp internals. They are named in one place
+(:data:`_PRIVATE_HANDLER_ATTRS`, the accessors below, ``web_protocol.ERROR``
+and ``web_response.SERVER_SOFTWARE``), checked at start-up by
+:func:`_check_aiohttp_internals`, and their meaning is checked by tests
+against live connections, so an aiohttp upgrade that changes them fails
+loudly instead of silently disabling a guard.
 
-Not covered here (see the notes): a request-*body* deadline (§2.4 proposes
-60 s), connection limits, and TLS.
+Not covered here: the request-*body* deadline (``aigw.chain.body_reader``) and TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import http_parser, web, web_protocol
+from aiohttp import http_parser, web, web_protocol, web_response
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from aigw.acceptor import Acceptor, bind, default_max_connections
+from aigw.metrics import METRICS, Metrics
+from aigw.refusals import RefusingRequestHandler, refuse, version_refusal
+
 __all__ = [
+    "ClientConnection",
     "Listener",
     "ListenerSettings",
     "RequestHandlerFunc",
+    "client_connection",
+    "default_max_connections",
     "require_c_parser",
+    "send_timed_out",
     "start_listener",
 ]
 
@@ -165,6 +203,20 @@ class ListenerSettings:
 #:   keep-alive timer (``_process_keepalive``) uses the same test.
 _PRIVATE_HANDLER_ATTRS = ("_request_count", "_waiter")
 
+#: The request message ``RequestHandler.start()`` builds the request of a parse
+#: error from (``web_protocol.ERROR``, version HTTP/1.0). Recognised by identity
+#: in the request factory so a refusal is answered in HTTP/1.1 like the rest.
+_PARSE_ERROR_MESSAGE: object = getattr(web_protocol, "ERROR", None)
+
+#: ``handle_error``'s parameters, which :class:`RefusingRequestHandler` overrides.
+_HANDLE_ERROR_PARAMS = ("self", "request", "status", "exc", "message")
+
+#: What the ``Server`` header says (aiohttp: ``Python/3.11 aiohttp/3.14.5``).
+#: ``StreamResponse._prepare_headers`` reads the ``web_response`` module global
+#: ``SERVER_SOFTWARE`` for every response it sends: replacing that one value
+#: costs nothing per response.
+SERVER_HEADER = "aigw"
+
 
 def _head_count(handler: RequestHandler) -> int:
     """Number of request heads (or parse errors) seen on this connection so far."""
@@ -179,22 +231,34 @@ def _is_idle(handler: RequestHandler) -> bool:
 
 
 def _check_aiohttp_internals() -> None:
-    """Fails start-up if the private attributes above are gone from aiohttp.
+    """Fails start-up if the aiohttp internals named above are gone or changed.
 
     Raises:
-        RuntimeError: An aiohttp upgrade removed or renamed one of them.
+        RuntimeError: An aiohttp upgrade removed, renamed or reshaped one of them.
     """
     missing = [
         name
         for name in _PRIVATE_HANDLER_ATTRS
         if not isinstance(getattr(RequestHandler, name, None), types.MemberDescriptorType)
     ]
+    if not isinstance(_PARSE_ERROR_MESSAGE, RawRequestMessage):
+        missing.append("aiohttp.web_protocol.ERROR")
+    if not isinstance(getattr(web_response, "SERVER_SOFTWARE", None), str):
+        missing.append("aiohttp.web_response.SERVER_SOFTWARE")
+    params = tuple(inspect.signature(RequestHandler.handle_error).parameters)
+    if params != _HANDLE_ERROR_PARAMS:
+        missing.append(f"RequestHandler.handle_error{_HANDLE_ERROR_PARAMS[1:]}")
     if missing:
         raise RuntimeError(
             f"aiohttp.web_protocol.RequestHandler no longer has {missing}; "
-            "aigw.listener's request-head timeout depends on them. "
+            "aigw.listener's request-head timeout, refusals and Server header depend on them. "
             "Review aigw/listener.py against this aiohttp version."
         )
+
+
+def _brand_server_header() -> None:
+    """Makes every response aiohttp sends say ``Server: aigw``."""
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
 def require_c_parser() -> None:
@@ -222,16 +286,17 @@ def require_c_parser() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Request-head deadline
+# One client connection: request-head deadline, send deadline, slot
 # ---------------------------------------------------------------------------
 
 
-class _HeadDeadlineProtocol(asyncio.Protocol):
-    """Wraps one aiohttp ``RequestHandler`` and enforces the request-head deadline.
+class ClientConnection(asyncio.Protocol):
+    """Wraps one aiohttp ``RequestHandler``: head deadline, send deadline, connection slot.
 
     The transport talks to this object; every callback is forwarded unchanged,
-    and aiohttp writes to the transport directly. The only addition is one
-    ``TimerHandle`` per connection, armed:
+    and aiohttp writes to the transport directly. The additions:
+
+    **Request-head deadline**: one ``TimerHandle``, armed
 
     * at ``connection_made`` (the first head is due within the deadline), and
     * when bytes arrive while the handler is idle and they do *not* complete a
@@ -247,22 +312,52 @@ class _HeadDeadlineProtocol(asyncio.Protocol):
     internals. Such a connection is still bounded: the first byte received
     after the handler goes idle arms the timer, and silence is ended by
     aiohttp's keep-alive timer (``keepalive_timeout``).
+
+    **Send deadline**: a second timer, armed when the transport's write
+    buffer passes its high-water mark (``pause_writing``) and cancelled when
+    it drains (``resume_writing``). If it fires, the client has read nothing
+    for ``client_send_timeout``: the transport is aborted, which aiohttp turns
+    into the handler's cancellation. :attr:`send_timed_out` records why.
+
+    **Slot**: ``release`` is called once, when the connection is lost, so the
+    acceptor may accept the next one.
     """
 
-    __slots__ = ("_armed_count", "_bytes_seen", "_handler", "_loop", "_timeout", "_timer")
+    __slots__ = (
+        "_armed_count",
+        "_bytes_seen",
+        "_handler",
+        "_loop",
+        "_release",
+        "_send_timeout",
+        "_send_timer",
+        "_timeout",
+        "_timer",
+        "send_timed_out",
+    )
 
     def __init__(
-        self, handler: RequestHandler, loop: asyncio.AbstractEventLoop, header_timeout: float
+        self,
+        handler: RequestHandler,
+        loop: asyncio.AbstractEventLoop,
+        header_timeout: float,
+        send_timeout: float,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self._handler = handler
         self._loop = loop
         self._timeout = header_timeout
+        self._send_timeout = send_timeout
+        self._release = release
         self._timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._armed_count = 0
         # Whether the client sent any byte of the overdue head: a 408 answers a
         # request that was started; a connection that never sent anything gets
         # a silent close, like an idle keep-alive connection does.
         self._bytes_seen = False
+        self.send_timed_out = False
+        """The connection was closed because the client stopped reading."""
 
     def _arm(self, bytes_seen: bool) -> None:
         self._armed_count = _head_count(self._handler)
@@ -296,6 +391,17 @@ class _HeadDeadlineProtocol(asyncio.Protocol):
         # force_close() closes the transport, which flushes the 408 first.
         handler.force_close()
 
+    def _on_send_deadline(self) -> None:
+        self._send_timer = None
+        transport = self._handler.transport
+        if transport is None:
+            return
+        self.send_timed_out = True
+        # abort(), not close(): close() would wait to flush the very bytes the
+        # client is not reading. connection_lost follows, then aiohttp cancels
+        # the handler.
+        transport.abort()
+
     # -- asyncio.Protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -326,13 +432,45 @@ class _HeadDeadlineProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         self._handler.connection_lost(exc)
+        release = self._release
+        if release is not None:
+            self._release = None
+            release()
 
     def pause_writing(self) -> None:
         self._handler.pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_at(
+                self._loop.time() + self._send_timeout, self._on_send_deadline
+            )
 
     def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         self._handler.resume_writing()
+
+
+def client_connection(request: web.BaseRequest) -> ClientConnection | None:
+    """The connection *request* arrived on, while it is open (None once lost).
+
+    Cheap enough to call once per request: the access log keeps the result to
+    ask :func:`send_timed_out` if the request ends in a cancellation.
+    """
+    transport = request.transport
+    if transport is None:
+        return None
+    connection = transport.get_protocol()
+    return connection if isinstance(connection, ClientConnection) else None
+
+
+def send_timed_out(connection: ClientConnection | None) -> bool:
+    """Whether *connection* was closed because its client stopped reading."""
+    return connection is not None and connection.send_timed_out
 
 
 # ---------------------------------------------------------------------------
@@ -363,9 +501,16 @@ def _install_version_guard(server: web.Server) -> None:
     built, so this must run before the first connection is accepted. Done at
     this level, no application handler or middleware has to cooperate and a
     frozen application needs no change.
+
+    The factory also sees the placeholder message aiohttp builds a parse
+    error's request from, and gives it version 1.1, so refusals (answered by
+    ``RefusingRequestHandler``) go out as ``HTTP/1.1`` like every response.
     """
     make_request: _RequestFactory = server.request_factory
     app_handler: _Handler = server.request_handler
+    parse_error = _PARSE_ERROR_MESSAGE
+    assert isinstance(parse_error, RawRequestMessage)  # _check_aiohttp_internals
+    parse_error_11 = parse_error._replace(version=HttpVersion11)
 
     def request_factory(
         message: RawRequestMessage,
@@ -374,7 +519,9 @@ def _install_version_guard(server: web.Server) -> None:
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
-        if not _is_supported(message.version):
+        if message is parse_error:
+            message = parse_error_11
+        elif not _is_supported(message.version):
             # SECURITY: llhttp accepts "HTTP/2.0" and versionless HTTP/0.9
             # request lines (measured); neither is a protocol we speak.
             message = message._replace(version=_REJECTED_VERSION, should_close=True)
@@ -384,17 +531,15 @@ def _install_version_guard(server: web.Server) -> None:
     # coroutine frame to every request.
     def request_handler(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         if request.version is _REJECTED_VERSION:
-            return _reject_version()
+            return _reject_version(request)
         return app_handler(request)
 
     server.request_factory = request_factory
     server.request_handler = request_handler
 
 
-async def _reject_version() -> web.StreamResponse:
-    response = web.Response(status=505, text="HTTP version not supported\n")
-    response.force_close()
-    return response
+async def _reject_version(request: web.BaseRequest) -> web.StreamResponse:
+    return refuse(request, version_refusal())
 
 
 # ---------------------------------------------------------------------------
@@ -408,13 +553,17 @@ class Listener:
     Created by :func:`start_listener`; call :meth:`stop` when done.
     """
 
-    __slots__ = ("_port", "_runner", "_server", "_stopping")
+    __slots__ = ("_acceptor", "_port", "_runner", "_stopping", "max_connections")
 
-    def __init__(self, runner: web.BaseRunner, server: asyncio.Server, port: int) -> None:
+    def __init__(
+        self, runner: web.BaseRunner, acceptor: Acceptor, port: int, max_connections: int
+    ) -> None:
         self._runner = runner
-        self._server = server
+        self._acceptor = acceptor
         self._port = port
         self._stopping: asyncio.Task[None] | None = None
+        self.max_connections = max_connections
+        """The connection limit in force (``ListenerSettings.max_connections`` or derived)."""
 
     @property
     def port(self) -> int:
@@ -429,9 +578,10 @@ class Listener:
         """Stops accepting, drains in-flight requests, then closes everything.
 
         The listening socket is closed first, so new connections are refused
-        at once. Idle keep-alive connections are closed; requests in flight may
-        finish within ``shutdown_timeout`` and are then cancelled. The app's
-        ``on_shutdown`` and ``on_cleanup`` signals run as part of this.
+        at once (those still in the listen queue are reset). Idle keep-alive
+        connections are closed; requests in flight may finish within
+        ``shutdown_timeout`` and are then cancelled. The app's ``on_shutdown``
+        and ``on_cleanup`` signals run as part of this.
 
         Safe to call more than once, also concurrently: every call returns when
         the one shutdown has finished.
@@ -441,15 +591,19 @@ class Listener:
         await self._stopping
 
     async def _stop(self) -> None:
-        self._server.close()
+        self._acceptor.close()
+        # Connections accepted just before must be known to aiohttp's server
+        # before it closes its connections, or they would outlive it.
+        await self._acceptor.wait_started()
         await self._runner.cleanup()
-        # After cleanup every connection is closed, so this does not block
-        # (on 3.12+ it waits for them to detach; on 3.11 it returns at once).
-        await self._server.wait_closed()
 
 
 async def start_listener(
-    app: web.Application | RequestHandlerFunc, settings: ListenerSettings
+    app: web.Application | RequestHandlerFunc,
+    settings: ListenerSettings,
+    *,
+    name: str = "proxy",
+    metrics: Metrics = METRICS,
 ) -> Listener:
     """Starts serving ``app`` on ``settings.host``/``settings.port``.
 
@@ -459,7 +613,11 @@ async def start_listener(
         app: The application to serve, or a bare request handler served by
             aiohttp's low-level ``web.Server`` (no router, no middlewares, no
             signals: what the proxy port needs, since aigw routes by itself).
-        settings: Bind address and timeouts.
+        settings: Bind address, timeouts and connection limit. A
+            ``max_connections`` of None is derived from the open-file limit
+            with nothing reserved (see :func:`default_max_connections`).
+        name: The ``listener`` label of its connection metrics.
+        metrics: Where the connection series are registered.
 
     Returns:
         The running listener; its ``port`` is the port actually bound.
@@ -471,20 +629,21 @@ async def start_listener(
     """
     require_c_parser()
     _check_aiohttp_internals()
+    _brand_server_header()
 
-    options: dict[str, Any] = {
-        # A disconnected client cancels its handler (and so its upstream call).
-        "handler_cancellation": True,
+    handler_options: dict[str, Any] = {
         # SECURITY: aiohttp's access log format includes the query string.
         "access_log": None,
         "keepalive_timeout": settings.keepalive_timeout,
     }
+    # A disconnected client cancels its handler (and so its upstream call).
+    server_options: dict[str, Any] = {"handler_cancellation": True, **handler_options}
     runner: web.BaseRunner
     if isinstance(app, web.Application):
-        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, **options)
+        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, **server_options)
     else:
         runner = web.ServerRunner(
-            web.Server(app, **options), shutdown_timeout=settings.shutdown_timeout
+            web.Server(app, **server_options), shutdown_timeout=settings.shutdown_timeout
         )
     await runner.setup()
     try:
@@ -495,22 +654,23 @@ async def start_listener(
 
         loop = asyncio.get_running_loop()
         header_timeout = settings.header_timeout
+        send_timeout = settings.client_send_timeout
 
-        def protocol_factory() -> _HeadDeadlineProtocol:
-            return _HeadDeadlineProtocol(server(), loop, header_timeout)
+        def protocol_factory(release: Callable[[], None]) -> ClientConnection:
+            handler = RefusingRequestHandler(server, loop=loop, **handler_options)
+            return ClientConnection(handler, loop, header_timeout, send_timeout, release)
 
-        aio_server = await loop.create_server(
-            protocol_factory,
-            settings.host,
-            settings.port,
-            backlog=settings.backlog,
-            reuse_port=settings.reuse_port or None,
+        sockets = await bind(
+            settings.host, settings.port, backlog=settings.backlog, reuse_port=settings.reuse_port
         )
     except BaseException:
         await runner.cleanup()
         raise
 
+    limit = settings.max_connections or default_max_connections()
+    acceptor = Acceptor(sockets, protocol_factory, metrics.for_listener(name, limit), name=name)
+    acceptor.start()
     # With a host that resolves to several addresses and port 0, each socket
     # gets its own port; the first one is reported.
-    port: int = aio_server.sockets[0].getsockname()[1]
-    return Listener(runner, aio_server, port)
+    port: int = sockets[0].getsockname()[1]
+    return Listener(runner, acceptor, port, limit)

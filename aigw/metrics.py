@@ -15,6 +15,9 @@ resolved once per route when its chain is compiled (``RouteMetrics``); per
 request the access-log stage only bumps pre-bound accumulators, plus one dict
 lookup for the status code.
 
+The connection series (``ListenerSeries``) are plain accumulators too: the
+listener's accept loop bumps them once per connection, never per request.
+
 The cold metrics (config generation, rejected files, reloads, routes) are
 ordinary prometheus_client objects: they move once per reload.
 
@@ -42,7 +45,14 @@ from prometheus_client.core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["METRICS", "HistogramSeries", "Metrics", "RouteMetrics", "StreamsInFlight"]
+__all__ = [
+    "METRICS",
+    "HistogramSeries",
+    "ListenerSeries",
+    "Metrics",
+    "RouteMetrics",
+    "StreamsInFlight",
+]
 
 # LLM calls span milliseconds (errors, embeddings) to minutes (long generations).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -70,6 +80,20 @@ _UPSTREAM_ERRORS = (
     "Upstream failures by route and kind (unreachable, timeout, reset, truncated, ...).",
 )
 _STREAMS_IN_FLIGHT = ("aigw_streams_in_flight", "SSE streams being relayed right now.")
+_CLIENT_CONNECTIONS = (
+    "aigw_client_connections",
+    "Client connections open now, by listener (proxy, admin).",
+)
+_MAX_CLIENT_CONNECTIONS = (
+    "aigw_max_client_connections",
+    "Most client connections a listener serves at once (--max-connections, or derived "
+    "from the open-file limit).",
+)
+_CONNECTION_LIMIT_REACHED = (
+    "aigw_connection_limit_reached",
+    "Times a listener reached its connection limit and stopped accepting; new connections "
+    "wait in the kernel's listen queue until one closes.",
+)
 
 _K = TypeVar("_K")
 _S = TypeVar("_S")
@@ -127,6 +151,17 @@ class StreamsInFlight:
         self.value -= 1
 
 
+class ListenerSeries:
+    """One listener's connection series: open now, its limit, and times the limit was hit."""
+
+    __slots__ = ("limit", "limit_reached", "open")
+
+    def __init__(self, limit: int, limit_reached: CounterSeries) -> None:
+        self.open = 0
+        self.limit = limit
+        self.limit_reached = limit_reached
+
+
 def _series(store: dict[_K, _S], key: _K, new: Callable[[], _S]) -> _S:
     """The series for *key* in *store*, created on first use."""
     series = store.get(key)
@@ -148,6 +183,7 @@ class Metrics:
         self.tokens: dict[tuple[str, str, str], CounterSeries] = {}  # route, model, kind
         self.upstream_errors: dict[tuple[str, str], CounterSeries] = {}  # route, kind
         self.streams_in_flight: dict[str, StreamsInFlight] = {}  # route
+        self.listeners: dict[str, ListenerSeries] = {}  # listener name
         # Registered first: the families come out in the order they always did.
         registry.register(_RouteCollector(self))
         self.config_generation = Gauge(
@@ -173,6 +209,18 @@ class Metrics:
         the totals carry on.
         """
         return RouteMetrics(self, route, model or "-")
+
+    def for_listener(self, name: str, limit: int) -> ListenerSeries:
+        """Fresh connection series for a listener starting under *name*.
+
+        A listener started again under the same name (tests, mostly) replaces
+        the exported open count and limit, and keeps counting the times the
+        limit was reached from the old total.
+        """
+        previous = self.listeners.get(name)
+        reached = previous.limit_reached if previous is not None else CounterSeries()
+        series = self.listeners[name] = ListenerSeries(limit, reached)
+        return series
 
     def request_counter(self, route: str, status: str, model: str) -> CounterSeries:
         """The ``aigw_requests_total`` series for these labels."""
@@ -270,6 +318,26 @@ class _RouteCollector:
             for route, in_flight in list(m.streams_in_flight.items()):
                 gauge.add_metric([route], float(in_flight.value))
         yield gauge
+        yield from _listener_families(m.listeners, created, describe)
+
+
+def _listener_families(
+    listeners: dict[str, ListenerSeries], created: bool, describe: bool
+) -> Iterator[Metric]:
+    open_now = GaugeMetricFamily(*_CLIENT_CONNECTIONS, labels=["listener"])
+    limits = GaugeMetricFamily(*_MAX_CLIENT_CONNECTIONS, labels=["listener"])
+    reached = CounterMetricFamily(*_CONNECTION_LIMIT_REACHED, labels=["listener"])
+    if not describe:
+        for name, series in list(listeners.items()):
+            open_now.add_metric([name], float(series.open))
+            limits.add_metric([name], float(series.limit))
+            counter = series.limit_reached
+            reached.add_metric(
+                [name], float(counter.value), created=counter.created if created else None
+            )
+    yield open_now
+    yield limits
+    yield reached
 
 
 def _counters(

@@ -6,15 +6,15 @@ import asyncio
 import os
 import signal
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from aigw.admin import build_admin_app
+from aigw.admin import ADMIN_MAX_CONNECTIONS, build_admin_app
 from aigw.config.errors import ConfigError
 from aigw.gateway import Gateway
 from aigw.limits import DEFAULT_LIMITS, Limits
-from aigw.listener import Listener, ListenerSettings, start_listener
+from aigw.listener import Listener, ListenerSettings, default_max_connections, start_listener
 from aigw.lkg import LastKnownGood
 from aigw.logs import LogFile, get_logger
 from aigw.reload import Reloader
@@ -34,8 +34,12 @@ class ServeSettings:
 
     Attributes:
         conf_dir: Directory of route files (``*.yaml``).
-        listener: Address and connection limits of the proxy port.
-        admin: Address of the admin (status) port; None disables it.
+        listener: Address and connection limits of the proxy port. A
+            ``max_connections`` of None is derived from the open-file limit,
+            leaving room for ``pool_size`` upstream connections and the admin
+            listener (:meth:`connection_limits`).
+        admin: Address of the admin (status) port; None disables it. Its
+            ``max_connections`` defaults to ``ADMIN_MAX_CONNECTIONS``.
         state_dir: Where last-known-good copies of accepted files are kept;
             None disables persistence.
         azure_base_url: Replaces ``https://{azure_instance}.openai.azure.com``
@@ -57,6 +61,20 @@ class ServeSettings:
     settle_ms: int = 50
     worker: int | None = None
     limits: Limits = DEFAULT_LIMITS
+
+    def connection_limits(self) -> tuple[ListenerSettings, ListenerSettings | None]:
+        """The proxy and admin listener settings with their connection limits filled in."""
+        admin = self.admin
+        reserved = 0
+        if admin is not None:
+            admin_limit = admin.max_connections or ADMIN_MAX_CONNECTIONS
+            admin = replace(admin, max_connections=admin_limit)
+            reserved = admin_limit + 1  # and its listening socket
+        listener = self.listener
+        if listener.max_connections is None:
+            limit = default_max_connections(upstream_connections=self.pool_size, reserved=reserved)
+            listener = replace(listener, max_connections=limit)
+        return listener, admin
 
 
 class Server:
@@ -116,10 +134,11 @@ class Server:
         assert reloader.table is not None
         gateway = Gateway(reloader.table, pool)
         self.gateway, self.reloader = gateway, reloader
-        self._listener = await start_listener(gateway.handle, settings.listener)
-        if settings.admin is not None:
+        proxy_settings, admin_settings = settings.connection_limits()
+        self._listener = await start_listener(gateway.handle, proxy_settings, name="proxy")
+        if admin_settings is not None:
             self._admin = await start_listener(
-                build_admin_app(reloader, worker=settings.worker), settings.admin
+                build_admin_app(reloader, worker=settings.worker), admin_settings, name="admin"
             )
         if settings.watch:
             self._spawn(
@@ -132,6 +151,7 @@ class Server:
             admin=None
             if self._admin is None or settings.admin is None
             else f"http://{settings.admin.host}:{self._admin.port}",
+            max_connections=self._listener.max_connections,
             conf_dir=str(settings.conf_dir),
             state_dir=None if settings.state_dir is None else str(settings.state_dir),
             azure_base_url=settings.azure_base_url,

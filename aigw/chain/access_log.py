@@ -10,6 +10,7 @@ from aiohttp import web
 
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.info import RouteInfo
+from aigw.listener import ClientConnection, client_connection, send_timed_out
 from aigw.logs import get_logger
 from aigw.metrics import RouteMetrics
 
@@ -49,6 +50,9 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
 
     async def stage(ex: Exchange) -> web.StreamResponse:
         status = 500
+        # Kept to ask, if the request is cut, whether the client stopped
+        # reading (the send deadline) rather than went away.
+        connection = client_connection(ex.request)
         try:
             response = await next_(ex)
             status = response.status
@@ -56,18 +60,27 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
         except asyncio.CancelledError:
             # aiohttp cancels the handler when the client disconnects.
             status = _CLIENT_CLOSED
-            if ex.outcome == "ok":
-                ex.outcome = "client_disconnect"
+            if ex.outcome in _CLIENT_GONE:
+                ex.outcome = _client_gone(connection)
             raise
         except ConnectionResetError:
             status = _CLIENT_CLOSED
-            ex.outcome = "client_disconnect"
+            ex.outcome = _client_gone(connection)
             raise
         finally:
             _emit(ex, info, static, status)
             _count(ex, metrics, status)
 
     return stage
+
+
+# Outcomes a cut connection overrides: none yet, or the relay's guess from a
+# failed write (it cannot tell a closed connection from an aborted one).
+_CLIENT_GONE = frozenset({"ok", "client_disconnect"})
+
+
+def _client_gone(connection: ClientConnection | None) -> str:
+    return "client_stalled" if send_timed_out(connection) else "client_disconnect"
 
 
 def _count(ex: Exchange, metrics: RouteMetrics, status: int) -> None:

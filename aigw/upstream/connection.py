@@ -1,26 +1,42 @@
 """One keep-alive HTTP/1.1 connection to an upstream, as an ``asyncio.Protocol``.
 
-The protocol frames the response as bytes arrive (head, then a body delimited
-by Content-Length, chunked coding or the close) and hands body bytes to one
-reader at a time. It never reads ahead of a slow reader by more than
-``_HIGH_WATER`` bytes: past that the socket is paused, so a client reading a
-stream slowly holds back Azure rather than aigw's memory.
+Response bytes go to llhttp (``httptools.HttpResponseParser``) as they arrive;
+its callbacks land here: the head is read once llhttp says it is complete,
+body bytes are queued for one reader at a time, and the end of the message
+ends the body. What llhttp does not refuse by itself is checked here (head
+size, interim responses, bytes after the response) and in
+``aigw.upstream.http1`` (version, status range, ``Transfer-Encoding``).
+
+It never reads ahead of a slow reader by more than ``_HIGH_WATER`` bytes: past
+that the socket is paused, so a client reading a stream slowly holds back
+Azure rather than aigw's memory. A connection is only reused after a response
+whose framing was exact: any fault, bytes after the response, an answer that
+came before the request was fully sent, or ``Connection: close`` retire it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import socket
 from dataclasses import dataclass, field
 from typing import cast
 
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpResponseParser,
+)
+
 from aigw.upstream.http1 import (
     MAX_HEAD_BYTES,
-    ChunkedDecoder,
+    Framing,
     ProtocolError,
     ResponseHead,
-    parse_response_head,
+    check_status_line,
+    read_head,
 )
 
 __all__ = ["Origin", "UpstreamConnection", "UpstreamDisconnected"]
@@ -30,6 +46,12 @@ _MAX_INTERIM = 10
 
 _HIGH_WATER = 256 * 1024
 """Body bytes buffered from the upstream before its socket is paused."""
+
+_CHUNK_FRAMING_SLACK = 4096
+"""Chunk framing bytes a chunked body may send beyond one per payload byte."""
+
+_CLEAN_CHUNKED_END = b"\r\n\r\n"
+"""How a chunked message ends: the last-chunk (or trailer) line, then the empty line."""
 
 
 class UpstreamDisconnected(ConnectionError):
@@ -69,25 +91,38 @@ class Origin:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection: sends a request, frames the response as it arrives."""
+    """One keep-alive connection: sends a request, frames the response as it arrives.
+
+    Also the callback object of its llhttp parser (``on_message_begin``,
+    ``on_headers_complete``, ``on_body``, ``on_message_complete``). It has no
+    ``on_header``: llhttp then collects no header strings in Python (whose
+    piecewise concatenation is quadratic for a trickled head); the head's
+    bytes are kept here and split once, when llhttp says it is complete.
+    """
 
     __slots__ = (
         "_body_queue",
         "_buffered",
-        "_chunked",
+        "_chunk_slack",
         "_deadline",
         "_deadline_what",
-        "_drain_waiter",
+        "_ended",
         "_error",
         "_head_buffer",
         "_head_request",
+        "_head_start",
         "_in_flight",
         "_interim",
         "_loop",
+        "_parser",
+        "_parser_spent",
         "_paused",
+        "_poller",
         "_remaining",
+        "_tail",
         "_timer",
         "_waiter",
+        "_writing_paused",
         "body_done",
         "closed",
         "head",
@@ -106,21 +141,27 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.head: ResponseHead | None = None
         self.body_done = False
-        self._head_buffer = b""
+        self._parser = HttpResponseParser(self)
+        self._parser_spent = False
+        self._head_buffer: bytes | bytearray = b""
+        self._head_start = 0
         self._head_request = False
         self._in_flight = False
         self._interim = 0
+        self._remaining = 0  # Content-Length bytes still due (LENGTH framing)
+        self._tail = b""  # the last bytes received (CHUNKED framing)
+        self._ended = False  # llhttp saw the end of the final response in this read
+        self._chunk_slack = _CHUNK_FRAMING_SLACK
         self._body_queue: collections.deque[bytes] = collections.deque()
         self._buffered = 0
-        self._remaining = 0  # Content-Length bytes still due
-        self._chunked: ChunkedDecoder | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._deadline: float | None = None
         self._deadline_what = ""
         self._timer: asyncio.TimerHandle | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
         self._error: BaseException | None = None
         self._paused = False
+        self._poller: select.poll | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -128,9 +169,14 @@ class UpstreamConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Stream deltas are small writes; Nagle would hold them back.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                # Stream deltas are small writes; Nagle would hold them back.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Polls the socket itself before reuse (see has_pending_input); the
+            # transport owns the descriptor, the poll object only names it.
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if not self._in_flight:
@@ -139,101 +185,129 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         try:
-            if self.head is None:
-                self._receive_head(data)
-            elif not self.body_done:
-                self._receive_body(data)
-            else:
-                # Bytes nobody asked for: the framing is off, never reuse.
+            if self.body_done:
                 raise ProtocolError("the upstream sent data after the response was complete")
+            head = self.head
+            if head is None:
+                self._keep_head_bytes(data)
+            elif head.framing is Framing.LENGTH:
+                # Checked before llhttp sees them: it would read the excess
+                # as the start of a next response.
+                if len(data) > self._remaining:
+                    raise ProtocolError("the upstream sent more than its Content-Length")
+                self._remaining -= len(data)
+            buffered = self._buffered
+            self._parser.feed_data(data)
+            if self.head is None:
+                if len(self._head_buffer) > MAX_HEAD_BYTES:
+                    raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
+                return
+            if self.head.framing is Framing.CHUNKED:
+                if head is not None:  # the read that ended the head is bounded anyway
+                    self._count_chunk_framing(len(data), self._buffered - buffered)
+                self._check_chunked_end(data)
+            if self._ended:
+                # Only now: a fault anywhere in this read fails the response
+                # rather than leaving a complete-looking body behind.
+                self._finish_body()
+        except HttpParserError as exc:
+            self._refuse(_protocol_error(exc))
+        except HttpParserUpgrade:
+            self._refuse(ProtocolError("the upstream switched protocols unasked"))
         except ProtocolError as exc:
-            self._fail(exc)
-            self.close()
+            self._refuse(exc)
 
     def eof_received(self) -> bool:
+        self.reusable = False
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
         self._stop_timer()
-        if self.head is not None and not self.body_done:
-            if self._chunked is None and self.head.content_length is None and exc is None:
+        head = self.head
+        if head is not None and not self.body_done:
+            if head.framing is Framing.CLOSE and exc is None:
                 self._finish_body()  # a close-delimited body ends with a clean close
             else:
                 self._fail(UpstreamDisconnected("the upstream closed the connection mid-body"))
-        elif self.head is None and self._in_flight:
+        elif head is None and self._in_flight:
             self._fail(UpstreamDisconnected("the upstream closed the connection before answering"))
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_exception(UpstreamDisconnected("the upstream closed the connection"))
 
     def pause_writing(self) -> None:
-        self._drain_waiter = self._loop.create_future()
+        self._writing_paused = True
 
     def resume_writing(self) -> None:
-        drain, self._drain_waiter = self._drain_waiter, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        self._writing_paused = False
+        self._wake()
 
-    # -- framing ------------------------------------------------------------
+    # -- llhttp callbacks ---------------------------------------------------
 
-    def _receive_head(self, data: bytes) -> None:
-        buffer = self._head_buffer + data if self._head_buffer else data
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end > MAX_HEAD_BYTES or (end < 0 and len(buffer) > MAX_HEAD_BYTES):
-                raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
-            if end < 0:
-                self._head_buffer = buffer
-                return
-            head = parse_response_head(buffer[:end], head_request=self._head_request)
-            buffer = buffer[end + 4 :]
-            if head.status >= 200:
-                break
+    def on_message_begin(self) -> None:
+        if self.head is not None:
+            # A second message after the final response: a smuggled answer.
+            raise ProtocolError("the upstream sent data after the response was complete")
+
+    def on_headers_complete(self) -> None:
+        buffer = self._head_buffer
+        start = self._head_start
+        # llhttp skips empty lines before a message (RFC 9112 2.2).
+        while buffer[start] in b"\r\n":
+            start += 1
+        # llhttp accepted the head: CRLF line ends only, so its first blank
+        # line is its end.
+        end = buffer.find(b"\r\n\r\n", start) + 4
+        if end > MAX_HEAD_BYTES:
+            raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
+        parser = self._parser
+        status = parser.get_status_code()
+        check_status_line(buffer, start, status)
+        if status < 200:
             # 1xx interim responses (103 Early Hints): skip to the real one.
-            if head.status == 101:
+            if status == 101:
                 raise ProtocolError("the upstream switched protocols unasked")
             self._interim += 1
             if self._interim > _MAX_INTERIM:
                 raise ProtocolError(f"more than {_MAX_INTERIM} interim (1xx) responses")
+            self._head_start = end
+            return
+        head = read_head(
+            buffer[start : end - 4],
+            status,
+            keep_alive=parser.should_keep_alive(),
+            head_request=self._head_request,
+        )
+        # Bytes of this read after the head: the body's first bytes, or more.
+        after = len(buffer) - end
         self._head_buffer = b""
         self.head = head
-        if not head.keep_alive:
+        transport = self.transport
+        if (
+            not head.keep_alive
+            or self._writing_paused
+            or (transport is not None and transport.get_write_buffer_size())
+        ):
+            # Also an early answer (413 before the body was sent): the rest
+            # of the request is still queued and must never reach the
+            # upstream ahead of another request.
             self.reusable = False
-        if head.chunked:
-            self._chunked = ChunkedDecoder()
-        elif head.content_length is not None:
-            self._remaining = head.content_length
-            if self._remaining == 0:
-                self._finish_body()
-        self._wake()
-        if buffer:
-            self._receive_body(buffer)
-
-    def _receive_body(self, data: bytes) -> None:
-        decoder = self._chunked
-        if decoder is not None:
-            payload = decoder.feed(data)
-            if payload:
-                self._queue(payload)
-            if decoder.done:
-                if decoder.leftover:
-                    raise ProtocolError("the upstream sent data after the response was complete")
-                self._finish_body()
-        elif self.head is not None and self.head.content_length is not None:
-            size = len(data)
-            if size > self._remaining:
+        framing = head.framing
+        if framing is Framing.LENGTH:
+            assert head.content_length is not None
+            self._remaining = head.content_length - after
+            if self._remaining < 0:
                 raise ProtocolError("the upstream sent more than its Content-Length")
-            self._remaining -= size
-            if size:
-                self._queue(data)
-            if self._remaining == 0:
-                self._finish_body()
-        else:
-            self._queue(data)
+        elif framing is Framing.NONE:
+            if self._head_request:
+                # llhttp does not know the request was HEAD: it would wait
+                # for the body the headers announce. A new parser next time.
+                self._parser_spent = True
+            if after:
+                raise ProtocolError("the upstream sent data after the response was complete")
+            self.body_done = True
+        self._wake()
 
-    def _queue(self, data: bytes) -> None:
+    def on_body(self, data: bytes) -> None:
         self._body_queue.append(data)
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -241,9 +315,60 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
         self._wake()
 
+    def on_message_complete(self) -> None:
+        if self.head is not None:  # else an interim response ended
+            self._ended = True
+
+    # -- framing ------------------------------------------------------------
+
+    def _keep_head_bytes(self, data: bytes) -> None:
+        """Keeps the bytes of an incomplete head: llhttp reports the end, not the bytes."""
+        buffer = self._head_buffer
+        if not buffer:
+            self._head_buffer = data  # usually the whole head: no copy
+        else:
+            if isinstance(buffer, bytes):
+                buffer = self._head_buffer = bytearray(buffer)
+            buffer += data  # amortised: a trickled head costs linear time
+
+    def _count_chunk_framing(self, size: int, body: int) -> None:
+        """Bounds what a chunked body may send besides its payload.
+
+        llhttp keeps nothing of chunk-size lines, extensions and trailers, so
+        they cost no memory, but an endless one would hold the connection
+        with no body byte to count against a size limit. Allowed: 4 KiB, plus
+        one byte of framing per byte of payload (a chunk's own framing is
+        under ten bytes; Azure's chunks carry hundreds of payload bytes).
+        """
+        self._chunk_slack += body - (size - body)
+        if self._chunk_slack < 0:
+            raise ProtocolError(
+                "chunk framing (size lines, extensions, trailers) far exceeds the payload"
+            )
+
+    def _check_chunked_end(self, data: bytes) -> None:
+        """Refuses empty lines after a chunked body that llhttp skipped silently.
+
+        llhttp reads CR and LF before a message as empty lines to ignore, so a
+        stray CRLF after the last chunk in the same read raises nothing. A
+        clean end is exactly ``0\\r\\n`` (trailers) ``\\r\\n``: its last four
+        bytes are CRLF CRLF and the byte before them is not CR or LF.
+        """
+        # PERF: the previous read is kept whole, by reference; only a read
+        # shorter than five bytes needs the end of the one before.
+        tail = data if len(data) >= 5 else self._tail[-5:] + data
+        if not self._ended:
+            self._tail = tail
+        elif tail[-4:] != _CLEAN_CHUNKED_END or tail[-5:-4] in (b"\r", b"\n"):
+            raise ProtocolError("the upstream sent data after the response was complete")
+
     def _finish_body(self) -> None:
         self.body_done = True
         self._wake()
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        self._fail(exc)
+        self.close()
 
     def _fail(self, exc: BaseException) -> None:
         self.reusable = False
@@ -313,12 +438,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.head = None
         self.body_done = False
         self._error = None
-        self._chunked = None
         self._head_buffer = b""
+        self._head_start = 0
         self._remaining = 0
+        self._tail = b""
+        self._ended = False
+        self._chunk_slack = _CHUNK_FRAMING_SLACK
         self._interim = 0
         self._body_queue.clear()
         self._buffered = 0
+        if self._parser_spent:
+            self._parser = HttpResponseParser(self)
+            self._parser_spent = False
         if self._paused:
             self._paused = False
             if self.transport is not None:
@@ -327,17 +458,23 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def writing_paused(self) -> bool:
         """The kernel's send buffer is full: the request is still being sent."""
-        return self._drain_waiter is not None
+        return self._writing_paused
 
-    async def drain(self, within: float | None) -> None:
-        """Waits until the kernel has taken the request (bounded by the write timeout)."""
-        drain = self._drain_waiter
-        if drain is not None:
-            try:
-                async with asyncio.timeout(within):
-                    await asyncio.shield(drain)
-            except TimeoutError:
-                raise TimeoutError("the upstream did not accept the request body in time") from None
+    async def send_rest(self, within: float | None) -> None:
+        """Waits until the kernel has taken the request, or the response head came first.
+
+        An upstream may answer (413, 401) without reading a large body; the
+        answer is then the response, and waiting for the upstream to take
+        the rest would only end in the write timeout.
+
+        Raises:
+            TimeoutError: neither happened within *within* seconds.
+            UpstreamDisconnected, ProtocolError: the connection failed first.
+        """
+        while self._writing_paused and self.head is None:
+            if self._error is not None:
+                raise self._error
+            await self._arm(within, "the upstream did not accept the request body in time")
 
     async def read_head(self, within: float | None) -> ResponseHead:
         """Waits for the response head (bounded by the read timeout)."""
@@ -370,6 +507,20 @@ class UpstreamConnection(asyncio.Protocol):
         """The whole response body arrived and was read."""
         return self.body_done and not self._body_queue
 
+    def has_pending_input(self) -> bool:
+        """Bytes or a FIN wait in the socket although the connection is idle.
+
+        The event loop has not read them yet (it is busy, or they arrived in
+        this very iteration): an upstream that closed an idle connection a
+        moment ago. Reusing it would send a request into a closing socket.
+
+        PERF: one ``poll`` with a zero timeout, ~0.5 µs: no socket object, no
+        exception raised (a ``recv(MSG_PEEK)`` costs ~2 µs plus a socket
+        wrapper that must never close the transport's descriptor).
+        """
+        poller = self._poller
+        return poller is not None and bool(poller.poll(0))
+
     def close(self) -> None:
         """Closes the socket now (never reused).
 
@@ -393,3 +544,12 @@ class UpstreamConnection(asyncio.Protocol):
         """
         self._stop_timer()
         self._in_flight = False
+
+
+def _protocol_error(exc: HttpParserError) -> ProtocolError:
+    """The error to report for a parse failure: aigw's own if a callback raised it."""
+    if isinstance(exc, HttpParserCallbackError) and isinstance(exc.__context__, ProtocolError):
+        return exc.__context__
+    # llhttp's reasons name the rule broken ("Invalid header value char"),
+    # never the bytes that broke it.
+    return ProtocolError(f"invalid HTTP/1.1 response: {exc}")

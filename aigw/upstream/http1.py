@@ -1,38 +1,59 @@
-"""HTTP/1.1 on the upstream side: request heads out, response heads and bodies in.
+"""HTTP/1.1 on the upstream side: request heads out, the rules llhttp leaves to aigw in.
 
-Pure functions and one small decoder, no I/O: ``aigw.upstream.pool`` feeds them
-bytes from the socket. Kept apart so the wire rules (RFC 9112) can be read and
-tested on their own.
+Response bytes are parsed by llhttp (through ``httptools``, in
+``aigw.upstream.connection``): the status line, header grammar (token names,
+no control characters in values, no obsolete line folding, CRLF line ends),
+``Content-Length`` syntax and duplicates, ``Content-Length`` together with
+``Transfer-Encoding``, and chunk framing are refused there, in C, as bytes
+arrive. This module holds what is left, pure and testable on its own:
 
-aigw only ever talks to one kind of peer here, an HTTP/1.1 origin such as
-Azure's front door, and only ever sends requests it built itself, so the
-parser is strict where leniency has caused request-smuggling bugs elsewhere:
-obsolete line folding, conflicting ``Content-Length`` values and malformed
-chunk sizes are errors, not guesses.
+* ``encode_request``: the request head aigw sends;
+* ``read_head``: the fields of a head llhttp has accepted, plus the checks
+  llhttp does not make in its default (strict) mode: the HTTP version is 1.0
+  or 1.1, the status is in 100-599, and ``Transfer-Encoding`` is exactly one
+  ``chunked`` (``gzip, chunked`` would relay compressed bytes as JSON;
+  ``chunked, chunked`` would leak chunk framing into the body).
+
+Exception tree: ``ProtocolError`` (the upstream broke HTTP/1.1; its messages
+describe the fault and never quote a header value).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 __all__ = [
     "MAX_HEAD_BYTES",
-    "ChunkedDecoder",
+    "Framing",
     "ProtocolError",
     "ResponseHead",
+    "check_status_line",
     "encode_request",
-    "parse_response_head",
+    "read_head",
 ]
 
 MAX_HEAD_BYTES = 64 * 1024
-"""Largest response head (status line + headers) accepted; Azure's are ~1.5 KiB."""
+"""Largest response head (status line + headers, interim heads included) accepted.
 
-_MAX_CHUNK_LINE = 4096
-_HEX_DIGITS = b"0123456789abcdefABCDEF"
+Azure's are ~1.5 KiB."""
+
+_VERSIONS = (b"HTTP/1.1 ", b"HTTP/1.0 ")
 
 
 class ProtocolError(Exception):
     """The upstream broke HTTP/1.1 framing; the connection cannot be trusted further."""
+
+
+class Framing(enum.Enum):
+    """How the end of a response body is found."""
+
+    NONE = "no body"
+    """HEAD, 204 and 304 responses: the head is the whole response."""
+    LENGTH = "Content-Length"
+    CHUNKED = "chunked"
+    CLOSE = "until close"
+    """Neither length nor chunked: the body ends when the upstream closes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,23 +61,24 @@ class ResponseHead:
     """A parsed response status line and header block.
 
     Attributes:
-        status: The status code.
+        status: The status code (200-599; interim 1xx heads are skipped).
         reason: The reason phrase (informational only).
-        headers: Every header in arrival order, names as sent.
-        content_length: The body length, or None when the body is chunked,
-            absent or delimited by the connection closing.
-        chunked: The body uses chunked transfer coding.
-        keep_alive: The connection may carry another request afterwards.
+        headers: Every header in arrival order, names as sent, values with
+            surrounding whitespace removed.
+        keep_alive: The upstream allows another request on the connection.
         content_type: ``Content-Type`` (empty when absent).
+        framing: How the body ends.
+        content_length: The body length: the announced one (``LENGTH``), 0
+            (``NONE``), or None (chunked or until close).
     """
 
     status: int
     reason: str
     headers: list[tuple[str, str]]
-    content_length: int | None
-    chunked: bool
     keep_alive: bool
     content_type: str
+    framing: Framing
+    content_length: int | None
 
     def get(self, name: str) -> str | None:
         """The first value of header *name* (case-insensitive), or None."""
@@ -93,200 +115,91 @@ def encode_request(
     return encoded + body if body else encoded
 
 
-def parse_response_head(data: bytes, *, head_request: bool = False) -> ResponseHead:
-    """Parses a response head: *data* ends just before the blank line.
+def check_status_line(head: bytes | bytearray, start: int, status: int) -> None:
+    """Refuses what llhttp accepts in a status line but aigw does not.
 
     Args:
-        data: Status line and header lines, CRLF separated.
+        head: Bytes holding the head, as received.
+        start: Where its status line starts in *head*.
+        status: The code llhttp read from it.
+
+    Raises:
+        ProtocolError: the version is not HTTP/1.0 or 1.1 (llhttp also takes
+            0.9 and 2.0), or the status is outside 100-599 (llhttp takes any
+            three digits).
+    """
+    if not head.startswith(_VERSIONS, start):
+        raise ProtocolError("the status line is not HTTP/1.0 or HTTP/1.1")
+    if not 100 <= status <= 599:
+        raise ProtocolError(f"status code {status} is not in 100-599")
+
+
+def read_head(
+    block: bytes | bytearray, status: int, *, keep_alive: bool, head_request: bool
+) -> ResponseHead:
+    """The fields of a final (status >= 200) response head that llhttp accepted.
+
+    Args:
+        block: The status line and header lines, CRLF separated, without the
+            blank line that ends them. llhttp has already checked their
+            grammar, so plain splitting is exact here.
+        status: The status code llhttp read.
+        keep_alive: llhttp's keep-alive verdict (version, ``Connection``,
+            and whether the body is delimited by the close).
         head_request: The request was HEAD (the response then has no body).
 
     Raises:
-        ProtocolError: the head is not valid HTTP/1.x.
+        ProtocolError: ``Transfer-Encoding`` is anything but exactly one
+            ``chunked``.
     """
-    # RFC 9112 5.5: a bare CR or LF (or NUL) inside a field is an error, not
-    # a line break to guess at. Three C-speed scans over the whole head.
-    breaks = data.count(b"\r\n")
-    if data.count(b"\n") != breaks or data.count(b"\r") != breaks or b"\x00" in data:
-        raise ProtocolError("bare CR, LF or NUL in the response head")
-    lines = data.split(b"\r\n")
-    status_line = lines[0]
-    if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
-        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
-    minor = status_line[7:8]
-    code = status_line[9:12]
-    if minor not in (b"0", b"1") or status_line[8:9] != b" " or not code.isdigit():
-        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
-    if len(status_line) > 12 and status_line[12:13] != b" ":
-        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
-    status = int(code)
-    if status < 100:
-        raise ProtocolError(f"status code {status} is not in 100-599")
-    reason = status_line[13:].decode("latin-1")
-
-    headers, content_length, transfer_encoding, connection, content_type = _scan_headers(lines[1:])
-    tokens = {t.strip() for t in connection.split(",")}
-    keep_alive = "close" not in tokens if minor == b"1" else "keep-alive" in tokens
-
-    chunked = False
-    if head_request or status < 200 or status in (204, 304):
-        content_length = 0
-    elif transfer_encoding is not None:
-        codings = [c.strip().lower() for c in transfer_encoding.split(",")]
-        # RFC 9112 6.3: Transfer-Encoding overrides Content-Length; a final
-        # coding other than chunked means the body runs until the close.
-        content_length = None
-        if codings[-1] == "chunked":
-            chunked = True
-        else:
-            keep_alive = False
-        if minor == b"0":
-            # RFC 9112 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty;
-            # never trust the connection after it.
-            keep_alive = False
-    elif content_length is None:
-        keep_alive = False  # body delimited by the connection closing
-    return ResponseHead(
-        status=status,
-        reason=reason,
-        headers=headers,
-        content_length=content_length,
-        chunked=chunked,
-        keep_alive=keep_alive,
-        content_type=content_type,
-    )
-
-
-def _scan_headers(
-    lines: list[bytes],
-) -> tuple[list[tuple[str, str]], int | None, str | None, str, str]:
-    """Header lines -> (headers, Content-Length, Transfer-Encoding, Connection, Content-Type)."""
+    lines = block.decode("latin-1").split("\r\n")
     headers: list[tuple[str, str]] = []
     content_length: int | None = None
-    transfer_encoding: str | None = None
-    connection = ""
+    transfer_encoding: list[str] = []
     content_type = ""
-    for line in lines:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-            raise ProtocolError(f"malformed header line: {line[:60]!r}")
-        key = name.decode("latin-1")
-        text = value.strip(b" \t").decode("latin-1")
-        headers.append((key, text))
-        lower = key.lower()
-        if lower == "content-length":
-            if not text.isdigit() or not text.isascii() or len(text) > 18:
-                raise ProtocolError(f"invalid Content-Length: {text[:40]!r}")
-            length = int(text)
-            if content_length is not None and content_length != length:
-                raise ProtocolError("conflicting Content-Length headers")
-            content_length = length
-        elif lower == "transfer-encoding":
-            transfer_encoding = (
-                f"{transfer_encoding}, {text}" if transfer_encoding is not None else text
-            )
-        elif lower == "connection":
-            connection = f"{connection},{text.lower()}"
-        elif lower == "content-type":
-            content_type = text
-    return headers, content_length, transfer_encoding, connection, content_type
-
-
-def _one_whole_chunk(data: bytes) -> bytes | None:
-    """The payload if *data* is exactly one complete non-empty chunk, else None.
-
-    PERF: a stream delta usually arrives that way ("<hex>\r\n<data>\r\n"):
-    one find and two slices instead of the decoder's general loop.
-    """
-    eol = data.find(b"\r\n", 0, 18)
-    if eol <= 0 or data[:eol].strip(_HEX_DIGITS):
-        return None
-    size = int(data[:eol], 16)
-    end = eol + 2 + size
-    if size and len(data) == end + 2 and data.endswith(b"\r\n"):
-        return data[eol + 2 : end]
-    return None
-
-
-class ChunkedDecoder:
-    """Incremental decoder for a chunked body; bytes in, payload bytes out.
-
-    ``feed`` may be given any split of the wire bytes (a chunk-size line cut
-    in two, CRLF split across reads): whatever cannot be decoded yet is kept.
-    Chunk extensions are ignored and trailer fields dropped (aigw relays
-    neither).
-    """
-
-    __slots__ = ("_buffer", "_remaining", "_state", "done", "leftover")
-
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._state = self._SIZE
-        self._remaining = 0
-        self.done = False
-        """The terminating zero-size chunk and the trailer section were read."""
-        self.leftover = b""
-        """Bytes received after the end of the body (a framing error if any)."""
-
-    def feed(self, data: bytes) -> bytes:
-        """Decodes what it can of *data*; returns the payload bytes found.
-
-        Raises:
-            ProtocolError: the framing is invalid.
-        """
-        if not self._buffer and self._state == self._SIZE:
-            whole = _one_whole_chunk(data)
-            if whole is not None:
-                return whole
-        buffer = self._buffer + data if self._buffer else data
-        self._buffer = b""
-        out: list[bytes] = []
-        at = 0
-        end = len(buffer)
-        while at < end:
-            state = self._state
-            if state == self._DATA:
-                take = min(self._remaining, end - at)
-                out.append(buffer[at : at + take])
-                at += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = self._DATA_END
-            elif state == self._DATA_END:
-                if end - at < 2:
-                    break
-                if buffer[at : at + 2] != b"\r\n":
-                    raise ProtocolError("chunk data not followed by CRLF")
-                at += 2
-                self._state = self._SIZE
-            else:
-                eol = buffer.find(b"\r\n", at)
-                if (eol if eol >= 0 else end) - at > _MAX_CHUNK_LINE:
-                    raise ProtocolError("chunk-size or trailer line too long")
-                if eol < 0:
-                    break
-                line = buffer[at:eol]
-                at = eol + 2
-                if state == self._SIZE:
-                    self._start_chunk(line)
-                elif not line:  # the empty line that ends the trailer section
-                    self.done = True
-                    self.leftover = buffer[at:]
-                    return b"".join(out)
-        self._buffer = buffer[at:]
-        if len(out) == 1:
-            return out[0]
-        return b"".join(out)
-
-    def _start_chunk(self, line: bytes) -> None:
-        size_text = line.split(b";", 1)[0].strip(b" \t")
-        # int(..., 16) alone would accept "+1", "0x1" and "1_0".
-        if not size_text or size_text.strip(_HEX_DIGITS) or len(size_text) > 16:
-            raise ProtocolError(f"invalid chunk size: {line[:40]!r}")
-        size = int(size_text, 16)
-        if size == 0:
-            self._state = self._TRAILER
-        else:
-            self._remaining = size
-            self._state = self._DATA
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        value = value.strip(" \t")
+        headers.append((name, value))
+        # PERF: only three names matter for framing; their lengths rule out
+        # nearly every other header before any lower-casing.
+        size = len(name)
+        if size == 12 or size == 14 or size == 17:
+            lower = name.lower()
+            if lower == "content-type":
+                content_type = content_type or value
+            elif lower == "content-length":
+                content_length = int(value)  # llhttp checked: digits, no overflow
+            elif lower == "transfer-encoding":
+                transfer_encoding.extend(value.split(","))
+    if transfer_encoding:
+        # RFC 9112 6.1: chunked must be last and only once. Any other coding
+        # would be relayed as if it were the body itself (aigw decodes none),
+        # and a body not ending in chunked runs until the close.
+        if len(transfer_encoding) != 1 or transfer_encoding[0].strip(" \t").lower() != "chunked":
+            raise ProtocolError("Transfer-Encoding is not exactly one chunked coding")
+        framing = Framing.CHUNKED
+        if lines[0].startswith("HTTP/1.0"):
+            # RFC 9112 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty;
+            # never trust the connection after it (llhttp would, if asked to
+            # keep it alive).
+            keep_alive = False
+    elif content_length is not None:
+        framing = Framing.LENGTH
+    else:
+        framing = Framing.CLOSE
+    if head_request or status == 204 or status == 304:
+        framing = Framing.NONE
+        content_length = 0
+    elif framing is not Framing.LENGTH:
+        content_length = None
+    status_line = lines[0]
+    return ResponseHead(
+        status=status,
+        reason=status_line[13:],
+        headers=headers,
+        keep_alive=keep_alive,
+        content_type=content_type,
+        framing=framing,
+        content_length=content_length,
+    )

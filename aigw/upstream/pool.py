@@ -200,7 +200,7 @@ class UpstreamPool:
         try:
             conn.start(wire, head_request=method == "HEAD")
             if conn.writing_paused:
-                await conn.drain(write_timeout)
+                await conn.send_rest(write_timeout)
             head = await conn.read_head(read_timeout)
         except BaseException:
             self._discard(conn)
@@ -232,7 +232,10 @@ class UpstreamPool:
         cutoff = time.monotonic() - self._idle_timeout
         while idle:
             conn = idle.pop()  # most recently used first
-            if _fresh(conn, cutoff):
+            # The peek catches an upstream's close that the event loop has not
+            # read yet: under load, the gap between the FIN arriving and
+            # connection_lost running is when a request would be sent into it.
+            if _fresh(conn, cutoff) and not conn.has_pending_input():
                 return conn
             conn.close()
             self._open -= 1

@@ -59,6 +59,7 @@ async def read_bounded(request: web.BaseRequest, limit: int, limits: Limits) -> 
     if expect is not None and request.version != HttpVersion11:
         expect = None
     if expect is not None and expect.strip().lower() != "100-continue":
+        _stop_waiting(request.content)
         raise ExpectationFailed(
             "expectation_failed",
             f"Expect: {expect[:60]!r} cannot be met; only 100-continue is supported",
@@ -67,9 +68,11 @@ async def read_bounded(request: web.BaseRequest, limit: int, limits: Limits) -> 
     if limit and declared is not None and declared > limit:
         # Refused before reading a byte of it, and before any 100 Continue.
         error = _too_large(limit)
-        # A client waiting for 100 Continue never sends the body; what it sends
-        # next on this connection would be misread as that body.
-        error.close_connection = expect is not None
+        if expect is not None:
+            # A client waiting for 100 Continue never sends the body; what it
+            # sends next on this connection would be misread as that body.
+            error.close_connection = True
+            _stop_waiting(request.content)
         raise error
     if not request.body_exists:
         return b""
@@ -95,19 +98,25 @@ async def _send_continue(request: web.BaseRequest) -> None:
     writer.output_size = 0
 
 
-class _BodyTimedOut(TimeoutError):
-    """Set on the body stream when a deadline passes; wakes the pending read.
+class _BodyNotComing(TimeoutError):
+    """Set on a body stream whose rest will not be read; wakes a pending read.
 
-    A ``TimeoutError`` on purpose: after the handler returns, aiohttp drains an
-    unfinished body for up to ``lingering_time`` and stops quietly at a
-    timeout, so the connection closes as soon as the 408 is written.
+    A ``TimeoutError`` on purpose: after the handler returns, aiohttp reads and
+    discards an unfinished body for up to ``lingering_time`` (10 s) and stops
+    quietly at a timeout, so the connection closes as soon as the answer is
+    written instead of waiting for bytes that are not coming.
     """
+
+
+def _stop_waiting(content: StreamReader) -> None:
+    if not content.is_eof():
+        content.set_exception(_BodyNotComing())
 
 
 class _BodyDeadline:
     """One timer guarding a whole body read: idle gap and total time.
 
-    Reads only record when they happened (:meth:`progress`); the timer runs at
+    Reads only record when they happened (``last_read``); the timer runs at
     the earliest moment a deadline could pass and, if data arrived meanwhile,
     re-arms itself for the next one. A body that arrives in a few reads costs
     one ``call_at`` and one ``cancel``.
@@ -134,7 +143,7 @@ class _BodyDeadline:
             self._handle = self._loop.call_at(due, self._check)
             return
         self.expired = "total" if due == self._end else "idle"
-        self._content.set_exception(_BodyTimedOut())
+        _stop_waiting(self._content)
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -158,7 +167,7 @@ async def _read_in_time(
         # Free a refused or abandoned body now, not whenever the traceback that
         # references this frame is dropped.
         parts.clear()
-        if isinstance(exc, _BodyTimedOut):
+        if isinstance(exc, _BodyNotComing):
             raise _timed_out(deadline.expired, limits, content.total_bytes, declared) from None
         raise
     finally:

@@ -30,7 +30,9 @@ OPERATION_PATHS: dict[RouteType, str] = {
 }
 """Azure's operation path per route type, appended to the deployment's base path."""
 
-_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?|v1|preview|latest")
+# [0-9], not \d: \d also matches Unicode digits ("٢٠٢٤"), which would then be
+# sent in the upstream request line.
+_API_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?|v1|preview|latest")
 
 
 def valid_api_version(value: str) -> bool:

@@ -362,20 +362,20 @@ async def _relay_stream(
     captured = PayloadCapture() if capture else None
     # PERF: this loop runs once per delta; everything it calls is bound once.
     read, write, feed, observe = upstream.readany, response.write, splitter.feed, observer.observe
+    hide = observer.hide_usage_chunk
     size = 0
     try:
         while True:
             try:
                 chunk = await read()
-            except TimeoutError:
-                ex.outcome = "upstream_idle_timeout"
-                await _fail_stream(ex, response, "the upstream stopped sending (idle timeout)")
-                return response
-            except (OSError, ProtocolError) as exc:
-                ex.outcome = "upstream_reset"
-                await _fail_stream(
-                    ex, response, f"the upstream connection was lost ({type(exc).__name__})"
-                )
+            except (TimeoutError, OSError, ProtocolError) as exc:
+                if isinstance(exc, TimeoutError):
+                    ex.outcome = "upstream_idle_timeout"
+                    message = "the upstream stopped sending (idle timeout)"
+                else:
+                    ex.outcome = "upstream_reset"
+                    message = f"the upstream connection was lost ({type(exc).__name__})"
+                await _fail_stream(ex, response, message)
                 return response
             if not chunk:
                 break
@@ -387,9 +387,8 @@ async def _relay_stream(
                 return response
             # Only whole events are forwarded: an error event written after a
             # failure then starts on an event boundary of the client's parser.
-            # The usage chunk aigw asked for on its own is left out.
             try:
-                out = b"".join([event for event in feed(chunk) if observe(event)])
+                events = feed(chunk)
             except EventTooLarge:
                 ex.outcome = "upstream_event_too_large"
                 upstream.close()
@@ -397,6 +396,13 @@ async def _relay_stream(
                     ex, response, f"an upstream event is larger than {max_event} bytes"
                 )
                 return response
+            if hide:  # leave out the usage chunk aigw asked for on its own
+                out = b"".join([event for event in events if observe(event)])
+            else:
+                for event in events:
+                    observe(event)
+                # PERF: joining one event returns it, no copy (the usual delta).
+                out = b"".join(events)
             if out:
                 try:
                     await write(out)
@@ -406,17 +412,7 @@ async def _relay_stream(
                 ex.bytes_out += len(out)
                 if captured is not None:
                     captured.add(out)
-        tail = splitter.pending
-        if tail:
-            # An unterminated last event: the bytes are the client's to judge.
-            await _write(ex, response, tail)
-            if captured is not None:
-                captured.add(tail)
-        if require_done and upstream.status < 300 and not observer.saw_done:
-            ex.outcome = "upstream_truncated"
-            await _fail_stream(ex, response, "the upstream ended the stream without [DONE]")
-            return response
-        await response.write_eof()
+        await _end_stream(ex, response, splitter.pending, captured, require_done, observer)
         return response
     finally:
         ex.usage = observer.usage
@@ -424,6 +420,27 @@ async def _relay_stream(
         ex.first_token_ns = observer.first_token_ns
         if captured is not None:
             ex.response_body = captured.value()
+
+
+async def _end_stream(
+    ex: Exchange,
+    response: web.StreamResponse,
+    tail: bytes,
+    captured: PayloadCapture | None,
+    require_done: bool,
+    observer: StreamObserver,
+) -> None:
+    """Finishes a stream the upstream ended: cleanly, or as cut if [DONE] never came."""
+    if tail:
+        # An unterminated last event: the bytes are the client's to judge.
+        await _write(ex, response, tail)
+        if captured is not None:
+            captured.add(tail)
+    if require_done and response.status < 300 and not observer.saw_done:
+        ex.outcome = "upstream_truncated"
+        await _fail_stream(ex, response, "the upstream ended the stream without [DONE]")
+        return
+    await response.write_eof()
 
 
 async def _write(ex: Exchange, response: web.StreamResponse, data: bytes) -> None:

@@ -55,7 +55,7 @@ class SSESplitter:
         EventTooLarge: from ``feed``, once the current event is larger.
     """
 
-    __slots__ = ("_after_cr", "_in_event", "_line_start", "_max", "_parts", "_size")
+    __slots__ = ("_after_cr", "_clean", "_in_event", "_line_start", "_max", "_parts", "_size")
 
     def __init__(self, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
         self._max = max_event_size
@@ -64,13 +64,13 @@ class SSESplitter:
         self._in_event = False  # the incomplete event has a non-blank line
         self._line_start = True  # the last byte fed ended a line
         self._after_cr = False  # ... and it was a CR, whose LF may come next
+        self._clean = True  # nothing pending and no CR just before: the fast path holds
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Adds *chunk* and returns the events it completes."""
         size = len(chunk)
         if (
-            not self._parts
-            and not self._after_cr
+            self._clean
             and 2 < size <= self._max
             and chunk.endswith(b"\n\n")
             and chunk.find(b"\n\n") == size - 2
@@ -110,6 +110,7 @@ class SSESplitter:
         last = chunk[-1]
         self._line_start = last in (_CR, _LF)
         self._after_cr = last == _CR
+        self._clean = not self._parts and not self._after_cr
         return events
 
     def _complete(self, chunk: bytes, start: int, end: int) -> bytes:
@@ -156,7 +157,7 @@ class StreamObserver:
             did not ask for it.
     """
 
-    __slots__ = ("first_token_ns", "hide_usage_chunk", "model", "saw_done", "usage")
+    __slots__ = ("_quiet", "first_token_ns", "hide_usage_chunk", "model", "saw_done", "usage")
 
     def __init__(self, *, hide_usage_chunk: bool) -> None:
         self.hide_usage_chunk = hide_usage_chunk
@@ -164,6 +165,7 @@ class StreamObserver:
         self.usage: dict[str, Any] | None = None
         self.first_token_ns: int | None = None
         self.saw_done = False
+        self._quiet = False  # the model and the first token are both known
 
     def observe(self, event: bytes) -> bool:
         """Notes what *event* says; returns False if it must not reach the client."""
@@ -171,10 +173,10 @@ class StreamObserver:
         # object or the [DONE] marker can still matter; byte scans rule out the
         # other deltas (whose "usage" is null) without splitting them into lines.
         if (
-            self.first_token_ns is not None
-            and self.model is not None
+            self._quiet
             and b"[DONE]" not in event
-            and not _has_usage(event)
+            and b'"usage":{' not in event  # _has_usage, inlined: this runs per delta
+            and b'"usage": {' not in event
         ):
             return True
         data = event_data(event)
@@ -199,6 +201,7 @@ class StreamObserver:
         choices = chunk.get("choices")
         if wants_token and isinstance(choices, list) and _carries_token(choices):
             self.first_token_ns = time.perf_counter_ns()
+        self._quiet = self.model is not None and self.first_token_ns is not None
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 
@@ -13,7 +14,13 @@ from aigw.config.model import (
     ModelOptions,
     TargetConfig,
 )
-from aigw.upstream.body_window import HEAD_BYTES, TAIL_BYTES, BodyWindow, PayloadCapture
+from aigw.upstream.body_window import (
+    CAPTURE_BYTES,
+    HEAD_BYTES,
+    TAIL_BYTES,
+    BodyWindow,
+    PayloadCapture,
+)
 from aigw.upstream.headers import REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.relay import read_body_usage
 from aigw.upstream.target import DEFAULT_API_VERSION, compile_target, valid_api_version
@@ -218,3 +225,19 @@ def test_window_never_splices_head_and_tail_into_a_usage() -> None:
     real = read_body_usage(body)[1]
     assert real is not None and real["completion_tokens"] == 1 and real["x"] == 12
     assert _windowed(body, 1) == (None, None)
+
+
+def test_window_and_capture_hold_bounded_memory_whatever_the_body_size() -> None:
+    window, capture = BodyWindow(), PayloadCapture()
+    piece = 256 * 1024
+    tracemalloc.start()
+    try:
+        for _ in range(64):  # 16 MiB, each piece a fresh object as the socket delivers them
+            data = bytes(piece)
+            window.add(data)
+            capture.add(data)
+        del data
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < HEAD_BYTES + TAIL_BYTES + CAPTURE_BYTES + piece + 64 * 1024

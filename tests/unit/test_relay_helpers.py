@@ -233,10 +233,8 @@ def test_window_and_capture_hold_bounded_memory_whatever_the_body_size() -> None
     tracemalloc.start()
     try:
         for _ in range(64):  # 16 MiB, each piece a fresh object as the socket delivers them
-            data = bytes(piece)
-            window.add(data)
-            capture.add(data)
-        del data
+            window.add(bytes(piece))
+            capture.add(bytes(piece))
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -17,7 +17,7 @@ from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener import ListenerSettings
 from aigw.logs import LogFile, configure_logging
 from aigw.reload import Reloader
-from aigw.server import ServeSettings, serve
+from aigw.server import DEFAULT_POOL_SIZE, ServeSettings, serve
 from aigw.systemd import Notifier
 from aigw.table import RouteTable
 from aigw.tail import register as register_tail
@@ -164,6 +164,13 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
         "(default: derived from the open-file limit)",
     )
     cmd.add_argument(
+        "--upstream-pool-size",
+        type=int,
+        default=DEFAULT_POOL_SIZE,
+        metavar="N",
+        help="upstream connections per worker, idle and busy, all upstreams together",
+    )
+    cmd.add_argument(
         "--max-response-size",
         type=int,
         default=limits.max_response_size,
@@ -213,6 +220,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         settle_ms=args.settle_ms,
         worker=worker,
         limits=limits,
+        pool_size=args.upstream_pool_size,
     )
 
 

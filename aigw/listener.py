@@ -83,6 +83,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
+import struct
 import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -126,6 +128,14 @@ _RESPONSE_408 = (
     b"Content-Length: %d\r\n"
     b"\r\n" % len(_BODY_408)
 ) + _BODY_408
+
+# ``struct tcp_info`` (Linux 4.1+): ``tcpi_bytes_acked``, the bytes of the
+# response the client's TCP has acknowledged, a u64 at offset 120. A client
+# that reads, however slowly, moves it; one that stopped reading cannot
+# (its receive window is zero).
+_TCP_INFO_SIZE = 128
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_OFFSET = 120
 
 # The listen queue. aiohttp's default (128) overflows under a connection burst
 # long before the process is busy; the kernel caps this at net.core.somaxconn.
@@ -315,15 +325,21 @@ class ClientConnection(asyncio.Protocol):
 
     **Send deadline**: a second timer, armed when the transport's write
     buffer passes its high-water mark (``pause_writing``) and cancelled when
-    it drains (``resume_writing``). If it fires, the client has read nothing
-    for ``client_send_timeout``: the transport is aborted, which aiohttp turns
-    into the handler's cancellation. :attr:`send_timed_out` records why.
+    it drains (``resume_writing``). When it fires, the kernel is asked whether
+    the client acknowledged any byte since it was armed (``TCP_INFO``): a
+    client that reads slowly does, and the timer starts again (the writable
+    wake-up only comes once a third of a send buffer of up to 4 MiB has
+    drained, which takes longer than the deadline at a slow pace). A client
+    that acknowledged nothing for ``client_send_timeout`` stopped reading: the
+    transport is aborted, which aiohttp turns into the handler's cancellation.
+    :attr:`send_timed_out` records why.
 
     **Slot**: ``release`` is called once, when the connection is lost, so the
     acceptor may accept the next one.
     """
 
     __slots__ = (
+        "_acked",
         "_armed_count",
         "_bytes_seen",
         "_handler",
@@ -356,6 +372,7 @@ class ClientConnection(asyncio.Protocol):
         # request that was started; a connection that never sent anything gets
         # a silent close, like an idle keep-alive connection does.
         self._bytes_seen = False
+        self._acked: int | None = None  # the client's acknowledged bytes when last checked
         self.send_timed_out = False
         """The connection was closed because the client stopped reading."""
 
@@ -391,10 +408,20 @@ class ClientConnection(asyncio.Protocol):
         # force_close() closes the transport, which flushes the 408 first.
         handler.force_close()
 
+    def _arm_send(self, transport: asyncio.BaseTransport) -> None:
+        self._acked = _bytes_acked(transport)
+        self._send_timer = self._loop.call_at(
+            self._loop.time() + self._send_timeout, self._on_send_deadline
+        )
+
     def _on_send_deadline(self) -> None:
         self._send_timer = None
         transport = self._handler.transport
         if transport is None:
+            return
+        acked = self._acked
+        if acked is not None and _bytes_acked(transport) != acked:
+            self._arm_send(transport)  # reading, slowly: a new period starts now
             return
         self.send_timed_out = True
         # abort(), not close(): close() would wait to flush the very bytes the
@@ -443,16 +470,30 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._handler.pause_writing()
-        if self._send_timer is None:
-            self._send_timer = self._loop.call_at(
-                self._loop.time() + self._send_timeout, self._on_send_deadline
-            )
+        transport = self._handler.transport
+        if self._send_timer is None and transport is not None:
+            self._arm_send(transport)
 
     def resume_writing(self) -> None:
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
         self._handler.resume_writing()
+
+
+def _bytes_acked(transport: asyncio.BaseTransport) -> int | None:
+    """Bytes the peer has acknowledged on *transport*'s TCP socket; None if unknown."""
+    sock: socket.socket | None = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_SIZE:
+        return None  # a kernel before 4.1
+    acked: int = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_OFFSET)[0]
+    return acked
 
 
 def client_connection(request: web.BaseRequest) -> ClientConnection | None:

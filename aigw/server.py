@@ -23,9 +23,13 @@ from aigw.table import RouteTable
 from aigw.upstream.pool import UpstreamPool
 from aigw.watch import watch_conf_dir
 
-__all__ = ["ServeSettings", "Server", "serve"]
+__all__ = ["DEFAULT_POOL_SIZE", "ServeSettings", "Server", "serve"]
 
 _log = get_logger("aigw.server")
+
+
+DEFAULT_POOL_SIZE = 1000
+"""Upstream connections a worker keeps open at most (``--upstream-pool-size``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,7 @@ class ServeSettings:
     admin: ListenerSettings | None = None
     state_dir: Path | None = None
     azure_base_url: str | None = None
-    pool_size: int = 1000
+    pool_size: int = DEFAULT_POOL_SIZE
     watch: bool = True
     settle_ms: int = 50
     worker: int | None = None

@@ -1,0 +1,305 @@
+"""Connection floods and stalled readers against the real process.
+
+* **Connection cap** (``--max-connections``, or derived from ``RLIMIT_NOFILE``):
+  past it the gateway stops accepting, so a flood of idle connections waits in
+  the listen queue instead of exhausting descriptors; the head deadline
+  (``--header-timeout``) clears the idle ones and the queue moves on. A
+  legitimate request sent behind the flood is answered, the admin port answers
+  throughout, and ``/metrics`` shows the open count, the limit and how often
+  it was reached.
+* **Client send deadline** (``--client-send-timeout``): a client that stops
+  reading a stream is disconnected, its upstream connection closed and its
+  pool slot freed, and the access log says ``client_stalled``; with a pool of
+  four, four stalled readers no longer lock out a fifth request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import resource
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import GatewayProcess, wait_until
+from tests.integration.rawnet import (
+    CHAT_PATH,
+    ScriptedUpstream,
+    gateway_to,
+    read_head_of_request,
+    read_response,
+)
+
+TARGET = f"{CHAT_PATH}?api-version=2024-10-21"
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+).encode()
+ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    % len(COMPLETION)
+) + COMPLETION
+# One SSE event of 16 KiB: an endless stream of them fills any socket buffer fast.
+EVENT = (
+    b"data: "
+    + json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "choices": [{"delta": {"content": "x" * 16000}}],
+        }
+    ).encode()
+    + b"\n\n"
+)
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+async def answer_or_stream_forever(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Non-stream requests get a completion; stream requests an SSE stream that never ends."""
+    while True:
+        _head, body = await read_head_of_request(reader)
+        if not json.loads(body).get("stream"):
+            writer.write(ANSWER)
+            await writer.drain()
+            continue
+        writer.write(STREAM_HEAD)
+        chunk = b"%x\r\n%s\r\n" % (len(EVENT), EVENT)
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+
+def chat(*, stream: bool = False, request_id: str | None = None) -> bytes:
+    """A chat request that closes its connection after the answer."""
+    payload: dict[str, object] = {"messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        payload["stream"] = True
+    body = json.dumps(payload).encode()
+    extra = f"X-Request-Id: {request_id}\r\n" if request_id else ""
+    extra += "Connection: close\r\n"
+    return (
+        f"POST {TARGET} HTTP/1.1\r\nHost: aigw.test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+def metrics(gateway: GatewayProcess) -> dict[str, float]:
+    """The admin port's ``/metrics``, as {series: value} (fails if it does not answer)."""
+    assert gateway.admin_url is not None
+    with urllib.request.urlopen(gateway.admin_url + "/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+PROXY_OPEN = 'aigw_client_connections{listener="proxy"}'
+PROXY_LIMIT = 'aigw_max_client_connections{listener="proxy"}'
+PROXY_REACHED = 'aigw_connection_limit_reached_total{listener="proxy"}'
+
+
+@contextlib.contextmanager
+def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """*count* connections that send nothing (accepted or still queued by the kernel)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def timed_request(port: int, data: bytes, timeout: float = 30.0) -> tuple[int, float]:
+    """Status of one request on a fresh connection, and how long it took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        response = read_response(sock, timeout)
+    return response.status, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream(answer_or_stream_forever) as server:
+        yield server
+
+
+# -- connection cap ------------------------------------------------------------
+
+
+def test_connection_cap_queues_a_flood_and_serves_the_request_behind_it(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    flags = ("--max-connections", "20", "--header-timeout", "1")
+    with gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway:
+        assert gateway.admin_url is not None
+        with idle_connections(gateway.port, 40):
+            # The first 20 are accepted; the other 20 wait in the listen queue.
+            wait_until(lambda: metrics(gateway).get(PROXY_OPEN) == 20, timeout=5)
+            seen = [metrics(gateway) for _ in range(5)]
+            assert all(m[PROXY_OPEN] <= 20 for m in seen)
+            assert seen[-1][PROXY_LIMIT] == 20
+            assert seen[-1][PROXY_REACHED] >= 1
+            # The admin port answers during the flood.
+            assert gateway.status()["routes"] == 1
+            # Behind 40 idle connections: answered once the head deadline has
+            # closed enough of them (two waves of 20, one second each).
+            status, elapsed = timed_request(gateway.port, chat())
+        assert status == 200
+        assert elapsed < 15
+        listening = next(e for e in gateway.events() if e.get("event") == "listening")
+        assert listening["max_connections"] == 20
+        assert "Traceback" not in gateway.raw_log()
+
+
+@contextlib.contextmanager
+def open_file_limit(soft: int) -> Iterator[None]:
+    """Processes started inside inherit a soft ``RLIMIT_NOFILE`` of *soft*."""
+    previous = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, previous[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, previous)
+
+
+def test_derived_limit_keeps_512_descriptors_from_running_out(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """Issue 9: with 512 descriptors, 520 idle connections made requests fail with resets."""
+    with contextlib.ExitStack() as stack:
+        with open_file_limit(512):  # the gateway starts under it; the test runs without
+            gateway = stack.enter_context(
+                gateway_to(upstream.url, tmp_path / "conf", "--header-timeout", "2")
+            )
+        limit = metrics(gateway)[PROXY_LIMIT]
+        # 512 - 64 fixed - 17 for the admin port = 431, about half of it for
+        # upstream connections (the pool's 1,000 would not fit).
+        assert 100 <= limit <= 256
+        with idle_connections(gateway.port, 520):
+            wait_until(lambda: metrics(gateway).get(PROXY_OPEN) == limit, timeout=10)
+            assert gateway.status()["routes"] == 1  # the admin port has descriptors left
+            # Sent behind 520 idle connections: waits in the queue, is not reset.
+            statuses = [timed_request(gateway.port, chat())[0] for _ in range(3)]
+            assert metrics(gateway)[PROXY_REACHED] >= 1
+        assert statuses == [200, 200, 200]
+        assert gateway.proc.poll() is None
+        output = gateway.raw_log()
+        assert "Too many open files" not in output
+        assert "EMFILE" not in output
+        assert "Traceback" not in output
+
+
+# -- client send deadline ------------------------------------------------------
+
+
+def stalled_reader(port: int, request_id: str) -> socket.socket:
+    """A client that sends a stream request and never reads (small receive buffer)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(chat(stream=True, request_id=request_id))
+    return sock
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Reads (and drops) everything until the peer closes or resets; False on timeout."""
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            continue
+    return False
+
+
+def test_stalled_reader_is_cut_and_its_upstream_connection_closed(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    flags = ("--client-send-timeout", "1")
+    with gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway:
+        request_id = f"stall-{uuid.uuid4().hex}"
+        started = time.monotonic()
+        sock = stalled_reader(gateway.port, request_id)
+        try:
+            line = gateway.access_log(request_id, timeout=15)
+            elapsed = time.monotonic() - started
+            assert (line["outcome"], line["status"]) == ("client_stalled", 499)
+            assert line["bytes_out"] > 0
+            assert elapsed < 10
+            # Both sides closed: the upstream's stream and the client's socket.
+            wait_until(lambda: upstream.open_connections == 0, timeout=5)
+            assert closed_by_peer(sock, timeout=5)
+        finally:
+            sock.close()
+
+
+def test_four_stalled_readers_do_not_lock_out_a_pool_of_four(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    flags = ("--client-send-timeout", "1", "--upstream-pool-size", "4")
+    with gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway:
+        ids = [f"stall-{uuid.uuid4().hex}" for _ in range(4)]
+        readers = [stalled_reader(gateway.port, request_id) for request_id in ids]
+        try:
+            # All four hold an upstream connection (the whole pool) ...
+            wait_until(lambda: upstream.open_connections == 4, timeout=5)
+            # ... and a fifth request still gets one once the deadline frees them
+            # (before: it waited out the 10 s connect timeout and got a 504).
+            status, elapsed = timed_request(gateway.port, chat())
+            assert status == 200
+            assert elapsed < 8
+            outcomes = {gateway.access_log(request_id)["outcome"] for request_id in ids}
+            assert outcomes == {"client_stalled"}
+        finally:
+            for sock in readers:
+                sock.close()
+
+
+def test_slow_reader_that_keeps_reading_is_not_cut(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """The deadline runs between reads, not over the response: a slow reader is served."""
+    flags = ("--client-send-timeout", "1")
+    with gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway:
+        request_id = f"slow-{uuid.uuid4().hex}"
+        sock = stalled_reader(gateway.port, request_id)
+        received = 0
+        try:
+            deadline = time.monotonic() + 3  # three times the send deadline
+            sock.settimeout(5)
+            while time.monotonic() < deadline:
+                data = sock.recv(1 << 16)
+                assert data, "the gateway closed a client that kept reading"
+                received += len(data)
+                time.sleep(0.05)
+        finally:
+            sock.close()
+        assert received > 0
+        line = gateway.access_log(request_id)
+        assert line["outcome"] == "client_disconnect"

@@ -318,6 +318,116 @@ def _reload_section(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def _closed_cell(s: dict[str, Any]) -> str:
+    if "connections" not in s:
+        return "—"
+    if not s["closed"]:
+        return f"none of {s['connections']:,}"
+    return (
+        f"{s['closed']:,}/{s['connections']:,} after {_num(s['close_after_p50_s'], '.1f')} s "
+        f"(max {_num(s['close_after_max_s'], '.1f')} s)"
+    )
+
+
+def _attacks_section(res: dict[str, Any]) -> list[str]:
+    out = ["## 5. Attacks: normal traffic and memory under attack, aigw vs nginx", ""]
+    out.append(
+        f"Each phase runs one attack alone for {res['phase_s']:g} s while a normal client sends "
+        f"a small non-streaming chat request ({res['probe']}); {res['rounds']} alternating "
+        "round(s), medians; latency ratios are paired with the same proxy's baseline phase of "
+        "the same round. Upstream: `bench/attack_upstream.py`. Both proxies: 1 worker, "
+        f"RLIMIT_NOFILE {res['fd_limit']:,}, request bodies up to "
+        f"{res['max_request_body_size'] // (1024 * 1024)} MiB, started afresh for every phase. "
+        f"aigw: `{res['aigw_flags']}`; nginx: `{res['nginx_directives']}`, proxy buffering as "
+        "shipped (on). RSS: the proxy's process tree idle before the phase → its peak during "
+        "the phase → once it went idle after the attacker left (idle after: how long that "
+        "took; ≥ 15 s means it was still busy); growth = peak minus before. Attack connections "
+        "closed: counted from the stall (the last body byte sent, the stream requested, or "
+        "the connect); the stalled bodies and readers wait up to "
+        f"{res['close_grace_s']:g} s past the phase for it."
+    )
+    out.append("")
+    header = [
+        "attack",
+        "proxy",
+        "normal p50 / p99",
+        f"{X} baseline p50 / p99",
+        "errors",
+        "proxy CPU (cores)",
+        "RSS before → peak → after",
+        "RSS growth",
+        "idle after",
+        "attack connections closed by the proxy",
+        "what the attacker got",
+    ]
+    names = {key: info["name"] for key, info in res["targets"].items()}
+    rows = []
+    for phase, title in res["phases"].items():
+        for key, s in res["summary"].get(phase, {}).items():
+            errors = _num(s["errors"]) + f" of {s['sent']:,}"
+            if s["error_kinds"]:
+                kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["error_kinds"].items()))
+                errors += f" ({kinds})"
+            baseline = phase == "baseline"
+            rows.append(
+                [
+                    title,
+                    names.get(key, key) + (" (exited)" if s["proxy_exited"] else ""),
+                    f"{_ms(s['p50_ms'])} / {_ms(s['p99_ms'])}",
+                    "—" if baseline else f"{_ratio(s['x_p50'])} / {_ratio(s['x_p99'])}",
+                    errors,
+                    _num(s["proxy_cores"], ".2f"),
+                    f"{_num(s['rss_before_mib'])} → {_num(s['rss_peak_mib'])} → "
+                    f"{_num(s['rss_after_mib'])} MiB",
+                    _num(s["rss_above_mib"], "+,.0f", " MiB"),
+                    _num(s["busy_after_s"], ".1f", " s"),
+                    _closed_cell(s),
+                    s.get("detail", "—"),
+                ]
+            )
+    out.append(_table(header, rows))
+    out.append("")
+    return out
+
+
+def _attack_verdicts(res: dict[str, Any]) -> list[tuple[str, str, str]]:
+    summary = res["summary"]
+    deadline = float(res["deadline_s"])
+    aigw = {phase: rows.get("aigw-1", {}) for phase, rows in summary.items()}
+    stalled = [aigw.get(p, {}) for p in ("stalled-bodies", "stalled-readers")]
+    closed = all(
+        s and s["closed"] == s["connections"] and s["close_after_max_s"] <= deadline + 2
+        for s in stalled
+    )
+    attacked = {p: s for p, s in aigw.items() if p != "baseline" and s}
+    errors = sum(int(s["errors"]) for s in attacked.values())
+    sent = sum(int(s["sent"]) for s in attacked.values())
+    huge = {p: aigw.get(p, {}).get("rss_above_mib", math.nan) for p in ("huge-body", "huge-event")}
+    return [
+        (
+            f"attacks: aigw closes stalled bodies and stalled readers within the {deadline:g} s "
+            "deadline (+ 2 s)",
+            "PASS" if closed else "MISS",
+            "; ".join(
+                f"{p}: {_closed_cell(s) if s else 'not run'}"
+                for p, s in zip(("stalled bodies", "stalled readers"), stalled, strict=True)
+            ),
+        ),
+        (
+            f"attacks: aigw RSS growth < 64 MiB relaying a {res['huge_body_mib']} MiB "
+            f"body and a {res['huge_event_mib']} MiB event",
+            "PASS" if all(v < 64 for v in huge.values()) else "MISS",
+            ", ".join(f"{p}: {_num(v, '+,.0f', ' MiB')}" for p, v in huge.items()),
+        ),
+        (
+            "attacks: the normal client through aigw sees no errors under any attack",
+            "PASS" if attacked and not errors else "MISS",
+            f"{errors:,} errors of {sent:,} requests"
+            + "".join(f"; {p}: {int(s['errors'])}" for p, s in attacked.items() if s["errors"]),
+        ),
+    ]
+
+
 def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The issue's targets: (target, PASS/MISS/SKIP, the measured value)."""
     verdicts: list[tuple[str, str, str]] = []
@@ -438,6 +548,9 @@ def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{_ratio(s['x_steady'])} the req/s without reloads",
             )
         )
+    attacks = results.get("attacks")
+    if attacks:
+        verdicts += _attack_verdicts(attacks)
     return verdicts
 
 
@@ -484,6 +597,8 @@ def render(results: dict[str, Any]) -> str:
         out += _routes_section(results["routes"])
     if "reload" in results:
         out += _reload_section(results["reload"])
+    if "attacks" in results:
+        out += _attacks_section(results["attacks"])
     if meta.get("notes"):
         out += ["## Notes", ""] + [f"- {note}" for note in meta["notes"]] + [""]
     return "\n".join(out)

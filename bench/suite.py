@@ -1,7 +1,7 @@
 """aigw benchmark suite: every scenario, every baseline, one command.
 
-    bench/run.sh              # full run, about 10 minutes on 2 cores
-    bench/run.sh --quick      # smoke run, about 1 minute
+    bench/run.sh              # full run, about 15 minutes on 2 cores
+    bench/run.sh --quick      # smoke run, about 3 minutes
     .venv/bin/python bench/suite.py --only proxy --only reload   # a subset
 
 (``bench/run.sh`` is this script run by the project's .venv python.) It installs
@@ -14,7 +14,11 @@ update`` only if that fails) and runs everything on 127.0.0.1 on free ports:
 2. ``streams``: 1,000 concurrent SSE streams, 64 deltas 20 ms apart
    (``scenario_streams.py``, ``sse_load.py``);
 3. ``routes``: route-table scale, 10 to 10,000 routes (``scenario_routes.py``);
-4. ``reload``: reload under load (``scenario_reload.py``).
+4. ``reload``: reload under load (``scenario_reload.py``);
+5. ``attacks``: issue 9's memory and connection attacks against aigw and nginx
+   while a normal client measures latency (``scenario_attacks.py``, ``attacks.py``,
+   ``attack_upstream.py``), 2 rounds of 10 s phases (1 round with ``--quick``),
+   about 5 minutes.
 
 Targets side by side: direct (the upstream alone), nginx reverse proxy, bare
 aiohttp proxy (and on uvloop), aigw 1 worker and ``--workers 2`` (reported as
@@ -50,7 +54,7 @@ from typing import Any, NoReturn
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-SCENARIOS = ("proxy", "streams", "routes", "reload")
+SCENARIOS = ("proxy", "streams", "routes", "reload", "attacks")
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 
 
@@ -132,7 +136,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run.sh", description="aigw benchmark suite (see bench/suite.py's docstring)"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run, about a minute")
+    parser.add_argument("--quick", action="store_true", help="smoke run, about 3 minutes")
     parser.add_argument("--only", action="append", choices=SCENARIOS, help="repeatable")
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 3, quick 1)")
     parser.add_argument("--duration", type=int, help="seconds per wrk run (default 5, quick 1)")
@@ -265,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
                     import scenario_routes
 
                     results[name] = scenario_routes.run(ctx)
+                elif name == "attacks":
+                    import scenario_attacks
+
+                    # Its own defaults: 6 phases x 2 proxies per round keep 2 rounds ~5 min.
+                    rounds = args.rounds or (1 if quick else 2)
+                    results[name] = scenario_attacks.run(ctx, rounds=rounds, seconds=10.0)
                 else:
                     import scenario_reload
 

@@ -63,16 +63,16 @@ def default_max_connections(*, upstream_connections: int = 0, reserved: int = 0)
 
         available = soft limit - 64 (fixed: stdio, log file, event loop,
                     watcher, listening sockets, DNS look-ups) - reserved
-        upstream  = min(upstream_connections, available // 2)
+        upstream  = min(upstream_connections, ceil(available / 2))
         limit     = max(1, available - upstream)
 
     Each client connection has at most one request in flight, so it holds at
     most one upstream connection; the pool never opens more than
     ``upstream_connections`` (its limit) nor, therefore, more than the number
     of client connections. ``limit + min(upstream_connections, limit)`` then
-    never exceeds ``available``: with 1,024 descriptors and a pool of 1,000,
-    the limit is 464 client connections (and at most 464 upstream ones); with
-    65,536, it is 64,440.
+    never exceeds ``available``. With the default pool of 1,000 and the admin
+    listener's 17 reserved: 1,024 descriptors give 471 client connections (and
+    so at most 471 upstream ones), 65,536 give 64,455.
 
     Args:
         upstream_connections: The upstream pool's limit (``ServeSettings.pool_size``).
@@ -83,7 +83,7 @@ def default_max_connections(*, upstream_connections: int = 0, reserved: int = 0)
     if soft == resource.RLIM_INFINITY:
         soft = _UNLIMITED_DESCRIPTORS
     available = soft - _FIXED_DESCRIPTORS - reserved
-    upstream = min(upstream_connections, available // 2)
+    upstream = min(upstream_connections, (available + 1) // 2)
     return max(1, available - upstream)
 
 

@@ -20,7 +20,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 import pytest
-from aiohttp import http_parser, web, web_protocol
+from aiohttp import http_parser, web, web_protocol, web_response
 from aiohttp.web_protocol import RequestHandler
 
 from aigw import listener as listener_mod
@@ -356,6 +356,49 @@ async def test_unsupported_http_version_is_rejected(served: _Served, request_byt
     assert served.app[APP_CALLS] == []  # the app never saw it
 
 
+# -- client send deadline ------------------------------------------------------
+
+
+SEND_TIMEOUT = 0.3
+
+
+async def test_send_deadline_aborts_a_client_that_stopped_reading() -> None:
+    ended = asyncio.Event()
+    connections: list[listener_mod.ClientConnection | None] = []
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        connections.append(listener_mod.client_connection(request))
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"x" * 65536)
+        finally:
+            ended.set()
+
+    app = web.Application()
+    app.router.add_get("/endless", endless)
+    settings = ListenerSettings(port=0, client_send_timeout=SEND_TIMEOUT, header_timeout=5)
+    listener = await start_listener(app, settings)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", listener.port))
+        await loop.sock_sendall(sock, _get("/endless"))
+        started = time.monotonic()
+        await asyncio.wait_for(ended.wait(), 5)  # never reading: the handler is cut
+        elapsed = time.monotonic() - started
+    finally:
+        sock.close()
+        await listener.stop()
+    (connection,) = connections
+    assert listener_mod.send_timed_out(connection)
+    # One period to fill the buffers and one to find no byte acknowledged, at most.
+    assert elapsed < 2 * SEND_TIMEOUT + 1.0
+
+
 # -- stop() ----------------------------------------------------------------------
 
 
@@ -432,6 +475,27 @@ async def test_private_aiohttp_internals_mean_what_we_assume(served: _Served) ->
 def test_missing_private_attribute_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(RequestHandler, "_waiter")
     with pytest.raises(RuntimeError, match="_waiter"):
+        listener_mod._check_aiohttp_internals()
+
+
+def test_missing_parse_error_message_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listener_mod, "_PARSE_ERROR_MESSAGE", None)
+    with pytest.raises(RuntimeError, match=r"web_protocol\.ERROR"):
+        listener_mod._check_aiohttp_internals()
+
+
+def test_missing_server_software_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(web_response, "SERVER_SOFTWARE")
+    with pytest.raises(RuntimeError, match="SERVER_SOFTWARE"):
+        listener_mod._check_aiohttp_internals()
+
+
+def test_reshaped_handle_error_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    def handle_error(self: RequestHandler, request: web.BaseRequest) -> web.StreamResponse:
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(RequestHandler, "handle_error", handle_error)
+    with pytest.raises(RuntimeError, match="handle_error"):
         listener_mod._check_aiohttp_internals()
 
 

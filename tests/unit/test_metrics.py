@@ -267,3 +267,38 @@ def test_created_series_follow_prometheus_client_switch() -> None:
         assert ((name, key) in samples) is reference_has_created
         if reference_has_created:
             assert samples[(name, key)] > 1e9  # a Unix time
+
+
+def test_listener_connection_series() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    proxy = metrics.for_listener("proxy", 20)
+    metrics.for_listener("admin", 16)
+    proxy.open = 20
+    proxy.limit_reached.inc()
+    text = generate_latest(registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["aigw_client_connections"].type == "gauge"
+    assert families["aigw_max_client_connections"].type == "gauge"
+    assert families["aigw_connection_limit_reached"].type == "counter"
+    samples = scrape(registry)
+    assert samples[("aigw_client_connections", labels(listener="proxy"))] == 20
+    assert samples[("aigw_client_connections", labels(listener="admin"))] == 0
+    assert samples[("aigw_max_client_connections", labels(listener="proxy"))] == 20
+    assert samples[("aigw_max_client_connections", labels(listener="admin"))] == 16
+    assert samples[("aigw_connection_limit_reached_total", labels(listener="proxy"))] == 1
+    assert samples[("aigw_connection_limit_reached_total", labels(listener="admin"))] == 0
+
+
+def test_listener_started_again_keeps_its_limit_reached_total() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    first = metrics.for_listener("proxy", 20)
+    first.open = 5
+    first.limit_reached.inc(3)
+    second = metrics.for_listener("proxy", 30)
+    samples = scrape(registry)
+    assert samples[("aigw_client_connections", labels(listener="proxy"))] == 0
+    assert samples[("aigw_max_client_connections", labels(listener="proxy"))] == 30
+    assert samples[("aigw_connection_limit_reached_total", labels(listener="proxy"))] == 3
+    assert second.limit_reached is first.limit_reached

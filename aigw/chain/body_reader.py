@@ -60,9 +60,11 @@ async def read_bounded(request: web.BaseRequest, limit: int, limits: Limits) -> 
         expect = None
     if expect is not None and expect.strip().lower() != "100-continue":
         _stop_waiting(request.content)
+        # The value is not echoed: header values stay out of answers and logs.
         raise ExpectationFailed(
             "expectation_failed",
-            f"Expect: {expect[:60]!r} cannot be met; only 100-continue is supported",
+            "the Expect header asks for something this gateway does not do; "
+            "only 100-continue is supported",
         )
     declared = request.content_length
     if limit and declared is not None and declared > limit:

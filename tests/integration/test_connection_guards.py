@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import socket
 import time
@@ -209,6 +210,43 @@ def test_derived_limit_keeps_512_descriptors_from_running_out(
         assert "Too many open files" not in output
         assert "EMFILE" not in output
         assert "Traceback" not in output
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process *pid* (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_limit_above_the_open_file_limit_pauses_accepting_instead_of_spinning(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """An explicit --max-connections the descriptors cannot honour: EMFILE is survived."""
+    with contextlib.ExitStack() as stack:
+        with open_file_limit(256):
+            gateway = stack.enter_context(
+                gateway_to(
+                    upstream.url,
+                    tmp_path / "conf",
+                    "--max-connections",
+                    "1000",
+                    "--header-timeout",
+                    "4",  # nothing closes while the CPU is measured
+                )
+            )
+        with idle_connections(gateway.port, 300):
+            time.sleep(0.5)  # all accepted that can be: the process is out of descriptors
+            cpu_before = cpu_seconds(gateway.proc.pid)
+            time.sleep(1.5)
+            # The listening socket stays readable: without the pause the
+            # accept loop would spin at 100% CPU.
+            assert cpu_seconds(gateway.proc.pid) - cpu_before < 0.75
+            assert any(e.get("event") == "accept_paused" for e in gateway.events())
+            # Served once the head deadline has closed idle connections.
+            status, _elapsed = timed_request(gateway.port, chat())
+        assert status == 200
+        assert gateway.proc.poll() is None
+        assert "Traceback" not in gateway.raw_log()
 
 
 # -- client send deadline ------------------------------------------------------

@@ -10,7 +10,8 @@ whatever the application does:
   second, stays open for ever. Every connection gets one timer: from connection
   open, and on a keep-alive connection from the first byte of each new request,
   the complete head must arrive within ``header_timeout`` or the connection is
-  closed (with a bare ``408`` if the client had started sending a head). Idle
+  closed (with a JSON ``408`` and an access-log line if the client had started
+  sending a head). Idle
   keep-alive connections stay governed by ``keepalive_timeout``; a running
   handler or a long streaming response is never cut by this timer.
 * SECURITY: **client send deadline.** A client that stops reading its
@@ -88,6 +89,7 @@ import struct
 import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 from aiohttp import http_parser, web, web_protocol, web_response
@@ -97,8 +99,10 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from aigw.acceptor import Acceptor, bind, default_max_connections
+from aigw.chain.request_id import new_request_id
+from aigw.errors import RequestTimeout
 from aigw.metrics import METRICS, Metrics
-from aigw.refusals import RefusingRequestHandler, refuse, version_refusal
+from aigw.refusals import RefusingRequestHandler, log_refusal, refuse, version_refusal
 
 __all__ = [
     "ClientConnection",
@@ -117,17 +121,19 @@ RequestHandlerFunc = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 _log = logging.getLogger(__name__)
 
-# A plain HTTP/1.1 answer written straight to the transport when a client that
-# started a request head runs out of time. Nothing of a response exists at that
-# point (the connection is idle between requests), so this cannot corrupt one.
-_BODY_408 = b"Request head timeout\n"
-_RESPONSE_408 = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    b"Connection: close\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: %d\r\n"
-    b"\r\n" % len(_BODY_408)
-) + _BODY_408
+# The answer to a client that started a request head and ran out of time,
+# written straight to the transport: nothing of a response exists at that
+# point (the connection is idle between requests), so it cannot corrupt one.
+_HEAD_408 = (
+    "HTTP/1.1 408 Request Timeout\r\n"
+    "Connection: close\r\n"
+    "Content-Type: application/json\r\n"
+    "Content-Length: {length}\r\n"
+    "x-request-id: {request_id}\r\n"
+    "Date: {date}\r\n"
+    "Server: {server}\r\n"
+    "\r\n"
+)
 
 # ``struct tcp_info`` (Linux 4.1+): ``tcpi_bytes_acked``, the bytes of the
 # response the client's TCP has acknowledged, a u64 at offset 120. A client
@@ -404,7 +410,7 @@ class ClientConnection(asyncio.Protocol):
             extra={"peer": transport.get_extra_info("peername"), "sent_bytes": self._bytes_seen},
         )
         if self._bytes_seen:
-            transport.write(_RESPONSE_408)
+            transport.write(_head_timeout_response(transport, self._timeout))
         # force_close() closes the transport, which flushes the 408 first.
         handler.force_close()
 
@@ -479,6 +485,22 @@ class ClientConnection(asyncio.Protocol):
             self._send_timer.cancel()
             self._send_timer = None
         self._handler.resume_writing()
+
+
+def _head_timeout_response(transport: asyncio.BaseTransport, timeout: float) -> bytes:
+    """The JSON 408 for a head that did not arrive in time; writes its access-log line."""
+    error = RequestTimeout(
+        "request_timeout", f"the request head did not arrive within {timeout:g} s"
+    )
+    request_id = new_request_id()
+    body = error.body()
+    peer = transport.get_extra_info("peername")
+    client = peer[0] if isinstance(peer, tuple) else None
+    log_refusal(request_id, error, client=client, bytes_out=len(body))
+    head = _HEAD_408.format(
+        length=len(body), request_id=request_id, date=formatdate(usegmt=True), server=SERVER_HEADER
+    )
+    return head.encode() + body
 
 
 def _bytes_acked(transport: asyncio.BaseTransport) -> int | None:

@@ -40,7 +40,7 @@ from aigw.errors import BadRequest, GatewayError, HeaderFieldsTooLarge, VersionN
 from aigw.logs import get_logger
 from aigw.metrics import METRICS
 
-__all__ = ["RefusingRequestHandler", "refusal_for", "refuse", "version_refusal"]
+__all__ = ["RefusingRequestHandler", "log_refusal", "refusal_for", "refuse", "version_refusal"]
 
 # The access log's logger: a refused request gets its line among the others.
 _access = get_logger("aigw.access")
@@ -110,6 +110,14 @@ def refuse(request: web.BaseRequest, error: GatewayError) -> web.Response:
         headers={"x-request-id": request_id},
     )
     response.force_close()
+    log_refusal(request_id, error, client=request.remote, bytes_out=len(body))
+    return response
+
+
+def log_refusal(
+    request_id: str, error: GatewayError, *, client: str | None, bytes_out: int
+) -> None:
+    """The access-log line (and request count) of a request refused before routing."""
     _access.info(
         "request",
         request_id=request_id,
@@ -120,11 +128,10 @@ def refuse(request: web.BaseRequest, error: GatewayError) -> web.Response:
         outcome=error.code,
         error=error.message,
         bytes_in=0,
-        bytes_out=len(body),
-        client=request.remote,
+        bytes_out=bytes_out,
+        client=client,
     )
     _ROUTE_METRICS.count(error.status)
-    return response
 
 
 class RefusingRequestHandler(RequestHandler):

@@ -106,7 +106,8 @@ def upstream() -> Iterator[ScriptedUpstream]:
 def gateway(
     upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    with gateway_to(upstream.url, tmp_path_factory.mktemp("refused")) as process:
+    conf = tmp_path_factory.mktemp("refused")
+    with gateway_to(upstream.url, conf, "--header-timeout", "1") as process:
         yield process
 
 
@@ -205,6 +206,21 @@ def test_valid_request_before_a_refused_one_on_the_same_connection(gateway: Gate
     assert json.loads(first.body)["error"]["code"] == "route_not_found"
     assert second.status == 400
     assert json.loads(second.body)["error"]["code"] == "bad_request"
+
+
+def test_half_sent_head_gets_json_408_and_one_log_line(gateway: GatewayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n" + HOST + AUTH)
+        response = read_response(sock)
+        assert sock.recv(4096) == b""
+    assert response.status == 408
+    assert response.header("content-type") == "application/json"
+    assert json.loads(response.body)["error"]["code"] == "request_timeout"
+    request_id = response.header("x-request-id")
+    assert request_id is not None
+    (line,) = wait_until(lambda: _request_events(gateway, request_id))
+    assert (line["route"], line["status"], line["outcome"]) == ("-", 408, "request_timeout")
+    assert SECRET not in json.dumps(line)
 
 
 # -- the Server header ------------------------------------------------------

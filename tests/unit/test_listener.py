@@ -308,7 +308,10 @@ async def test_keepalive_next_request_head_has_its_own_deadline(served: _Served)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert b"\r\nConnection: close\r\n" in head
+    assert b"\r\nContent-Type: application/json\r\n" in head
+    assert b"\r\nx-request-id: " in head
     assert f"\r\nContent-Length: {len(body)}".encode() in head
+    assert json.loads(body)["error"]["code"] == "request_timeout"
     assert HEADER_TIMEOUT - 0.05 <= elapsed <= HEADER_TIMEOUT + DEADLINE_SLACK
 
 

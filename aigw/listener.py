@@ -11,19 +11,19 @@ whatever the application does:
   open, and on a keep-alive connection from the first byte of each new request,
   the complete head must arrive within ``header_timeout`` or the connection is
   closed (with a JSON ``408`` and an access-log line if the client had started
-  sending a head). Idle
-  keep-alive connections stay governed by ``keepalive_timeout``; a running
-  handler or a long streaming response is never cut by this timer.
+  sending a head). Idle keep-alive connections stay governed by
+  ``keepalive_timeout``; a running handler or a long streaming response is
+  never cut by this timer.
 * SECURITY: **client send deadline.** A client that stops reading its
   response (a stream, a large body) would hold its connection, the handler
-  and the handler's upstream connection for ever. When the transport's write
-  buffer fills (``pause_writing``) a timer starts; if the client has not read
-  enough to drain it (``resume_writing``) within ``client_send_timeout``, the
+  and the handler's upstream connection for ever. While the transport's
+  write buffer is full (``pause_writing`` to ``resume_writing``), a client
+  whose TCP acknowledges no byte for ``client_send_timeout`` is cut: the
   connection is aborted, which cancels the handler (see
-  ``handler_cancellation``) and so closes its upstream connection. The
-  access log says ``client_stalled`` (:func:`send_timed_out`). Like nginx's
-  ``send_timeout``, the clock runs between two successful writes, not over
-  the whole response.
+  ``handler_cancellation``) and so closes its upstream connection and frees
+  its pool slot. The access log says ``client_stalled``
+  (:func:`send_timed_out`). Like nginx's ``send_timeout``, the clock measures
+  the client's silence, not the whole response: a slow reader is served.
 * SECURITY: **connection limit.** At most ``max_connections`` client
   connections are open at once (default: derived from ``RLIMIT_NOFILE``);
   past it the listener stops accepting and new connections wait in the
@@ -82,6 +82,7 @@ Not covered here: the request-*body* deadline (``aigw.chain.body_reader``) and T
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import socket
@@ -140,6 +141,8 @@ _HEAD_408 = (
 # that reads, however slowly, moves it; one that stopped reading cannot
 # (its receive window is zero).
 _TCP_INFO_SIZE = 128
+# SO_LINGER on, zero seconds: close() sends a reset and frees the send buffer.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _BYTES_ACKED = struct.Struct("=Q")
 _BYTES_ACKED_OFFSET = 120
 
@@ -431,8 +434,14 @@ class ClientConnection(asyncio.Protocol):
             return
         self.send_timed_out = True
         # abort(), not close(): close() would wait to flush the very bytes the
-        # client is not reading. connection_lost follows, then aiohttp cancels
-        # the handler.
+        # client is not reading. And a reset, not a FIN: closed normally, the
+        # kernel would keep the socket and its send buffer (up to 4 MiB) for
+        # minutes, probing the zero window (nginx: reset_timedout_connection).
+        # connection_lost follows, then aiohttp cancels the handler.
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         transport.abort()
 
     # -- asyncio.Protocol -------------------------------------------------

@@ -15,7 +15,10 @@ listening sockets are bound here and accepted from with public event-loop API
 only: ``loop.add_reader`` / ``remove_reader`` on the listening socket to start
 and stop, ``sock.accept()`` in the callback, ``loop.connect_accepted_socket``
 to hand each connection to its protocol. That costs one small task per
-*connection* (not per request), while it wires the transport to its protocol.
+*connection*, not per request: PERF, measured on uvloop with connections
+that each carry one byte, about 75 us of CPU per connection against 35 us
+for uvloop's own accept loop (which cannot stop: it accepts everything queued,
+and on EMFILE accepts and closes it). A keep-alive client pays it once.
 """
 
 from __future__ import annotations
@@ -171,16 +174,6 @@ class Acceptor:
         self._retry: asyncio.TimerHandle | None = None
         # Connections accepted whose transport is not wired up yet.
         self._starting: set[asyncio.Task[None]] = set()
-
-    @property
-    def sockets(self) -> list[socket.socket]:
-        """The listening sockets."""
-        return self._sockets
-
-    @property
-    def accepting(self) -> bool:
-        """Whether new connections are being accepted (False at the limit and after close)."""
-        return self._accepting
 
     def start(self) -> None:
         """Starts accepting."""

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.info import RouteInfo
-from aigw.listener import ClientConnection, client_connection, send_timed_out
+from aigw.client_connection import ClientConnection, client_connection, send_timed_out
 from aigw.logs import get_logger
 from aigw.metrics import RouteMetrics
 

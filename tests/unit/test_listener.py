@@ -23,8 +23,10 @@ import pytest
 from aiohttp import http_parser, web, web_protocol, web_response
 from aiohttp.web_protocol import RequestHandler
 
-from aigw import listener as listener_mod
-from aigw.listener import Listener, ListenerSettings, require_c_parser, start_listener
+from aigw import aiohttp_internals
+from aigw.aiohttp_internals import check_aiohttp_internals, head_count, is_idle, require_c_parser
+from aigw.client_connection import ClientConnection, client_connection, send_timed_out
+from aigw.listener import Listener, ListenerSettings, start_listener
 
 HEADER_TIMEOUT = 0.3
 KEEPALIVE_TIMEOUT = 0.7
@@ -77,8 +79,8 @@ async def _internals(request: web.Request) -> web.Response:
     # inside a running handler: a head has been parsed and we are not idle.
     protocol = request.protocol
     body = {
-        "count": listener_mod._head_count(protocol),
-        "idle": listener_mod._is_idle(protocol),
+        "count": head_count(protocol),
+        "idle": is_idle(protocol),
     }
     return web.json_response(body)
 
@@ -367,10 +369,10 @@ SEND_TIMEOUT = 0.3
 
 async def test_send_deadline_aborts_a_client_that_stopped_reading() -> None:
     ended = asyncio.Event()
-    connections: list[listener_mod.ClientConnection | None] = []
+    connections: list[ClientConnection | None] = []
 
     async def endless(request: web.Request) -> web.StreamResponse:
-        connections.append(listener_mod.client_connection(request))
+        connections.append(client_connection(request))
         response = web.StreamResponse()
         await response.prepare(request)
         try:
@@ -402,7 +404,7 @@ async def test_send_deadline_aborts_a_client_that_stopped_reading() -> None:
         sock.close()
         await listener.stop()
     (connection,) = connections
-    assert listener_mod.send_timed_out(connection)
+    assert send_timed_out(connection)
     # One period to fill the buffers and one to find no byte acknowledged, at most.
     assert elapsed < 2 * SEND_TIMEOUT + 1.0
 
@@ -451,7 +453,7 @@ async def test_private_aiohttp_internals_mean_what_we_assume(served: _Served) ->
         protocols.append(request.protocol)
         return web.Response(text="ok")
 
-    listener_mod._check_aiohttp_internals()
+    check_aiohttp_internals()
 
     app = web.Application()
     app.router.add_get("/", capture)
@@ -464,13 +466,13 @@ async def test_private_aiohttp_internals_mean_what_we_assume(served: _Served) ->
         (protocol,) = protocols
         await asyncio.sleep(0.05)
         # Between requests: one head seen, idle.
-        assert listener_mod._head_count(protocol) == 1
-        assert listener_mod._is_idle(protocol)
+        assert head_count(protocol) == 1
+        assert is_idle(protocol)
         # Part of a head: not counted yet, still idle.
         writer.write(b"GET /internals HT")
         await asyncio.sleep(0.05)
-        assert listener_mod._head_count(protocol) == 1
-        assert listener_mod._is_idle(protocol)
+        assert head_count(protocol) == 1
+        assert is_idle(protocol)
         # Head complete, handler running: counted, not idle.
         writer.write(b"TP/1.1\r\nHost: test\r\n\r\n")
         response = await _read_response(reader)
@@ -483,19 +485,19 @@ async def test_private_aiohttp_internals_mean_what_we_assume(served: _Served) ->
 def test_missing_private_attribute_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(RequestHandler, "_waiter")
     with pytest.raises(RuntimeError, match="_waiter"):
-        listener_mod._check_aiohttp_internals()
+        check_aiohttp_internals()
 
 
 def test_missing_parse_error_message_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listener_mod, "_PARSE_ERROR_MESSAGE", None)
+    monkeypatch.setattr(aiohttp_internals, "PARSE_ERROR_MESSAGE", None)
     with pytest.raises(RuntimeError, match=r"web_protocol\.ERROR"):
-        listener_mod._check_aiohttp_internals()
+        check_aiohttp_internals()
 
 
 def test_missing_server_software_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(web_response, "SERVER_SOFTWARE")
     with pytest.raises(RuntimeError, match="SERVER_SOFTWARE"):
-        listener_mod._check_aiohttp_internals()
+        check_aiohttp_internals()
 
 
 def test_reshaped_handle_error_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -504,7 +506,7 @@ def test_reshaped_handle_error_fails_startup(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(RequestHandler, "handle_error", handle_error)
     with pytest.raises(RuntimeError, match="handle_error"):
-        listener_mod._check_aiohttp_internals()
+        check_aiohttp_internals()
 
 
 async def test_pure_python_parser_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -520,7 +522,11 @@ def test_aiohttp_no_extensions_env_refuses_to_start() -> None:
     # The real switch, in a fresh interpreter (it is read at aiohttp import).
     env = {**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", "from aigw.listener import require_c_parser; require_c_parser()"],
+        [
+            sys.executable,
+            "-c",
+            "from aigw.aiohttp_internals import require_c_parser; require_c_parser()",
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,310 @@
+"""One client connection: request-head deadline, client send deadline, connection slot.
+
+:class:`ClientConnection` is the ``asyncio.Protocol`` the event loop talks to
+for each accepted client connection. It forwards every transport callback,
+unchanged, to aiohttp's ``RequestHandler`` (which writes to the transport
+directly), and adds what aiohttp lacks:
+
+* SECURITY: **request-head deadline (slowloris).** aiohttp has no timeout for
+  reading a request head: a connection that sends nothing, or one header byte a
+  second, stays open for ever. From connection open, and on a keep-alive
+  connection from the first byte of each new request, the complete head must
+  arrive within ``header_timeout`` or the connection is closed (with a JSON
+  ``408`` and an access-log line if the client had started sending a head).
+  Idle keep-alive connections stay governed by ``keepalive_timeout``; a
+  running handler or a long streaming response is never cut by this timer.
+* SECURITY: **client send deadline.** A client that stops reading its
+  response (a stream, a large body) would hold its connection, the handler
+  and the handler's upstream connection for ever. A client whose TCP
+  acknowledges no byte for ``client_send_timeout`` while the write buffer is
+  full is cut (reset): the handler is cancelled, which closes its upstream
+  connection and frees its pool slot; the access log says ``client_stalled``
+  (:func:`send_timed_out`). Like nginx's ``send_timeout``, the clock measures
+  the client's silence, not the whole response: a slow reader is served.
+* **Connection slot**: the acceptor's ``release`` callback is called once,
+  when the connection is lost, so the next queued connection can be accepted.
+
+The aiohttp internals read here (``head_count``, ``is_idle``) live in
+``aigw.aiohttp_internals``, checked at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from email.utils import formatdate
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from aigw.aiohttp_internals import SERVER_HEADER, head_count, is_idle
+from aigw.chain.request_id import new_request_id
+from aigw.errors import RequestTimeout
+from aigw.refusals import log_refusal
+
+__all__ = ["ClientConnection", "client_connection", "send_timed_out"]
+
+_log = logging.getLogger("aigw.listener")
+# The answer to a client that started a request head and ran out of time,
+# written straight to the transport: nothing of a response exists at that
+# point (the connection is idle between requests), so it cannot corrupt one.
+_HEAD_408 = (
+    "HTTP/1.1 408 Request Timeout\r\n"
+    "Connection: close\r\n"
+    "Content-Type: application/json\r\n"
+    "Content-Length: {length}\r\n"
+    "x-request-id: {request_id}\r\n"
+    "Date: {date}\r\n"
+    "Server: {server}\r\n"
+    "\r\n"
+)
+
+# ``struct tcp_info`` (Linux 4.1+): ``tcpi_bytes_acked``, the bytes of the
+# response the client's TCP has acknowledged, a u64 at offset 120. A client
+# that reads, however slowly, moves it; one that stopped reading cannot
+# (its receive window is zero).
+_TCP_INFO_SIZE = 128
+# SO_LINGER on, zero seconds: close() sends a reset and frees the send buffer.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_OFFSET = 120
+
+
+class ClientConnection(asyncio.Protocol):
+    """Wraps one aiohttp ``RequestHandler``: head deadline, send deadline, connection slot.
+
+    The transport talks to this object; every callback is forwarded unchanged,
+    and aiohttp writes to the transport directly. The additions:
+
+    **Request-head deadline**: one ``TimerHandle``, armed
+
+    * at ``connection_made`` (the first head is due within the deadline), and
+    * when bytes arrive while the handler is idle and they do *not* complete a
+      head (a new request has started arriving slowly),
+
+    and cancelled as soon as the parser completes a head. On the hot path (a
+    request head arriving in one segment on an idle connection) no timer is
+    touched at all: the head completes within the same ``data_received`` call.
+
+    Known gap, by design: bytes of a further request that arrive before the
+    previous one is done (pipelining, or the tail of the same TCP segment) do
+    not arm the timer; we cannot tell them from body bytes without more parser
+    internals. Such a connection is still bounded: the first byte received
+    after the handler goes idle arms the timer, and silence is ended by
+    aiohttp's keep-alive timer (``keepalive_timeout``).
+
+    **Send deadline**: a second timer, armed when the transport's write
+    buffer passes its high-water mark (``pause_writing``) and cancelled when
+    it drains (``resume_writing``). When it fires, the kernel is asked whether
+    the client acknowledged any byte since it was armed (``TCP_INFO``): a
+    client that reads slowly does, and the timer starts again (the writable
+    wake-up only comes once a third of a send buffer of up to 4 MiB has
+    drained, which takes longer than the deadline at a slow pace). A client
+    that acknowledged nothing for ``client_send_timeout`` stopped reading: the
+    transport is aborted, which aiohttp turns into the handler's cancellation.
+    :attr:`send_timed_out` records why.
+
+    **Slot**: ``release`` is called once, when the connection is lost, so the
+    acceptor may accept the next one.
+    """
+
+    __slots__ = (
+        "_acked",
+        "_armed_count",
+        "_bytes_seen",
+        "_handler",
+        "_loop",
+        "_release",
+        "_send_timeout",
+        "_send_timer",
+        "_timeout",
+        "_timer",
+        "send_timed_out",
+    )
+
+    def __init__(
+        self,
+        handler: RequestHandler,
+        loop: asyncio.AbstractEventLoop,
+        header_timeout: float,
+        send_timeout: float,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        self._handler = handler
+        self._loop = loop
+        self._timeout = header_timeout
+        self._send_timeout = send_timeout
+        self._release = release
+        self._timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._armed_count = 0
+        # Whether the client sent any byte of the overdue head: a 408 answers a
+        # request that was started; a connection that never sent anything gets
+        # a silent close, like an idle keep-alive connection does.
+        self._bytes_seen = False
+        self._acked: int | None = None  # the client's acknowledged bytes when last checked
+        self.send_timed_out = False
+        """The connection was closed because the client stopped reading."""
+
+    def _arm(self, bytes_seen: bool) -> None:
+        self._armed_count = head_count(self._handler)
+        self._bytes_seen = bytes_seen
+        self._timer = self._loop.call_at(self._loop.time() + self._timeout, self._on_deadline)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        handler = self._handler
+        transport = handler.transport
+        if transport is None:
+            return  # already closed
+        if head_count(handler) != self._armed_count:
+            return  # a head completed by a path we do not observe (resumed reading)
+        if not is_idle(handler):
+            # Not expected: the timer only runs while no request is in flight.
+            # Never cut a response; close once the current one is done.
+            handler.close()
+            return
+        _log.debug(
+            "request head timeout, closing connection",
+            extra={"peer": transport.get_extra_info("peername"), "sent_bytes": self._bytes_seen},
+        )
+        if self._bytes_seen:
+            transport.write(_head_timeout_response(transport, self._timeout))
+        # force_close() closes the transport, which flushes the 408 first.
+        handler.force_close()
+
+    def _arm_send(self, transport: asyncio.BaseTransport) -> None:
+        self._acked = _bytes_acked(transport)
+        self._send_timer = self._loop.call_at(
+            self._loop.time() + self._send_timeout, self._on_send_deadline
+        )
+
+    def _on_send_deadline(self) -> None:
+        self._send_timer = None
+        transport = self._handler.transport
+        if transport is None:
+            return
+        acked = self._acked
+        if acked is not None and _bytes_acked(transport) != acked:
+            self._arm_send(transport)  # reading, slowly: a new period starts now
+            return
+        self.send_timed_out = True
+        # abort(), not close(): close() would wait to flush the very bytes the
+        # client is not reading. And a reset, not a FIN: closed normally, the
+        # kernel would keep the socket and its send buffer (up to 4 MiB) for
+        # minutes, probing the zero window (nginx: reset_timedout_connection).
+        # connection_lost follows, then aiohttp cancels the handler.
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+        self._arm(bytes_seen=False)
+
+    def data_received(self, data: bytes) -> None:
+        handler = self._handler
+        if self._timer is not None:
+            # A head is due: feed, then stop the clock if it (or an error) arrived.
+            self._bytes_seen = True
+            handler.data_received(data)
+            if head_count(handler) != self._armed_count:
+                self._disarm()
+            return
+        # Sample before feeding: a completed head wakes the handler.
+        idle = is_idle(handler)
+        count = head_count(handler)
+        handler.data_received(data)
+        if idle and head_count(handler) == count and handler.transport is not None:
+            # The first bytes of a new request, but not yet a full head.
+            self._arm(bytes_seen=True)
+
+    def eof_received(self) -> bool | None:
+        # Typed loosely so a future aiohttp returning True (keep half-open) is honoured.
+        forward: Callable[[], bool | None] = self._handler.eof_received
+        return forward()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self._handler.connection_lost(exc)
+        release = self._release
+        if release is not None:
+            self._release = None
+            release()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+        transport = self._handler.transport
+        if self._send_timer is None and transport is not None:
+            self._arm_send(transport)
+
+    def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self._handler.resume_writing()
+
+
+def _head_timeout_response(transport: asyncio.BaseTransport, timeout: float) -> bytes:
+    """The JSON 408 for a head that did not arrive in time; writes its access-log line."""
+    error = RequestTimeout(
+        "request_timeout", f"the request head did not arrive within {timeout:g} s"
+    )
+    request_id = new_request_id()
+    body = error.body()
+    peer = transport.get_extra_info("peername")
+    client = peer[0] if isinstance(peer, tuple) else None
+    log_refusal(request_id, error, client=client, bytes_out=len(body))
+    head = _HEAD_408.format(
+        length=len(body), request_id=request_id, date=formatdate(usegmt=True), server=SERVER_HEADER
+    )
+    return head.encode() + body
+
+
+def _bytes_acked(transport: asyncio.BaseTransport) -> int | None:
+    """Bytes the peer has acknowledged on *transport*'s TCP socket; None if unknown."""
+    sock: socket.socket | None = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_SIZE:
+        return None  # a kernel before 4.1
+    acked: int = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_OFFSET)[0]
+    return acked
+
+
+def client_connection(request: web.BaseRequest) -> ClientConnection | None:
+    """The connection *request* arrived on, while it is open (None once lost).
+
+    Cheap enough to call once per request: the access log keeps the result to
+    ask :func:`send_timed_out` if the request ends in a cancellation.
+    """
+    transport = request.transport
+    if transport is None:
+        return None
+    connection = transport.get_protocol()
+    return connection if isinstance(connection, ClientConnection) else None
+
+
+def send_timed_out(connection: ClientConnection | None) -> bool:
+    """Whether *connection* was closed because its client stopped reading."""
+    return connection is not None and connection.send_timed_out

@@ -19,8 +19,12 @@ directly), and adds what aiohttp lacks:
   acknowledges no byte for ``client_send_timeout`` while the write buffer is
   full is cut (reset): the handler is cancelled, which closes its upstream
   connection and frees its pool slot; the access log says ``client_stalled``
-  (:func:`send_timed_out`). Like nginx's ``send_timeout``, the clock measures
+  (:func:`cut_outcome`). Like nginx's ``send_timeout``, the clock measures
   the client's silence, not the whole response: a slow reader is served.
+* **Why a request was cut** (:func:`cut_outcome`): the client went away
+  (``client_disconnect``), stopped reading (``client_stalled``), or the
+  listener's drain budget ran out on shutdown (``shutdown``), so the access
+  log blames the right party.
 * **Connection slot**: the acceptor's ``release`` callback is called once,
   when the connection is lost, so the next queued connection can be accepted.
 
@@ -46,9 +50,24 @@ from aigw.chain.request_id import new_request_id
 from aigw.errors import RequestTimeout
 from aigw.refusals import log_refusal
 
-__all__ = ["ClientConnection", "client_connection", "send_timed_out"]
+__all__ = ["ClientConnection", "Shutdown", "client_connection", "cut_outcome"]
 
 _log = logging.getLogger("aigw.listener")
+
+
+class Shutdown:
+    """Shared by the connections of one listener: whether it has started shutting down.
+
+    Set once by ``Listener.stop()``; read only when a request is cut, to tell
+    a drain cut from a client that left.
+    """
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
+
+
 # The answer to a client that started a request head and ran out of time,
 # written straight to the transport: nothing of a response exists at that
 # point (the connection is idle between requests), so it cannot corrupt one.
@@ -108,6 +127,12 @@ class ClientConnection(asyncio.Protocol):
     transport is aborted, which aiohttp turns into the handler's cancellation.
     :attr:`send_timed_out` records why.
 
+    **Who cut it**: ``connection_lost`` notes whether the transport was still
+    the handler's when it was lost (the client closed or reset it) or aiohttp
+    had already let go of it (aiohttp closed it: a drain cut, a deadline, the
+    end of a ``Connection: close`` response). :func:`cut_outcome` combines
+    that with :attr:`send_timed_out` and the listener's :class:`Shutdown`.
+
     **Slot**: ``release`` is called once, when the connection is lost, so the
     acceptor may accept the next one.
     """
@@ -118,9 +143,11 @@ class ClientConnection(asyncio.Protocol):
         "_bytes_seen",
         "_handler",
         "_loop",
+        "_peer_closed",
         "_release",
         "_send_timeout",
         "_send_timer",
+        "_shutdown",
         "_timeout",
         "_timer",
         "send_timed_out",
@@ -133,8 +160,10 @@ class ClientConnection(asyncio.Protocol):
         header_timeout: float,
         send_timeout: float,
         release: Callable[[], None] | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         self._handler = handler
+        self._shutdown = shutdown
         self._loop = loop
         self._timeout = header_timeout
         self._send_timeout = send_timeout
@@ -149,6 +178,16 @@ class ClientConnection(asyncio.Protocol):
         self._acked: int | None = None  # the client's acknowledged bytes when last checked
         self.send_timed_out = False
         """The connection was closed because the client stopped reading."""
+        self._peer_closed = False  # the client closed or reset the connection
+
+    def cut_outcome(self) -> str:
+        """Why a request on this connection was cut short (see :func:`cut_outcome`)."""
+        if self.send_timed_out:
+            return "client_stalled"
+        shutdown = self._shutdown
+        if shutdown is not None and shutdown.started and not self._peer_closed:
+            return "shutdown"
+        return "client_disconnect"
 
     def _arm(self, bytes_seen: bool) -> None:
         self._armed_count = head_count(self._handler)
@@ -238,6 +277,9 @@ class ClientConnection(asyncio.Protocol):
         return forward()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # aiohttp drops its transport (force_close) before closing it itself;
+        # still held, the loss came from the client's side (or our abort).
+        self._peer_closed = self._handler.transport is not None
         self._disarm()
         if self._send_timer is not None:
             self._send_timer.cancel()
@@ -296,7 +338,7 @@ def client_connection(request: web.BaseRequest) -> ClientConnection | None:
     """The connection *request* arrived on, while it is open (None once lost).
 
     Cheap enough to call once per request: the access log keeps the result to
-    ask :func:`send_timed_out` if the request ends in a cancellation.
+    ask :func:`cut_outcome` if the request ends in a cancellation.
     """
     transport = request.transport
     if transport is None:
@@ -305,6 +347,12 @@ def client_connection(request: web.BaseRequest) -> ClientConnection | None:
     return connection if isinstance(connection, ClientConnection) else None
 
 
-def send_timed_out(connection: ClientConnection | None) -> bool:
-    """Whether *connection* was closed because its client stopped reading."""
-    return connection is not None and connection.send_timed_out
+def cut_outcome(connection: ClientConnection | None) -> str:
+    """The access-log outcome of a request cut short on *connection*.
+
+    ``client_stalled`` if the send deadline cut a client that stopped reading;
+    ``shutdown`` if the listener is shutting down and the client had not left
+    (the drain budget ran out: aiohttp cancelled the handler and closed the
+    connection); ``client_disconnect`` otherwise.
+    """
+    return "client_disconnect" if connection is None else connection.cut_outcome()

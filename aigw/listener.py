@@ -65,7 +65,7 @@ from aiohttp import web
 
 from aigw.acceptor import Acceptor, bind, default_max_connections
 from aigw.aiohttp_internals import brand_server_header, check_aiohttp_internals, require_c_parser
-from aigw.client_connection import ClientConnection
+from aigw.client_connection import ClientConnection, Shutdown
 from aigw.metrics import METRICS, Metrics
 from aigw.refusals import RefusingRequestHandler
 from aigw.version_guard import install_version_guard
@@ -142,13 +142,19 @@ class Listener:
     Created by :func:`start_listener`; call :meth:`stop` when done.
     """
 
-    __slots__ = ("_acceptor", "_port", "_runner", "_stopping", "max_connections")
+    __slots__ = ("_acceptor", "_port", "_runner", "_shutdown", "_stopping", "max_connections")
 
     def __init__(
-        self, runner: web.BaseRunner, acceptor: Acceptor, port: int, max_connections: int
+        self,
+        runner: web.BaseRunner,
+        acceptor: Acceptor,
+        port: int,
+        max_connections: int,
+        shutdown: Shutdown,
     ) -> None:
         self._runner = runner
         self._acceptor = acceptor
+        self._shutdown = shutdown
         self._port = port
         self._stopping: asyncio.Task[None] | None = None
         self.max_connections = max_connections
@@ -169,7 +175,8 @@ class Listener:
         The listening socket is closed first, so new connections are refused
         at once (those still in the listen queue are reset). Idle keep-alive
         connections are closed; requests in flight may finish within
-        ``shutdown_timeout`` and are then cancelled. The app's ``on_shutdown``
+        ``shutdown_timeout`` and are then cancelled (their access-log line
+        says ``shutdown``). The app's ``on_shutdown``
         and ``on_cleanup`` signals run as part of this.
 
         Safe to call more than once, also concurrently: every call returns when
@@ -180,6 +187,8 @@ class Listener:
         await self._stopping
 
     async def _stop(self) -> None:
+        # From here on, a request cut without its client leaving was cut by us.
+        self._shutdown.started = True
         self._acceptor.close()
         # Connections accepted just before must be known to aiohttp's server
         # before it closes its connections, or they would outlive it.
@@ -244,10 +253,11 @@ async def start_listener(
         loop = asyncio.get_running_loop()
         header_timeout = settings.header_timeout
         send_timeout = settings.client_send_timeout
+        shutdown = Shutdown()
 
         def protocol_factory(release: Callable[[], None]) -> ClientConnection:
             handler = RefusingRequestHandler(server, loop=loop, **handler_options)
-            return ClientConnection(handler, loop, header_timeout, send_timeout, release)
+            return ClientConnection(handler, loop, header_timeout, send_timeout, release, shutdown)
 
         sockets = await bind(
             settings.host, settings.port, backlog=settings.backlog, reuse_port=settings.reuse_port
@@ -262,4 +272,4 @@ async def start_listener(
     # With a host that resolves to several addresses and port 0, each socket
     # gets its own port; the first one is reported.
     port: int = sockets[0].getsockname()[1]
-    return Listener(runner, acceptor, port, limit)
+    return Listener(runner, acceptor, port, limit, shutdown)

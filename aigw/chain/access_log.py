@@ -10,7 +10,7 @@ from aiohttp import web
 
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.info import RouteInfo
-from aigw.client_connection import ClientConnection, client_connection, send_timed_out
+from aigw.client_connection import client_connection, cut_outcome
 from aigw.logs import get_logger
 from aigw.metrics import RouteMetrics
 
@@ -51,7 +51,8 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
     async def stage(ex: Exchange) -> web.StreamResponse:
         status = 500
         # Kept to ask, if the request is cut, whether the client stopped
-        # reading (the send deadline) rather than went away.
+        # reading (the send deadline) or a shutdown cut it, rather than the
+        # client went away.
         connection = client_connection(ex.request)
         try:
             response = await next_(ex)
@@ -61,11 +62,11 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
             # aiohttp cancels the handler when the client disconnects.
             status = _CLIENT_CLOSED
             if ex.outcome in _CLIENT_GONE:
-                ex.outcome = _client_gone(connection)
+                ex.outcome = cut_outcome(connection)
             raise
         except ConnectionResetError:
             status = _CLIENT_CLOSED
-            ex.outcome = _client_gone(connection)
+            ex.outcome = cut_outcome(connection)
             raise
         finally:
             _emit(ex, info, static, status)
@@ -77,10 +78,6 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
 # Outcomes a cut connection overrides: none yet, or the relay's guess from a
 # failed write (it cannot tell a closed connection from an aborted one).
 _CLIENT_GONE = frozenset({"ok", "client_disconnect"})
-
-
-def _client_gone(connection: ClientConnection | None) -> str:
-    return "client_stalled" if send_timed_out(connection) else "client_disconnect"
 
 
 def _count(ex: Exchange, metrics: RouteMetrics, status: int) -> None:

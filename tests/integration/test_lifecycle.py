@@ -180,10 +180,49 @@ def test_drain_timeout_bounds_shutdown(conf: Path, mock: MockProcess) -> None:
         assert not response.complete
         line = gateway.access_log("drained")
         assert line["stream"] is True
-        assert line["outcome"] != "ok" and line["status"] != 200, line
+        # Cut by the gateway's shutdown, not by the client: the log says so.
+        assert (line["outcome"], line["status"]) == ("shutdown", 499), line
         assert line["bytes_out"] > 0
         events = [e["event"] for e in gateway.events()]
         assert events.index("stopping") < events.index("request") < events.index("stopped")
+    finally:
+        gateway.close()
+
+
+def start_stream(port: int, request_id: str) -> socket.socket:
+    """A stream request on a new connection, returned once its first event has arrived."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(
+        f"POST {CHAT} HTTP/1.1\r\nHost: aigw\r\nContent-Type: application/json\r\n"
+        f"x-request-id: {request_id}\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
+        + BODY
+    )
+    received = b""
+    while b"data: " not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the stream started: {received!r}"
+        received += chunk
+    return sock
+
+
+def test_client_leaving_during_the_drain_is_still_a_client_disconnect(
+    conf: Path, mock: MockProcess
+) -> None:
+    """Only a cut made by the shutdown is logged ``shutdown``: a client may still leave."""
+    gateway = GatewayProcess(
+        conf, "--azure-base-url", mock.url, "--drain-timeout", "20", env=GATEWAY_ENV
+    )
+    try:
+        mock.fault("delay", token_delay_ms=2000)  # ~16 s: the drain waits for it
+        with start_stream(gateway.port, "left"):
+            gateway.proc.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: any(e.get("event") == "stopping" for e in gateway.events()), timeout=5
+            )
+        # The client went away mid-drain: its request ends, and so does the drain.
+        assert gateway.proc.wait(15) == 0
+        line = gateway.access_log("left")
+        assert (line["outcome"], line["status"]) == ("client_disconnect", 499), line
     finally:
         gateway.close()
 

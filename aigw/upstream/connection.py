@@ -54,6 +54,9 @@ _CLEAN_CHUNKED_END = b"\r\n\r\n"
 """How a chunked message ends: the last-chunk (or trailer) line, then the empty line."""
 
 
+_AFTER_THE_END = "the upstream sent data after the response was complete"
+
+
 class UpstreamDisconnected(ConnectionError):
     """The upstream closed the connection before the response was complete."""
 
@@ -93,8 +96,9 @@ class Origin:
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection: sends a request, frames the response as it arrives.
 
-    Also the callback object of its llhttp parser (``on_message_begin``,
-    ``on_headers_complete``, ``on_body``, ``on_message_complete``). It has no
+    Also the callback object of its llhttp parser (``on_headers_complete``,
+    ``on_body``, ``on_message_complete``). It has no ``on_message_begin`` (one
+    call per response saved: a second message is caught at its head) and no
     ``on_header``: llhttp then collects no header strings in Python (whose
     piecewise concatenation is quadratic for a trickled head); the head's
     bytes are kept here and split once, when llhttp says it is complete.
@@ -186,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             if self.body_done:
-                raise ProtocolError("the upstream sent data after the response was complete")
+                raise ProtocolError(_AFTER_THE_END)
             head = self.head
             if head is None:
                 self._keep_head_bytes(data)
@@ -210,10 +214,8 @@ class UpstreamConnection(asyncio.Protocol):
                 # Only now: a fault anywhere in this read fails the response
                 # rather than leaving a complete-looking body behind.
                 self._finish_body()
-        except HttpParserError as exc:
-            self._refuse(_protocol_error(exc))
-        except HttpParserUpgrade:
-            self._refuse(ProtocolError("the upstream switched protocols unasked"))
+        except (HttpParserError, HttpParserUpgrade) as exc:
+            self._refuse(self._parse_error(exc))
         except ProtocolError as exc:
             self._refuse(exc)
 
@@ -243,12 +245,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- llhttp callbacks ---------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        if self.head is not None:
-            # A second message after the final response: a smuggled answer.
-            raise ProtocolError("the upstream sent data after the response was complete")
-
     def on_headers_complete(self) -> None:
+        if self.head is not None:
+            # A second message after the final response, in the same read: a
+            # smuggled answer. (A cut-off one fails the checks after the read.)
+            raise ProtocolError(_AFTER_THE_END)
         buffer = self._head_buffer
         start = self._head_start
         # llhttp skips empty lines before a message (RFC 9112 2.2).
@@ -261,11 +262,10 @@ class UpstreamConnection(asyncio.Protocol):
             raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes")
         parser = self._parser
         status = parser.get_status_code()
-        check_status_line(buffer, start, status)
         if status < 200:
             # 1xx interim responses (103 Early Hints): skip to the real one.
-            if status == 101:
-                raise ProtocolError("the upstream switched protocols unasked")
+            # (A 101 is refused by llhttp itself: it stops at the upgrade.)
+            check_status_line(buffer, start, status)
             self._interim += 1
             if self._interim > _MAX_INTERIM:
                 raise ProtocolError(f"more than {_MAX_INTERIM} interim (1xx) responses")
@@ -280,6 +280,8 @@ class UpstreamConnection(asyncio.Protocol):
         # Bytes of this read after the head: the body's first bytes, or more.
         after = len(buffer) - end
         self._head_buffer = b""
+        self._head_start = 0
+        self._interim = 0
         self.head = head
         transport = self.transport
         if (
@@ -297,13 +299,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._remaining = head.content_length - after
             if self._remaining < 0:
                 raise ProtocolError("the upstream sent more than its Content-Length")
+        elif framing is Framing.CHUNKED:
+            self._tail = b""
+            self._chunk_slack = _CHUNK_FRAMING_SLACK
         elif framing is Framing.NONE:
             if self._head_request:
                 # llhttp does not know the request was HEAD: it would wait
                 # for the body the headers announce. A new parser next time.
                 self._parser_spent = True
             if after:
-                raise ProtocolError("the upstream sent data after the response was complete")
+                raise ProtocolError(_AFTER_THE_END)
             self.body_done = True
         self._wake()
 
@@ -321,16 +326,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- framing ------------------------------------------------------------
 
-    def _keep_head_bytes(self, data: bytes) -> None:
-        """Keeps the bytes of an incomplete head: llhttp reports the end, not the bytes."""
-        buffer = self._head_buffer
-        if not buffer:
-            self._head_buffer = data  # usually the whole head: no copy
-        else:
-            if isinstance(buffer, bytes):
-                buffer = self._head_buffer = bytearray(buffer)
-            buffer += data  # amortised: a trickled head costs linear time
-
     def _count_chunk_framing(self, size: int, body: int) -> None:
         """Bounds what a chunked body may send besides its payload.
 
@@ -346,6 +341,16 @@ class UpstreamConnection(asyncio.Protocol):
                 "chunk framing (size lines, extensions, trailers) far exceeds the payload"
             )
 
+    def _keep_head_bytes(self, data: bytes) -> None:
+        """Keeps the bytes of an incomplete head: llhttp reports where it ends, not its bytes."""
+        buffer = self._head_buffer
+        if not buffer:
+            self._head_buffer = data  # usually the whole head: no copy
+        else:
+            if isinstance(buffer, bytes):
+                buffer = self._head_buffer = bytearray(buffer)
+            buffer += data  # amortised: a trickled head costs linear time
+
     def _check_chunked_end(self, data: bytes) -> None:
         """Refuses empty lines after a chunked body that llhttp skipped silently.
 
@@ -360,11 +365,24 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._ended:
             self._tail = tail
         elif tail[-4:] != _CLEAN_CHUNKED_END or tail[-5:-4] in (b"\r", b"\n"):
-            raise ProtocolError("the upstream sent data after the response was complete")
+            raise ProtocolError(_AFTER_THE_END)
 
     def _finish_body(self) -> None:
         self.body_done = True
         self._wake()
+
+    def _parse_error(self, exc: Exception) -> ProtocolError:
+        """The error to report for what llhttp refused (or a callback raised in it)."""
+        if self._ended:
+            # Whatever llhttp made of them, these bytes came after the end.
+            return ProtocolError(_AFTER_THE_END)
+        if isinstance(exc, HttpParserUpgrade):
+            return ProtocolError("the upstream switched protocols unasked")
+        if isinstance(exc, HttpParserCallbackError) and isinstance(exc.__context__, ProtocolError):
+            return exc.__context__  # aigw's own check, raised in a callback
+        # llhttp's reasons name the rule broken ("Invalid header value char"),
+        # never the bytes that broke it.
+        return ProtocolError(f"invalid HTTP/1.1 response: {exc}")
 
     def _refuse(self, exc: ProtocolError) -> None:
         self._fail(exc)
@@ -435,18 +453,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(request)
 
     def _clear_response(self) -> None:
+        # Only a connection whose response was read whole and without fault
+        # is reused (the pool checks): the head state was reset when the
+        # final head came, the body queue is empty, no error is set.
         self.head = None
         self.body_done = False
-        self._error = None
-        self._head_buffer = b""
-        self._head_start = 0
-        self._remaining = 0
-        self._tail = b""
         self._ended = False
-        self._chunk_slack = _CHUNK_FRAMING_SLACK
-        self._interim = 0
-        self._body_queue.clear()
-        self._buffered = 0
         if self._parser_spent:
             self._parser = HttpResponseParser(self)
             self._parser_spent = False
@@ -544,12 +556,3 @@ class UpstreamConnection(asyncio.Protocol):
         """
         self._stop_timer()
         self._in_flight = False
-
-
-def _protocol_error(exc: HttpParserError) -> ProtocolError:
-    """The error to report for a parse failure: aigw's own if a callback raised it."""
-    if isinstance(exc, HttpParserCallbackError) and isinstance(exc.__context__, ProtocolError):
-        return exc.__context__
-    # llhttp's reasons name the rule broken ("Invalid header value char"),
-    # never the bytes that broke it.
-    return ProtocolError(f"invalid HTTP/1.1 response: {exc}")

@@ -149,9 +149,10 @@ def read_head(
         head_request: The request was HEAD (the response then has no body).
 
     Raises:
-        ProtocolError: ``Transfer-Encoding`` is anything but exactly one
-            ``chunked``.
+        ProtocolError: the status line is refused (see ``check_status_line``)
+            or ``Transfer-Encoding`` is anything but exactly one ``chunked``.
     """
+    check_status_line(block, 0, status)
     lines = block.decode("latin-1").split("\r\n")
     headers: list[tuple[str, str]] = []
     content_length: int | None = None

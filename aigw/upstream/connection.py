@@ -284,11 +284,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = 0
         self.head = head
         transport = self.transport
-        if (
-            not head.keep_alive
-            or self._writing_paused
-            or (transport is not None and transport.get_write_buffer_size())
-        ):
+        if not head.keep_alive or (transport is not None and transport.get_write_buffer_size()):
             # Also an early answer (413 before the body was sent): the rest
             # of the request is still queued and must never reach the
             # upstream ahead of another request.

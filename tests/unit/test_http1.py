@@ -999,6 +999,9 @@ def test_chunked_bad_crlf_split_across_reads(loop: asyncio.AbstractEventLoop) ->
         b"\r",
         b"\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+        # Smuggled answers that end as cleanly as a chunked body does.
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     ],
 )
 def test_chunked_bytes_after_the_end_in_the_same_read(

@@ -47,8 +47,11 @@ _MAX_INTERIM = 10
 _HIGH_WATER = 256 * 1024
 """Body bytes buffered from the upstream before its socket is paused."""
 
-_CHUNK_FRAMING_SLACK = 4096
-"""Chunk framing bytes a chunked body may send beyond one per payload byte."""
+_CHUNK_FRAMING_SLACK = 64 * 1024
+"""Chunk framing bytes a chunked body may send beyond its per-payload-byte allowance."""
+
+_CHUNK_FRAMING_PER_BYTE = 32
+"""Framing bytes allowed per payload byte: a 1-byte chunk with a short extension fits."""
 
 _CLEAN_CHUNKED_END = b"\r\n\r\n"
 """How a chunked message ends: the last-chunk (or trailer) line, then the empty line."""
@@ -327,11 +330,12 @@ class UpstreamConnection(asyncio.Protocol):
 
         llhttp keeps nothing of chunk-size lines, extensions and trailers, so
         they cost no memory, but an endless one would hold the connection
-        with no body byte to count against a size limit. Allowed: 4 KiB, plus
-        one byte of framing per byte of payload (a chunk's own framing is
-        under ten bytes; Azure's chunks carry hundreds of payload bytes).
+        with no body byte to count against a size limit. Allowed: 64 KiB, plus
+        32 bytes of framing per byte of payload: legal HTTP even made of
+        1-byte chunks with short extensions passes (Azure's chunks carry
+        hundreds of payload bytes), while framing with no payload ends.
         """
-        self._chunk_slack += body - (size - body)
+        self._chunk_slack += _CHUNK_FRAMING_PER_BYTE * body - (size - body)
         if self._chunk_slack < 0:
             raise ProtocolError(
                 "chunk framing (size lines, extensions, trailers) far exceeds the payload"

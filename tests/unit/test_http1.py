@@ -1056,9 +1056,9 @@ def test_bytes_in_a_later_read_after_a_complete_response(
 @pytest.mark.parametrize(
     "prefix",
     [
-        b"0" * 5000,  # an endless chunk-size line
-        b"1;" + b"e" * 5000,  # an endless chunk extension
-        b"3\r\nabc\r\n0\r\nX-Trailer: " + b"t" * 5000,  # an endless trailer
+        b"0" * 70_000,  # an endless chunk-size line
+        b"1;" + b"e" * 70_000,  # an endless chunk extension
+        b"3\r\nabc\r\n0\r\nX-Trailer: " + b"t" * 70_000,  # an endless trailer
     ],
 )
 def test_chunk_framing_that_never_ends_is_refused(
@@ -1071,7 +1071,7 @@ def test_chunk_framing_that_never_ends_is_refused(
 
 
 def test_chunk_extension_just_under_the_bound_is_kept(loop: asyncio.AbstractEventLoop) -> None:
-    got = chunked_body(loop, b"3;" + b"e" * 4000, b"\r\nabc\r\n0\r\n\r\n")
+    got = chunked_body(loop, b"3;" + b"e" * 60_000, b"\r\nabc\r\n0\r\n\r\n")
     assert got.body == b"abc"
     assert got.reusable
 
@@ -1096,3 +1096,18 @@ def test_an_answer_before_the_request_was_sent_is_never_reused(
     assert got.body == b"big"
     assert got.complete
     assert not got.reusable
+
+
+# -- chunk framing without payload ---------------------------------------------
+
+_CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_body_of_one_byte_chunks_with_extensions_is_legal(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Legal HTTP, if wasteful: framing outweighs the payload many times over.
+    chunks = b"".join(b"1;ext=value\r\nx\r\n" for _ in range(20_000))
+    got = feed(loop, _CHUNKED_HEAD, chunks, b"0\r\n\r\n")
+    assert got.complete and got.reusable
+    assert got.body == b"x" * 20_000

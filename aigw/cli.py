@@ -184,6 +184,14 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
         metavar="BYTES",
         help="end a stream with an error event when one upstream SSE event is larger than this",
     )
+    cmd.add_argument(
+        "--max-buffered-request-bytes",
+        type=int,
+        default=limits.max_buffered_request_bytes,
+        metavar="BYTES",
+        help="request-body bytes a worker holds at once, all requests together; past it the "
+        "slowest body still arriving gets a 503 (server_busy) and its connection closes",
+    )
 
 
 def _settings(args: argparse.Namespace) -> ServeSettings:
@@ -209,6 +217,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
         client_body_total_timeout=args.client_body_total_timeout,
         max_response_size=args.max_response_size,
         max_event_size=args.max_event_size,
+        max_buffered_request_bytes=args.max_buffered_request_bytes,
     )
     return ServeSettings(
         conf_dir=args.conf_dir,

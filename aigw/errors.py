@@ -18,6 +18,7 @@ Hierarchy::
      ├── HeaderFieldsTooLarge  431  invalid_request_error
      ├── InternalError         500  server_error
      ├── UpstreamUnavailable   502  upstream_error
+     ├── ServiceUnavailable    503  server_error
      ├── UpstreamTimeout       504  upstream_error
      └── VersionNotSupported   505  invalid_request_error
 
@@ -40,6 +41,7 @@ __all__ = [
     "PayloadTooLarge",
     "RequestTimeout",
     "RouteNotFound",
+    "ServiceUnavailable",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "VersionNotSupported",
@@ -154,6 +156,13 @@ class UpstreamUnavailable(GatewayError):
 
     status = 502
     error_type = "upstream_error"
+
+
+class ServiceUnavailable(GatewayError):
+    """aigw has no room for this request now; a retry later may succeed (503)."""
+
+    status = 503
+    error_type = "server_error"
 
 
 class UpstreamTimeout(GatewayError):

@@ -18,6 +18,7 @@ from functools import partial
 from aiohttp import web
 
 from aigw.chain.access_log import access_log
+from aigw.chain.body_budget import BodyBudget
 from aigw.chain.errors import error_responses
 from aigw.chain.exchange import Exchange
 from aigw.chain.info import UNMATCHED
@@ -56,12 +57,14 @@ class Gateway:
     Args:
         table: The first route table to serve.
         pool: The app's upstream connection pool.
+        body_budget: The worker's budget for buffered request bodies.
     """
 
-    __slots__ = ("_pool", "_table")
+    __slots__ = ("_body_budget", "_pool", "_table")
 
-    def __init__(self, table: RouteTable, pool: UpstreamPool) -> None:
+    def __init__(self, table: RouteTable, pool: UpstreamPool, body_budget: BodyBudget) -> None:
         self._pool = pool
+        self._body_budget = body_budget
         self._table = table
         scrubber.replace(table.secrets())
 
@@ -97,7 +100,13 @@ class Gateway:
             )
         found = table.router.match(request.method, path)
         if isinstance(found, Match):
-            ex = Exchange(request=request, path=path, pool=self._pool, generation=table.generation)
+            ex = Exchange(
+                request=request,
+                path=path,
+                pool=self._pool,
+                body_budget=self._body_budget,
+                generation=table.generation,
+            )
             return await found.value.handler(ex)
         if found is None:
             error: Exception = RouteNotFound(
@@ -119,6 +128,7 @@ class Gateway:
             request=request,
             path=path,
             pool=self._pool,
+            body_budget=self._body_budget,
             generation=table.generation,
             preset_error=error,
         )

@@ -31,12 +31,20 @@ class Limits:
         max_event_size: Largest single server-sent event accepted from the
             upstream, in bytes (Azure's are a few KiB); a larger one ends the
             stream with an error event.
+        max_buffered_request_bytes: Request-body bytes one worker holds at
+            once, all requests together (``aigw.chain.body_budget``); past it
+            the slowest body still arriving is answered 503 and dropped.
     """
 
     client_body_timeout: float = 60.0
     client_body_total_timeout: float = 300.0
     max_response_size: int = 256 * MiB
     max_event_size: int = 1 * MiB
+    # Per worker: 256 concurrent 1 MiB prompts, or thousands of usual ones. A
+    # full budget, with the parsed and rewritten copies a chat route adds for
+    # completed bodies, stays inside the systemd unit's 1 GiB MemoryMax for one
+    # worker; with --workers N, lower it to about 256 MiB / N.
+    max_buffered_request_bytes: int = 256 * MiB
 
     def __post_init__(self) -> None:
         for name in ("client_body_timeout", "client_body_total_timeout"):
@@ -49,6 +57,13 @@ class Limits:
             raise ValueError(f"max_response_size must be >= 0, got {self.max_response_size}")
         if self.max_event_size < 1024:
             raise ValueError(f"max_event_size must be >= 1024, got {self.max_event_size}")
+        if self.max_buffered_request_bytes < MiB:
+            # Below one chat request with a long prompt: the gateway would
+            # refuse ordinary traffic.
+            raise ValueError(
+                "max_buffered_request_bytes must be >= 1 MiB, "
+                f"got {self.max_buffered_request_bytes}"
+            )
 
 
 DEFAULT_LIMITS = Limits()

@@ -16,7 +16,9 @@ request the access-log stage only bumps pre-bound accumulators, plus one dict
 lookup for the status code.
 
 The connection series (``ListenerSeries``) are plain accumulators too: the
-listener's accept loop bumps them once per connection, never per request.
+listener's accept loop bumps them once per connection, never per request. The
+request-body budget (``aigw.chain.body_budget``) is read where it keeps its
+own count: nothing is updated twice per body.
 
 The cold metrics (config generation, rejected files, reloads, routes) are
 ordinary prometheus_client objects: they move once per reload.
@@ -32,7 +34,7 @@ import functools
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import prometheus_client.metrics
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
@@ -47,6 +49,7 @@ from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "METRICS",
+    "BodyBudgetSeries",
     "HistogramSeries",
     "ListenerSeries",
     "Metrics",
@@ -91,8 +94,27 @@ _MAX_CLIENT_CONNECTIONS = (
 )
 _CONNECTION_LIMIT_REACHED = (
     "aigw_connection_limit_reached",
-    "Times a listener reached its connection limit and stopped accepting; new connections "
-    "wait in the kernel's listen queue until one closes.",
+    "Times a listener reached its connection limit with no idle connection to reclaim and "
+    "stopped accepting; new connections wait in the kernel's listen queue until one closes.",
+)
+_CONNECTIONS_RECLAIMED = (
+    "aigw_connections_reclaimed",
+    "Idle client connections (keep-alive, or no byte of a request yet) a listener closed, "
+    "longest idle first, to accept a new one at its connection limit.",
+)
+
+_BODY_BUFFERED = (
+    "aigw_request_body_buffered_bytes",
+    "Request-body bytes held in memory now: bodies being read, and bodies of requests in progress.",
+)
+_BODY_BUFFER_LIMIT = (
+    "aigw_request_body_buffer_limit_bytes",
+    "Most request-body bytes a worker holds at once (--max-buffered-request-bytes).",
+)
+_BODY_EVICTIONS = (
+    "aigw_request_body_evictions",
+    "Requests answered 503 server_busy because the request-body budget was full: the "
+    "slowest bodies still arriving, or a body that did not fit.",
 )
 
 _K = TypeVar("_K")
@@ -152,14 +174,33 @@ class StreamsInFlight:
 
 
 class ListenerSeries:
-    """One listener's connection series: open now, its limit, and times the limit was hit."""
+    """One listener's connection series: open now, its limit, times the limit was hit, reclaims."""
 
-    __slots__ = ("limit", "limit_reached", "open")
+    __slots__ = ("limit", "limit_reached", "open", "reclaimed")
 
-    def __init__(self, limit: int, limit_reached: CounterSeries) -> None:
+    def __init__(
+        self, limit: int, limit_reached: CounterSeries, reclaimed: CounterSeries | None = None
+    ) -> None:
         self.open = 0
         self.limit = limit
         self.limit_reached = limit_reached
+        self.reclaimed = reclaimed if reclaimed is not None else CounterSeries()
+
+
+class BodyBudgetSeries(Protocol):
+    """What the request-body budget exposes for export (``aigw.chain.body_budget``)."""
+
+    @property
+    def held(self) -> int:
+        """Bytes reserved now."""
+
+    @property
+    def limit(self) -> int:
+        """The budget."""
+
+    @property
+    def evictions(self) -> CounterSeries:
+        """Requests refused or evicted because the budget was full."""
 
 
 def _series(store: dict[_K, _S], key: _K, new: Callable[[], _S]) -> _S:
@@ -184,6 +225,7 @@ class Metrics:
         self.upstream_errors: dict[tuple[str, str], CounterSeries] = {}  # route, kind
         self.streams_in_flight: dict[str, StreamsInFlight] = {}  # route
         self.listeners: dict[str, ListenerSeries] = {}  # listener name
+        self.body_budget: BodyBudgetSeries | None = None
         # Registered first: the families come out in the order they always did.
         registry.register(_RouteCollector(self))
         self.config_generation = Gauge(
@@ -215,12 +257,19 @@ class Metrics:
 
         A listener started again under the same name (tests, mostly) replaces
         the exported open count and limit, and keeps counting the times the
-        limit was reached from the old total.
+        limit was reached and the reclaimed connections from the old totals.
         """
         previous = self.listeners.get(name)
-        reached = previous.limit_reached if previous is not None else CounterSeries()
-        series = self.listeners[name] = ListenerSeries(limit, reached)
+        if previous is None:
+            series = ListenerSeries(limit, CounterSeries())
+        else:
+            series = ListenerSeries(limit, previous.limit_reached, previous.reclaimed)
+        self.listeners[name] = series
         return series
+
+    def watch_body_budget(self, budget: BodyBudgetSeries) -> None:
+        """Exports *budget*'s bytes held, limit and evictions (one budget per worker)."""
+        self.body_budget = budget
 
     def request_counter(self, route: str, status: str, model: str) -> CounterSeries:
         """The ``aigw_requests_total`` series for these labels."""
@@ -319,6 +368,7 @@ class _RouteCollector:
                 gauge.add_metric([route], float(in_flight.value))
         yield gauge
         yield from _listener_families(m.listeners, created, describe)
+        yield from _body_budget_families(m.body_budget, created, describe)
 
 
 def _listener_families(
@@ -327,17 +377,35 @@ def _listener_families(
     open_now = GaugeMetricFamily(*_CLIENT_CONNECTIONS, labels=["listener"])
     limits = GaugeMetricFamily(*_MAX_CLIENT_CONNECTIONS, labels=["listener"])
     reached = CounterMetricFamily(*_CONNECTION_LIMIT_REACHED, labels=["listener"])
+    reclaimed = CounterMetricFamily(*_CONNECTIONS_RECLAIMED, labels=["listener"])
     if not describe:
         for name, series in list(listeners.items()):
             open_now.add_metric([name], float(series.open))
             limits.add_metric([name], float(series.limit))
-            counter = series.limit_reached
-            reached.add_metric(
-                [name], float(counter.value), created=counter.created if created else None
-            )
+            for family, counter in ((reached, series.limit_reached), (reclaimed, series.reclaimed)):
+                family.add_metric(
+                    [name], float(counter.value), created=counter.created if created else None
+                )
     yield open_now
     yield limits
     yield reached
+    yield reclaimed
+
+
+def _body_budget_families(
+    budget: BodyBudgetSeries | None, created: bool, describe: bool
+) -> Iterator[Metric]:
+    held = GaugeMetricFamily(*_BODY_BUFFERED)
+    limit = GaugeMetricFamily(*_BODY_BUFFER_LIMIT)
+    evictions = CounterMetricFamily(*_BODY_EVICTIONS)
+    if budget is not None and not describe:
+        held.add_metric([], float(budget.held))
+        limit.add_metric([], float(budget.limit))
+        counter = budget.evictions
+        evictions.add_metric([], float(counter.value), created=counter.created if created else None)
+    yield held
+    yield limit
+    yield evictions
 
 
 def _counters(

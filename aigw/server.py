@@ -12,12 +12,14 @@ from typing import Any
 
 from aigw.acceptor import default_max_connections
 from aigw.admin import ADMIN_MAX_CONNECTIONS, build_admin_app
+from aigw.chain.body_budget import BodyBudget
 from aigw.config.errors import ConfigError
 from aigw.gateway import Gateway
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener import Listener, ListenerSettings, start_listener
 from aigw.lkg import LastKnownGood
 from aigw.logs import LogFile, get_logger
+from aigw.metrics import METRICS
 from aigw.reload import Reloader
 from aigw.systemd import Notifier
 from aigw.table import RouteTable
@@ -137,7 +139,10 @@ class Server:
         )
         reloader.load_initial()
         assert reloader.table is not None
-        gateway = Gateway(reloader.table, pool)
+        # One budget for every request of this worker, across reloads.
+        body_budget = BodyBudget(settings.limits.max_buffered_request_bytes)
+        METRICS.watch_body_budget(body_budget)
+        gateway = Gateway(reloader.table, pool, body_budget)
         self.gateway, self.reloader = gateway, reloader
         proxy_settings, admin_settings = settings.connection_limits()
         self._listener = await start_listener(gateway.handle, proxy_settings, name="proxy")

@@ -14,7 +14,9 @@ Per route type (Kong's ``route_type``):
 * ``preserve`` forwards the body untouched.
 
 The body itself is read by :func:`aigw.chain.body_reader.read_bounded`, within
-the route's size limit and the process's body deadlines.
+the route's size limit and the process's body deadlines, and its bytes are
+reserved in the worker's body budget (``aigw.chain.body_budget``) until the
+request ends: ``ex.client_body`` keeps them alive that long.
 
 The JSON is re-serialised only when one of these rules changed it; otherwise
 the client's bytes go upstream as they came.
@@ -27,10 +29,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from aigw.chain.body_budget import BODY_BUFFER_FULL
 from aigw.chain.body_reader import read_bounded
 from aigw.chain.exchange import Exchange, Handler
 from aigw.config.model import AiProxyAdvancedConfig, TargetConfig
-from aigw.errors import BadRequest, RequestTimeout
+from aigw.errors import BadRequest, RequestTimeout, ServiceUnavailable
 from aigw.limits import Limits
 
 __all__ = ["body_checks"]
@@ -43,8 +46,9 @@ _REQUIRED_FIELD = {
 }
 
 
-_CLIENT_BODY_TIMEOUT = "client_body_timeout"
-"""The access log's outcome for a body that did not arrive in time."""
+_BODY_OUTCOMES = {408: "client_body_timeout", 503: BODY_BUFFER_FULL}
+"""The access log's outcome for a body that did not arrive in time (408), or
+that the worker's body budget had no room for (503)."""
 
 
 def body_checks(
@@ -75,47 +79,51 @@ def body_checks(
 
     async def stage(ex: Exchange) -> web.StreamResponse:
         try:
-            body = await read_bounded(ex.request, limit, limits)
-        except RequestTimeout:
-            ex.outcome = _CLIENT_BODY_TIMEOUT
+            body = await read_bounded(ex.request, limit, limits, ex.body_budget)
+        except (RequestTimeout, ServiceUnavailable) as error:
+            ex.outcome = _BODY_OUTCOMES[error.status]
             raise
-        ex.client_body = ex.upstream_body = body
-        payload = _parse_object(body)
-        _require(payload, required)
-        requested = payload.get("model")
-        if isinstance(requested, str) and requested:
-            ex.requested_model = requested
-            if model_name is not None and requested != model_name:
-                raise BadRequest(
-                    "model_mismatch",
-                    f"model {requested[:200]!r} is not served here: this route serves "
-                    f"{model_name!r}",
-                    param="model",
-                )
-        changed = False
-        if streams:
-            stream = payload.get("stream") is True
-            if stream and streaming_mode == "deny":
-                raise BadRequest(
-                    "streaming_disabled",
-                    "response streaming is disabled for this route (response_streaming: deny)",
-                    param="stream",
-                )
-            if not stream and streaming_mode == "always":
-                payload["stream"] = stream = changed = True
-            if stream:
-                ex.stream = True
-                changed |= _ask_for_usage(ex, payload)
-            for key, value in defaults:
-                if key not in payload and not (
-                    key == "max_tokens" and "max_completion_tokens" in payload
-                ):
-                    payload[key] = value
-                    changed = True
-        ex.payload = payload
-        if changed:
-            ex.upstream_body = dump_json(payload)
-        return await next_(ex)
+        # The body's bytes stay reserved until the request ends (ex.client_body).
+        try:
+            ex.client_body = ex.upstream_body = body
+            payload = _parse_object(body)
+            _require(payload, required)
+            requested = payload.get("model")
+            if isinstance(requested, str) and requested:
+                ex.requested_model = requested
+                if model_name is not None and requested != model_name:
+                    raise BadRequest(
+                        "model_mismatch",
+                        f"model {requested[:200]!r} is not served here: this route serves "
+                        f"{model_name!r}",
+                        param="model",
+                    )
+            changed = False
+            if streams:
+                stream = payload.get("stream") is True
+                if stream and streaming_mode == "deny":
+                    raise BadRequest(
+                        "streaming_disabled",
+                        "response streaming is disabled for this route (response_streaming: deny)",
+                        param="stream",
+                    )
+                if not stream and streaming_mode == "always":
+                    payload["stream"] = stream = changed = True
+                if stream:
+                    ex.stream = True
+                    changed |= _ask_for_usage(ex, payload)
+                for key, value in defaults:
+                    if key not in payload and not (
+                        key == "max_tokens" and "max_completion_tokens" in payload
+                    ):
+                        payload[key] = value
+                        changed = True
+            ex.payload = payload
+            if changed:
+                ex.upstream_body = dump_json(payload)
+            return await next_(ex)
+        finally:
+            ex.body_budget.release(len(body))
 
     return stage
 
@@ -123,20 +131,24 @@ def body_checks(
 def _preserve_stage(limit: int, limits: Limits, next_: Handler) -> Handler:
     async def stage(ex: Exchange) -> web.StreamResponse:
         try:
-            body = await read_bounded(ex.request, limit, limits)
-        except RequestTimeout:
-            ex.outcome = _CLIENT_BODY_TIMEOUT
+            body = await read_bounded(ex.request, limit, limits, ex.body_budget)
+        except (RequestTimeout, ServiceUnavailable) as error:
+            ex.outcome = _BODY_OUTCOMES[error.status]
             raise
-        ex.client_body = ex.upstream_body = body
-        # Pass-through: the body is never rewritten; it is only peeked at so a
-        # stream is logged as one.
-        if b'"stream"' in body:
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                payload = None
-            ex.stream = isinstance(payload, dict) and payload.get("stream") is True
-        return await next_(ex)
+        # The body's bytes stay reserved until the request ends (ex.client_body).
+        try:
+            ex.client_body = ex.upstream_body = body
+            # Pass-through: the body is never rewritten; it is only peeked at so
+            # a stream is logged as one.
+            if b'"stream"' in body:
+                try:
+                    payload = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    payload = None
+                ex.stream = isinstance(payload, dict) and payload.get("stream") is True
+            return await next_(ex)
+        finally:
+            ex.body_budget.release(len(body))
 
     return stage
 

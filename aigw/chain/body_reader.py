@@ -23,36 +23,51 @@ when it fires, re-arms itself at the next possible expiry if data came since.
 second for the go-ahead) is answered here, once the route has matched and the
 declared size is accepted, right before the first read. Any other expectation
 is refused with a 417.
+
+Every byte read is reserved in the worker's request-body budget
+(``aigw.chain.body_budget``), which may evict this body for a faster one (a
+503); the caller releases the body's bytes when its request ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from aiohttp.streams import StreamReader
 
+from aigw.chain.body_budget import BodyBudget, evicted_error
 from aigw.errors import ExpectationFailed, PayloadTooLarge, RequestTimeout
 from aigw.limits import Limits
 
-__all__ = ["read_bounded"]
+__all__ = ["drop_unread_body", "read_bounded"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-async def read_bounded(request: web.BaseRequest, limit: int, limits: Limits) -> bytes:
+async def read_bounded(
+    request: web.BaseRequest, limit: int, limits: Limits, budget: BodyBudget
+) -> bytes:
     """Reads the whole request body within *limits*, refusing more than *limit* bytes.
+
+    On success the body's bytes are reserved in *budget*: the caller releases
+    ``len(body)`` once the request no longer holds the body.
 
     Args:
         request: The request whose body to read.
         limit: The route's ``max_request_body_size`` (0: no limit).
         limits: The process's body deadlines.
+        budget: The worker's budget for buffered body bytes; no body may be
+            larger than all of it.
 
     Raises:
-        PayloadTooLarge: The declared or the received size is over *limit*.
+        PayloadTooLarge: The declared or the received size is over *limit*
+            or over the whole budget.
         RequestTimeout: The body did not arrive within the deadlines.
         ExpectationFailed: ``Expect`` names anything but ``100-continue``.
+        ServiceUnavailable: The budget is full and this body is the one refused.
     """
     expect = request.headers.get(hdrs.EXPECT)
     # RFC 9110 §10.1.1: an HTTP/1.0 client cannot expect anything; ignore it.
@@ -66,10 +81,11 @@ async def read_bounded(request: web.BaseRequest, limit: int, limits: Limits) -> 
             "the Expect header asks for something this gateway does not do; "
             "only 100-continue is supported",
         )
+    cap = limit if 0 < limit <= budget.limit else budget.limit
     declared = request.content_length
-    if limit and declared is not None and declared > limit:
+    if declared is not None and declared > cap:
         # Refused before reading a byte of it, and before any 100 Continue.
-        error = _too_large(limit)
+        error = _too_large(limit, cap)
         if expect is not None:
             # A client waiting for 100 Continue never sends the body; what it
             # sends next on this connection would be misread as that body.
@@ -82,14 +98,29 @@ async def read_bounded(request: web.BaseRequest, limit: int, limits: Limits) -> 
     if content.is_eof():
         # The whole body is already buffered (the usual case): no wait, no timer.
         body = content.read_nowait(-1)
-        if limit and len(body) > limit:
-            raise _too_large(limit)
+        if len(body) > cap:
+            raise _too_large(limit, cap)
+        budget.reserve(len(body))
         return body
     if expect is not None and content.total_bytes == 0:
         # A client that already started sending needs no go-ahead (RFC 9110
         # lets the server skip it then).
         await _send_continue(request)
-    return await _read_in_time(content, limit, limits, declared)
+    return await _read_in_time(content, limit, cap, limits, declared, budget)
+
+
+def drop_unread_body(request: web.BaseRequest) -> bool:
+    """Stops waiting for the rest of *request*'s body; True if some had not arrived.
+
+    A request answered without its body read must then close its connection:
+    a client waiting for 100 Continue never sends the body, and whatever it
+    sends next would be read as that body.
+    """
+    content = request.content
+    if content.is_eof():
+        return False
+    _stop_waiting(content)
+    return True
 
 
 async def _send_continue(request: web.BaseRequest) -> None:
@@ -152,28 +183,37 @@ class _BodyDeadline:
 
 
 async def _read_in_time(
-    content: StreamReader, limit: int, limits: Limits, declared: int | None
+    content: StreamReader,
+    limit: int,
+    cap: int,
+    limits: Limits,
+    declared: int | None,
+    budget: BodyBudget,
 ) -> bytes:
     deadline = _BodyDeadline(content, limits.client_body_timeout, limits.client_body_total_timeout)
+    arriving = budget.start(partial(_stop_waiting, content))
     clock = asyncio.get_running_loop().time
     parts: list[bytes] = []
-    size = 0
     try:
         while chunk := await content.readany():
             deadline.last_read = clock()
-            size += len(chunk)
-            if limit and size > limit:
-                raise _too_large(limit)
+            if arriving.held + len(chunk) > cap:
+                raise _too_large(limit, cap)
+            budget.take(arriving, len(chunk))
             parts.append(chunk)
     except BaseException as exc:
         # Free a refused or abandoned body now, not whenever the traceback that
         # references this frame is dropped.
         parts.clear()
+        budget.abandon(arriving)
         if isinstance(exc, _BodyNotComing):
+            if arriving.evicted:
+                raise evicted_error() from None
             raise _timed_out(deadline.expired, limits, content.total_bytes, declared) from None
         raise
     finally:
         deadline.cancel()
+    budget.finish(arriving)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -190,8 +230,9 @@ def _timed_out(
     )
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        "request_too_large",
-        f"the request body is larger than this route's max_request_body_size ({limit} bytes)",
-    )
+def _too_large(limit: int, cap: int) -> PayloadTooLarge:
+    if cap == limit:
+        why = f"this route's max_request_body_size ({limit} bytes)"
+    else:
+        why = f"the gateway can buffer for all requests together ({cap} bytes)"
+    return PayloadTooLarge("request_too_large", f"the request body is larger than {why}")

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from aigw.chain.body_budget import BodyBudget
 from aigw.upstream.pool import UpstreamPool
 
 __all__ = ["Exchange", "Handler"]
@@ -31,6 +32,7 @@ class Exchange:
     request: web.BaseRequest
     path: str
     pool: UpstreamPool
+    body_budget: BodyBudget
     generation: int = 0
     started_ns: int = field(default_factory=time.perf_counter_ns)
     request_id: str = ""

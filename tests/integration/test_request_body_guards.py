@@ -14,7 +14,9 @@ import select
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from tests.integration.rawnet import (
     RawResponse,
     ScriptedUpstream,
     gateway_to,
+    raw_request,
     read_head_of_request,
     read_response,
     rss_kib,
@@ -238,6 +241,107 @@ def test_stalled_bodies_are_freed_at_the_deadline(
         # keep it resident, so "bounded", not "back to the baseline").
         assert held < baseline + 120 * 1024, (baseline, held)
         assert after < held + 30 * 1024, (baseline, held, after)
+
+
+# -- the request-body budget ----------------------------------------------------
+
+
+class PeakRss:
+    """Samples a process's RSS every few milliseconds in a thread; ``peak`` in KiB."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self.peak = rss_kib(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_kib(self._pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def metric(gateway: GatewayProcess, name: str) -> float:
+    assert gateway.admin_url is not None
+    with urllib.request.urlopen(gateway.admin_url + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+BUDGET_MIB = 32
+MARGIN_MIB = 24
+"""RSS the attack may add beyond the budget: aiohttp's per-connection read
+buffers (30 x up to 384 KiB), a legitimate body being joined, allocator slack.
+Measured: 37 MiB in all for the 32 MiB budget (123 MiB without a budget)."""
+
+
+def test_stalled_bodies_hold_no_more_than_the_body_budget(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """30 connections each stall 1 byte short of a 4 MiB body; the budget is 32 MiB."""
+    flags = (
+        *("--client-body-timeout", "3", "--client-body-total-timeout", "10"),
+        *("--max-buffered-request-bytes", str(BUDGET_MIB * MiB)),
+    )
+    with gateway_to(upstream.url, tmp_path / "conf", *flags, config=MAX_BODY) as gateway:
+        pid = gateway.proc.pid
+        assert raw_request(gateway.port, head(len(CHAT)) + CHAT).status == 200
+        baseline = rss_kib(pid)
+        attackers: list[socket.socket] = []
+        cut_while_sending = 0
+        with PeakRss(pid) as rss:
+            try:
+                for i in range(30):
+                    sock = connect(gateway)
+                    attackers.append(sock)
+                    try:
+                        sock.sendall(head(4 * MiB, request_id=f"stall-{i}") + b"x" * (4 * MiB - 1))
+                    except OSError:  # evicted before its last byte was accepted
+                        cut_while_sending += 1
+                # During the attack: a fast 1 MiB upload and a small chat request.
+                upload = json.dumps({"messages": [{"role": "user", "content": "x" * MiB}]})
+                body = upload.encode()
+                with connect(gateway) as sock:
+                    sock.sendall(head(len(body), request_id="upload") + body)
+                    assert read_response(sock).status == 200
+                    sock.sendall(head(len(CHAT), request_id="chat") + CHAT)
+                    assert read_response(sock).status == 200
+                answers = [read_response(sock, timeout=10) for sock in attackers]
+            finally:
+                for sock in attackers:
+                    sock.close()
+        grown_mib = (rss.peak - baseline) / 1024
+        assert grown_mib < BUDGET_MIB + MARGIN_MIB, (baseline, rss.peak)
+        # At most 8 bodies of 4 MiB fit: the rest were evicted at once.
+        statuses = [answer.status for answer in answers]
+        assert set(statuses) <= {503, 408}, statuses
+        assert statuses.count(503) >= 30 - BUDGET_MIB // 4 - 1, statuses
+        assert cut_while_sending <= 2
+        for i, answer in enumerate(answers):
+            error = error_of(answer)
+            assert answer.header("connection") == "close"
+            line = gateway.access_log(f"stall-{i}")
+            assert line["status"] == answer.status
+            if answer.status == 503:
+                assert (error["code"], error["type"]) == ("server_busy", "server_error")
+                assert answer.header("retry-after") == "1"
+                assert line["outcome"] == "body_buffer_full"
+            else:
+                assert line["outcome"] == "client_body_timeout"
+        assert gateway.access_log("upload")["outcome"] == "ok"
+        assert metric(gateway, "aigw_request_body_evictions_total") >= statuses.count(503)
+        assert metric(gateway, "aigw_request_body_buffered_bytes") == 0
+        assert metric(gateway, "aigw_request_body_buffer_limit_bytes") == BUDGET_MIB * MiB
+        assert "Traceback" not in gateway.raw_log()
 
 
 # -- Expect: 100-continue (finding 9) ------------------------------------------

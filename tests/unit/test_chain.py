@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from aigw.chain.access_log import access_log
 from aigw.chain.body import body_checks
+from aigw.chain.body_budget import BodyBudget
 from aigw.chain.credentials import credentials
 from aigw.chain.errors import error_responses
 from aigw.chain.exchange import Exchange, Handler
@@ -30,7 +31,13 @@ from aigw.config.model import (
     ModelOptions,
     TargetConfig,
 )
-from aigw.errors import BadRequest, ExpectationFailed, PayloadTooLarge, RequestTimeout
+from aigw.errors import (
+    BadRequest,
+    ExpectationFailed,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+)
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import Metrics
 from aigw.upstream.pool import UpstreamPool
@@ -79,6 +86,7 @@ def exchange(
     *,
     payload: StreamReader | None = None,
     version: HttpVersion = HttpVersion11,
+    budget: BodyBudget | None = None,
 ) -> Exchange:
     """An exchange whose request carries *body* (with its Content-Length) or *payload*."""
     hdrs = CIMultiDict(headers or {})
@@ -88,10 +96,13 @@ def exchange(
     request = make_mocked_request(
         "POST", path, headers=hdrs, payload=payload or EMPTY_PAYLOAD, version=version
     )
-    return Exchange(request=request, path="/p", pool=_NO_POOL)
+    return Exchange(
+        request=request, path="/p", pool=_NO_POOL, body_budget=budget or BodyBudget(64 * MiB)
+    )
 
 
 _NO_POOL: UpstreamPool = None  # type: ignore[assignment]
+MiB = 1024 * 1024
 
 
 class Recorder:
@@ -322,6 +333,77 @@ async def test_declared_too_large_with_expect_closes_the_connection() -> None:
     with pytest.raises(PayloadTooLarge) as info:
         await stage(exchange(CHAT))
     assert not info.value.close_connection
+
+
+@pytest.mark.parametrize("route_type", ["llm/v1/chat", "preserve"])
+async def test_body_bytes_are_held_in_the_budget_until_the_request_ends(route_type: str) -> None:
+    budget = BodyBudget(64 * MiB)
+    held_while_forwarding: list[int] = []
+
+    async def forward(ex: Exchange) -> web.StreamResponse:
+        held_while_forwarding.append(budget.held)
+        return web.Response()
+
+    await body_stage(forward, target(route_type))(exchange(CHAT, budget=budget))
+    assert held_while_forwarding == [len(CHAT)]
+    assert budget.held == 0
+
+    async def crash(ex: Exchange) -> web.StreamResponse:
+        raise RuntimeError("relay failed")
+
+    with pytest.raises(RuntimeError):
+        await body_stage(crash, target(route_type))(exchange(CHAT, budget=budget))
+    assert budget.held == 0
+    if route_type != "preserve":
+        with pytest.raises(BadRequest):
+            await body_stage(forward, target(route_type))(exchange(b"{", budget=budget))
+        assert budget.held == 0
+
+
+async def test_a_stalled_body_is_evicted_for_one_that_arrived_whole() -> None:
+    budget = BodyBudget(len(CHAT) + 10)
+    stalled = exchange(
+        headers={"Content-Length": str(len(CHAT))},
+        payload=body_stream(CHAT[:20], eof=False),
+        budget=budget,
+    )
+    # Deadlines long enough not to fire first, short enough to end a broken run.
+    limits = Limits(client_body_timeout=2, client_body_total_timeout=3)
+    waiting = asyncio.ensure_future(body_stage(Recorder(), limits=limits)(stalled))
+    await asyncio.sleep(0.05)  # it has read its 20 bytes and stalls
+    assert budget.held == 20
+    await body_stage(recorder := Recorder())(exchange(CHAT, budget=budget))
+    assert recorder.seen and budget.held == 0
+    with pytest.raises(ServiceUnavailable) as info:
+        await waiting
+    assert (info.value.status, info.value.code) == (503, "server_busy")
+    assert info.value.close_connection and info.value.headers == {"Retry-After": "1"}
+    assert stalled.outcome == "body_buffer_full"
+    assert budget.held == 0 and budget.evictions.value == 1
+
+
+async def test_a_slow_body_that_does_not_fit_is_refused_itself() -> None:
+    budget = BodyBudget(len(CHAT) + 10)
+    budget.reserve(len(CHAT) - 10)  # a request in progress, its body whole
+    stream = body_stream(eof=False)
+    feed_later(stream, [CHAT[:10], CHAT[10:30]], every=0.02, end=False)
+    ex = exchange(headers={"Content-Length": str(len(CHAT))}, payload=stream, budget=budget)
+    with pytest.raises(ServiceUnavailable, match="arriving the slowest"):
+        await body_stage(Recorder(), limits=FAST)(ex)
+    assert ex.outcome == "body_buffer_full"
+    assert budget.held == len(CHAT) - 10
+
+
+async def test_a_body_larger_than_the_whole_budget_is_413() -> None:
+    budget = BodyBudget(len(CHAT) - 1)
+    with pytest.raises(PayloadTooLarge, match=r"can buffer for all requests together \(\d+ bytes"):
+        await body_stage(Recorder())(exchange(CHAT, budget=budget))
+    chunked = {"Transfer-Encoding": "chunked"}
+    stream = body_stream(eof=False)
+    feed_later(stream, [CHAT[:20], CHAT[20:]], every=0.01, end=True)
+    with pytest.raises(PayloadTooLarge):
+        await body_stage(Recorder())(exchange(headers=chunked, payload=stream, budget=budget))
+    assert budget.held == 0 and budget.evictions.value == 0
 
 
 async def test_streaming_modes() -> None:

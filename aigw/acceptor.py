@@ -1,14 +1,26 @@
-"""Accepting client connections under a cap; past it, the kernel's listen queue holds them.
+"""Accepting client connections under a cap: idle ones make room, else the listen queue waits.
 
 Without a cap every connection is accepted while the process has a file
 descriptor left, and then libuv (under uvloop) accepts and at once closes
 whatever is queued, so with 512 descriptors 520 idle connections made
 legitimate requests fail with resets (issue 9). Like nginx's
-``worker_connections``, the :class:`Acceptor` stops accepting at its limit:
-new connections wait in the listen queue (``backlog``) and are accepted, in
-order, as open ones close. Nothing is refused while the queue has room, and
-the descriptors the process needs for its upstream connections, log file and
-admin listener stay free.
+``worker_connections``, the :class:`Acceptor` never holds more than its limit,
+so the descriptors the process needs for its upstream connections, log file
+and admin listener stay free. At the limit, with a new connection waiting:
+
+1. SECURITY: **reclaim idle connections**, as nginx reuses its "reusable"
+   ones. The connections idle between requests with no byte of a next
+   request (keep-alive after a response, or connected and silent) are closed,
+   longest idle first, a batch at a time, and the waiting connections take
+   their slots. Without this, a flood of idle connections fills the limit and
+   every new client waits in the listen queue until a deadline frees a slot
+   (measured: half of a normal client's requests timed out behind 1,100 idle
+   connections). A connection with a request in flight, even one head byte,
+   is never reclaimed, nor one whose request is already waiting unread.
+2. Only when none is reclaimable, **stop accepting**: new connections wait in
+   the listen queue (``backlog``) and are accepted, in order, as open ones
+   close, or as busy ones go idle (looked for again every
+   ``_RECHECK_MIN_S`` or more). Nothing is refused while the queue has room.
 
 Neither asyncio's nor uvloop's ``Server`` can pause accepting, so the
 listening sockets are bound here and accepted from with public event-loop API
@@ -19,16 +31,27 @@ to hand each connection to its protocol. That costs one small task per
 that each carry one byte, about 75 us of CPU per connection against 35 us
 for uvloop's own accept loop (which cannot stop: it accepts everything queued,
 and on EMFILE accepts and closes it). A keep-alive client pays it once.
+
+PERF: reclaiming costs nothing per request. The order comes from aiohttp's
+keep-alive deadline (computed anyway), and the open connections are scanned
+only at the limit with a connection waiting: one pass over them
+(``ClientConnection.reclaim_order``, a few attribute reads each) closes up to
+``_RECLAIM_BATCH`` connections, an eighth of the reclaimable ones at most (as
+nginx's ``ngx_drain_connections``), so under a flood a scan is paid once per
+batch of accepted connections, not once per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import resource
 import socket
+import time
 from collections.abc import Callable
 
+from aigw.client_connection import ClientConnection
 from aigw.logs import get_logger
 from aigw.metrics import ListenerSeries
 
@@ -36,7 +59,7 @@ __all__ = ["Acceptor", "ProtocolFactory", "bind", "default_max_connections"]
 
 _log = get_logger("aigw.listener")
 
-ProtocolFactory = Callable[[Callable[[], None]], asyncio.Protocol]
+ProtocolFactory = Callable[[Callable[[], None]], ClientConnection]
 """Builds the protocol of one accepted connection; the argument is the callback
 the protocol must call once, when its connection is lost, to free the slot."""
 
@@ -56,6 +79,18 @@ _ACCEPT_BATCH = 64
 # descriptors or memory anyway (asyncio's selector loop waits 1 s too).
 _RETRY_AFTER_EXHAUSTION = 1.0
 _EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+# Most idle connections closed per scan, and at most this share of the
+# reclaimable ones (nginx: min(32, reusable / 8)): the longest idle go, the
+# ones just accepted (whose request may be on its way) stay.
+_RECLAIM_BATCH = 32
+_RECLAIM_SHARE = 8
+# At the limit with nothing reclaimable, look again after this long (busy
+# connections go idle without closing), or after this many times the last
+# scan's duration if longer, so fruitless scans take at most 1/_RECHECK_COST_RATIO
+# of the CPU however many connections are open.
+_RECHECK_MIN_S = 0.1
+_RECHECK_COST_RATIO = 50
 
 
 def default_max_connections(*, upstream_connections: int = 0, reserved: int = 0) -> int:
@@ -134,6 +169,9 @@ async def bind(host: str, port: int, *, backlog: int, reuse_port: bool) -> list[
 class Acceptor:
     """Accepts on *sockets* while fewer than ``series.limit`` connections are open.
 
+    At the limit, with a connection waiting, it reclaims idle connections to
+    make room, or stops accepting if none is idle (see the module docstring).
+
     Args:
         sockets: Bound, listening, non-blocking sockets (see :func:`bind`);
             the acceptor owns and closes them.
@@ -147,9 +185,12 @@ class Acceptor:
     __slots__ = (
         "_accepting",
         "_closed",
+        "_connections",
         "_factory",
+        "_full",
         "_loop",
         "_name",
+        "_recheck",
         "_retry",
         "_series",
         "_sockets",
@@ -171,9 +212,14 @@ class Acceptor:
         self._name = name
         self._accepting = False
         self._closed = False
-        self._retry: asyncio.TimerHandle | None = None
+        # At the limit with nothing to reclaim (counted once per episode).
+        self._full = False
+        self._retry: asyncio.TimerHandle | None = None  # after descriptor exhaustion
+        self._recheck: asyncio.TimerHandle | None = None  # at the limit, for idle connections
         # Connections accepted whose transport is not wired up yet.
         self._starting: set[asyncio.Task[None]] = set()
+        # Connections wired up and not lost yet: the ones reclaiming looks at.
+        self._connections: set[ClientConnection] = set()
 
     def start(self) -> None:
         """Starts accepting."""
@@ -188,9 +234,10 @@ class Acceptor:
             return
         self._pause()
         self._closed = True
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        for timer in (self._retry, self._recheck):
+            if timer is not None:
+                timer.cancel()
+        self._retry = self._recheck = None
         for sock in self._sockets:
             sock.close()
 
@@ -217,12 +264,14 @@ class Acceptor:
 
     def _on_readable(self, sock: socket.socket) -> None:
         series = self._series
-        for _ in range(_ACCEPT_BATCH):
+        for accepted in range(_ACCEPT_BATCH):
             if series.open >= series.limit:
-                # SECURITY: the cap. Whatever else is queued stays in the
-                # kernel's listen queue until a connection closes.
-                self._pause()
-                series.limit_reached.value += 1
+                if accepted == 0:
+                    # Readable at the limit: a connection is waiting.
+                    self._at_limit()
+                # Else the limit was reached just now: stay registered, so
+                # the next call comes when a connection is waiting, not before
+                # (reclaiming then would close idle connections for nobody).
                 return
             try:
                 conn, _address = sock.accept()
@@ -237,6 +286,49 @@ class Acceptor:
             task = self._loop.create_task(self._start(conn))
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
+
+    def _at_limit(self) -> None:
+        """A connection is waiting and every slot is taken: make room, or wait for one."""
+        # Paused either way: reclaimed connections close on a later loop
+        # iteration, and their release resumes accepting; meanwhile the
+        # listening socket stays readable and must not be polled in a spin.
+        self._pause()
+        started = time.perf_counter()
+        if self._reclaim_idle():
+            self._full = False
+            return
+        # SECURITY: the cap. Whatever is queued stays in the kernel's listen
+        # queue until a connection closes or goes idle.
+        if not self._full:
+            self._full = True
+            self._series.limit_reached.value += 1
+        if self._recheck is None and self._retry is None:
+            scan = time.perf_counter() - started
+            delay = max(_RECHECK_MIN_S, scan * _RECHECK_COST_RATIO)
+            self._recheck = self._loop.call_later(delay, self._recheck_now)
+
+    def _reclaim_idle(self) -> int:
+        """Closes the longest-idle reclaimable connections, a batch at most; how many."""
+        candidates = [
+            (order, index, connection)
+            for index, connection in enumerate(self._connections)
+            if (order := connection.reclaim_order()) is not None
+        ]
+        batch = max(1, min(_RECLAIM_BATCH, len(candidates) // _RECLAIM_SHARE))
+        heapq.heapify(candidates)
+        reclaimed = 0
+        while candidates and reclaimed < batch:
+            _order, _index, connection = heapq.heappop(candidates)
+            if connection.reclaim():
+                reclaimed += 1
+        self._series.reclaimed.value += reclaimed
+        return reclaimed
+
+    def _recheck_now(self) -> None:
+        self._recheck = None
+        # Accepting again: if a connection is still waiting, the socket is
+        # readable and _on_readable, at the limit, scans once more.
+        self._resume()
 
     def _on_accept_error(self, exc: OSError) -> None:
         if exc.errno not in _EXHAUSTION_ERRNOS:
@@ -263,11 +355,18 @@ class Acceptor:
     def _release(self) -> None:
         series = self._series
         series.open -= 1
-        if not self._accepting and self._retry is None and series.open < series.limit:
+        if series.open >= series.limit:
+            return
+        self._full = False
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if self._retry is None:
             self._resume()
 
     async def _start(self, conn: socket.socket) -> None:
         released = False
+        connection: ClientConnection | None = None
 
         def release() -> None:
             # Once per connection, whichever of the protocol and the failure
@@ -275,11 +374,18 @@ class Acceptor:
             nonlocal released
             if not released:
                 released = True
+                if connection is not None:
+                    self._connections.discard(connection)
                 self._release()
 
-        factory = self._factory
+        def make_protocol() -> ClientConnection:
+            nonlocal connection
+            connection = self._factory(release)
+            self._connections.add(connection)
+            return connection
+
         try:
-            await self._loop.connect_accepted_socket(lambda: factory(release), conn)
+            await self._loop.connect_accepted_socket(make_protocol, conn)
         except BaseException as exc:
             conn.close()
             release()

@@ -2,11 +2,12 @@
 
 aigw serves with aiohttp's low-level ``web.Server`` and its per-connection
 ``RequestHandler``. The guards of the socket layer (the request-head deadline,
-refusals, the ``Server`` header) need a little more than aiohttp's public
-API. Everything private they touch is listed here:
+reclaiming idle connections at the connection limit, refusals, the ``Server``
+header) need a little more than aiohttp's public API. Everything private they
+touch is listed here:
 
-* :data:`_PRIVATE_HANDLER_ATTRS`, read through :func:`head_count` and
-  :func:`is_idle`;
+* :data:`_PRIVATE_HANDLER_ATTRS`, read through :func:`head_count`,
+  :func:`is_idle` and :func:`idle_order`;
 * ``web_protocol.ERROR`` (:data:`PARSE_ERROR_MESSAGE`);
 * ``web_response.SERVER_SOFTWARE`` (:func:`brand_server_header`);
 * the parameters of ``RequestHandler.handle_error``, which
@@ -37,6 +38,7 @@ __all__ = [
     "brand_server_header",
     "check_aiohttp_internals",
     "head_count",
+    "idle_order",
     "is_idle",
     "require_c_parser",
 ]
@@ -51,7 +53,13 @@ __all__ = [
 #:   parsed request to handle. Pending means the connection is idle between
 #:   requests: no handler running, no response being written. aiohttp's own
 #:   keep-alive timer (``_process_keepalive``) uses the same test.
-_PRIVATE_HANDLER_ATTRS = ("_request_count", "_waiter")
+#: * ``_next_keepalive_close_time``: when aiohttp's keep-alive timer closes the
+#:   connection if it stays idle. Set at ``connection_made`` and again when
+#:   each keep-alive response is finished, to that moment plus
+#:   ``keepalive_timeout``; every connection of a listener has the same
+#:   timeout, so it orders idle connections by how long they have been idle,
+#:   at no cost per request (aiohttp computes it anyway).
+_PRIVATE_HANDLER_ATTRS = ("_request_count", "_waiter", "_next_keepalive_close_time")
 
 #: The request message ``RequestHandler.start()`` builds the request of a parse
 #: error from (``web_protocol.ERROR``, version HTTP/1.0). Recognised by identity
@@ -81,6 +89,17 @@ def is_idle(handler: RequestHandler) -> bool:
     return waiter is not None and not waiter.done()
 
 
+def idle_order(handler: RequestHandler) -> float:
+    """A key that sorts idle connections longest idle first: aiohttp's keep-alive deadline.
+
+    Meaningful only while :func:`is_idle` holds: the loop time at which aiohttp
+    would close the connection for idleness, counted from when it was opened
+    or its last response was finished.
+    """
+    close_time: float = handler._next_keepalive_close_time
+    return close_time
+
+
 def check_aiohttp_internals() -> None:
     """Fails start-up if the aiohttp internals named above are gone or changed.
 
@@ -102,7 +121,7 @@ def check_aiohttp_internals() -> None:
     if missing:
         raise RuntimeError(
             f"aiohttp.web_protocol.RequestHandler no longer has {missing}; "
-            "aigw's request-head timeout, refusals and Server "
+            "aigw's request-head timeout, idle-connection reclaiming, refusals and Server "
             "header depend on them. Review aigw/aiohttp_internals.py against this aiohttp "
             "version."
         )

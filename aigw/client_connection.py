@@ -27,25 +27,30 @@ directly), and adds what aiohttp lacks:
   log blames the right party.
 * **Connection slot**: the acceptor's ``release`` callback is called once,
   when the connection is lost, so the next queued connection can be accepted.
+  At the connection limit the acceptor may *reclaim* the slot of an idle
+  connection (:meth:`ClientConnection.reclaim_order`,
+  :meth:`ClientConnection.reclaim`), as nginx reuses its "reusable" ones.
 
-The aiohttp internals read here (``head_count``, ``is_idle``) live in
-``aigw.aiohttp_internals``, checked at start-up.
+The aiohttp internals read here (``head_count``, ``is_idle``, ``idle_order``)
+live in ``aigw.aiohttp_internals``, checked at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import socket
 import struct
+import termios
 from collections.abc import Callable
 from email.utils import formatdate
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from aigw.aiohttp_internals import SERVER_HEADER, head_count, is_idle
+from aigw.aiohttp_internals import SERVER_HEADER, head_count, idle_order, is_idle
 from aigw.chain.request_id import new_request_id
 from aigw.errors import RequestTimeout
 from aigw.refusals import log_refusal
@@ -91,6 +96,9 @@ _TCP_INFO_SIZE = 128
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _BYTES_ACKED = struct.Struct("=Q")
 _BYTES_ACKED_OFFSET = 120
+# ``ioctl(FIONREAD)``: an int, the bytes waiting in the socket's receive queue.
+_FIONREAD = struct.Struct("i")
+_FIONREAD_ZERO = _FIONREAD.pack(0)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -134,7 +142,13 @@ class ClientConnection(asyncio.Protocol):
     that with :attr:`send_timed_out` and the listener's :class:`Shutdown`.
 
     **Slot**: ``release`` is called once, when the connection is lost, so the
-    acceptor may accept the next one.
+    acceptor may accept the next one. A connection is *reclaimable* while it
+    is idle between requests and no byte of a next request has arrived: a
+    keep-alive connection after its response, or a new one that has sent
+    nothing yet. One with a request in flight (a head in part, a body, a
+    handler running, a response being written) never is. The known gap above
+    applies here too: pipelined bytes of a next head that arrived during the
+    previous response are not seen, and such a connection counts as idle.
     """
 
     __slots__ = (
@@ -188,6 +202,36 @@ class ClientConnection(asyncio.Protocol):
         if shutdown is not None and shutdown.started and not self._peer_closed:
             return "shutdown"
         return "client_disconnect"
+
+    def reclaim_order(self) -> float | None:
+        """None unless the connection is reclaimable; then lowest = idle longest.
+
+        Called by the acceptor only when it is at its connection limit, for
+        every open connection: a few attribute reads, no system call.
+        """
+        handler = self._handler
+        if handler.transport is None or not is_idle(handler):
+            return None
+        if self._timer is not None and self._bytes_seen:
+            return None  # part of a request head has arrived
+        return idle_order(handler)
+
+    def reclaim(self) -> bool:
+        """Closes this reclaimable connection to free its slot; False if it must be kept.
+
+        Kept if bytes of a request are waiting unread in the socket: the
+        connection was accepted, or went idle, and its request is already
+        here (it would otherwise be dropped unanswered). Closed silently, as
+        aiohttp's keep-alive timer closes an idle connection.
+        """
+        handler = self._handler
+        transport = handler.transport
+        if transport is None:
+            return False
+        if _unread_bytes(transport):
+            return False
+        handler.force_close()
+        return True
 
     def _arm(self, bytes_seen: bool) -> None:
         self._armed_count = head_count(self._handler)
@@ -317,6 +361,20 @@ def _head_timeout_response(transport: asyncio.BaseTransport, timeout: float) -> 
         length=len(body), request_id=request_id, date=formatdate(usegmt=True), server=SERVER_HEADER
     )
     return head.encode() + body
+
+
+def _unread_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes received on *transport*'s socket that it has not read yet (0 if unknown)."""
+    sock: socket.socket | None = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        # FIONREAD on the descriptor: uvloop's socket stand-in has no recv(MSG_PEEK).
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, _FIONREAD_ZERO)
+    except OSError:
+        return 0
+    unread: int = _FIONREAD.unpack(answer)[0]
+    return unread
 
 
 def _bytes_acked(transport: asyncio.BaseTransport) -> int | None:

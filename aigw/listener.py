@@ -9,9 +9,11 @@ module:
 * SECURITY: **connection limit** (``aigw.acceptor``). At most
   ``max_connections`` client connections are open at once (default: derived
   from ``RLIMIT_NOFILE``, leaving room for upstream connections, the log file
-  and the admin listener); past it the listener stops accepting and new
-  connections wait in the kernel's listen queue until one closes. Counted in
-  ``aigw_connection_limit_reached_total``.
+  and the admin listener). At the limit, idle connections (keep-alive, or no
+  byte of a request yet) are closed, longest idle first, to let new ones in
+  (``aigw_connections_reclaimed_total``); if none is idle, the listener stops
+  accepting and new connections wait in the kernel's listen queue until a
+  slot frees (``aigw_connection_limit_reached_total``).
 * SECURITY: **request-head deadline** (slowloris) and **client send
   deadline** (a client that stops reading is cut, logged ``client_stalled``),
   in the per-connection wrapper (``aigw.client_connection``).
@@ -102,8 +104,9 @@ class ListenerSettings:
         client_send_timeout: Seconds a response write may wait for a client
             that stopped reading before both sides are closed (nginx
             ``send_timeout``).
-        max_connections: Most client connections served at once; past it the
-            listener stops accepting until one closes. None derives it from
+        max_connections: Most client connections served at once; at it, idle
+            connections are reclaimed for new ones, or, if none is idle, the
+            listener stops accepting until a slot frees. None derives it from
             ``RLIMIT_NOFILE`` (see :func:`default_max_connections`).
     """
 

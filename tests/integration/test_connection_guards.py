@@ -1,12 +1,13 @@
 """Connection floods and stalled readers against the real process.
 
 * **Connection cap** (``--max-connections``, or derived from ``RLIMIT_NOFILE``):
-  past it the gateway stops accepting, so a flood of idle connections waits in
-  the listen queue instead of exhausting descriptors; the head deadline
-  (``--header-timeout``) clears the idle ones and the queue moves on. A
-  legitimate request sent behind the flood is answered, the admin port answers
-  throughout, and ``/metrics`` shows the open count, the limit and how often
-  it was reached.
+  the gateway never holds more, so a flood cannot exhaust its descriptors. At
+  the cap, idle connections (keep-alive, or silent since they connected) are
+  closed, longest idle first, to let new ones in: a legitimate request sent
+  behind a flood of idle connections is answered at once, not after a
+  deadline, while requests in flight (a stream, a head being sent) are never
+  touched. The admin port answers throughout, and ``/metrics`` shows the open
+  count, the limit and the reclaimed connections.
 * **Client send deadline** (``--client-send-timeout``): a client that stops
   reading a stream is disconnected, its upstream connection closed and its
   pool slot freed, and the access log says ``client_stalled``; with a pool of
@@ -34,6 +35,7 @@ from tests.integration.rawnet import (
     CHAT_PATH,
     ScriptedUpstream,
     gateway_to,
+    parse_response,
     read_head_of_request,
     read_response,
 )
@@ -69,15 +71,41 @@ STREAM_HEAD = (
 )
 
 
+SLOW_EVENTS = 25
+SLOW_EVENT_INTERVAL = 0.2  # a 5 s stream
+SMALL_EVENT = (
+    b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"delta":{"content":"x"}}]}\n\n'
+)
+
+
+async def slow_stream(writer: asyncio.StreamWriter) -> None:
+    """A stream of small events, one every SLOW_EVENT_INTERVAL, then its end."""
+    writer.write(STREAM_HEAD)
+    for _ in range(SLOW_EVENTS):
+        writer.write(b"%x\r\n%s\r\n" % (len(SMALL_EVENT), SMALL_EVENT))
+        await writer.drain()
+        await asyncio.sleep(SLOW_EVENT_INTERVAL)
+    done = b"data: [DONE]\n\n"
+    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+    await writer.drain()
+
+
 async def answer_or_stream_forever(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    """Non-stream requests get a completion; stream requests an SSE stream that never ends."""
+    """Non-stream requests get a completion; stream requests an SSE stream that never ends.
+
+    A stream request from user ``slow`` gets a slow stream that ends.
+    """
     while True:
         _head, body = await read_head_of_request(reader)
-        if not json.loads(body).get("stream"):
+        request = json.loads(body)
+        if not request.get("stream"):
             writer.write(ANSWER)
             await writer.drain()
+            continue
+        if request.get("user") == "slow":
+            await slow_stream(writer)
             continue
         writer.write(STREAM_HEAD)
         chunk = b"%x\r\n%s\r\n" % (len(EVENT), EVENT)
@@ -86,14 +114,23 @@ async def answer_or_stream_forever(
             await writer.drain()
 
 
-def chat(*, stream: bool = False, request_id: str | None = None) -> bytes:
-    """A chat request that closes its connection after the answer."""
+def chat(
+    *,
+    stream: bool = False,
+    request_id: str | None = None,
+    user: str | None = None,
+    close: bool = True,
+) -> bytes:
+    """A chat request that closes its connection after the answer (unless not *close*)."""
     payload: dict[str, object] = {"messages": [{"role": "user", "content": "hi"}]}
     if stream:
         payload["stream"] = True
+    if user is not None:
+        payload["user"] = user
     body = json.dumps(payload).encode()
     extra = f"X-Request-Id: {request_id}\r\n" if request_id else ""
-    extra += "Connection: close\r\n"
+    if close:
+        extra += "Connection: close\r\n"
     return (
         f"POST {TARGET} HTTP/1.1\r\nHost: aigw.test\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n{extra}\r\n"
@@ -116,6 +153,7 @@ def metrics(gateway: GatewayProcess) -> dict[str, float]:
 PROXY_OPEN = 'aigw_client_connections{listener="proxy"}'
 PROXY_LIMIT = 'aigw_max_client_connections{listener="proxy"}'
 PROXY_REACHED = 'aigw_connection_limit_reached_total{listener="proxy"}'
+PROXY_RECLAIMED = 'aigw_connections_reclaimed_total{listener="proxy"}'
 
 
 @contextlib.contextmanager
@@ -149,26 +187,106 @@ def upstream() -> Iterator[ScriptedUpstream]:
 # -- connection cap ------------------------------------------------------------
 
 
-def test_connection_cap_queues_a_flood_and_serves_the_request_behind_it(
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def test_idle_connections_make_room_for_new_clients_at_the_cap(
     upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
+    """Idle connections are reclaimed at the cap; requests in flight never are.
+
+    Without reclaiming, the legitimate request behind 60 idle connections
+    waited for the head deadline (here 30 s) to free a slot.
+    """
+    flags = ("--max-connections", "20", "--header-timeout", "30")
+    with (
+        contextlib.ExitStack() as stack,
+        gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway,
+    ):
+
+        def opened(sock: socket.socket) -> socket.socket:
+            return stack.enter_context(sock)
+
+        # In flight throughout: a slow stream (5 s), started first, so it is the oldest.
+        stream = opened(connect(gateway.port))
+        stream.sendall(chat(stream=True, user="slow", request_id="in-flight"))
+        received = b""
+        while b"data: " not in received:
+            chunk = stream.recv(65536)
+            assert chunk, received
+            received += chunk
+        # 25 keep-alive connections left idle after a completed request.
+        keepalive = []
+        for _ in range(25):
+            sock = opened(connect(gateway.port))
+            sock.sendall(chat(close=False))
+            assert read_response(sock, 5).status == 200
+            keepalive.append(sock)
+        # 10 that sent half a head, 25 that never send a byte.
+        partial = []
+        for _ in range(10):
+            sock = opened(connect(gateway.port))
+            sock.sendall(f"POST {TARGET} HTTP/1.1\r\nHost: aigw.test\r\n".encode())
+            partial.append(sock)
+        silent = [opened(connect(gateway.port)) for _ in range(25)]
+
+        # A new client behind them all is answered at once.
+        status, elapsed = timed_request(gateway.port, chat(), timeout=5)
+        assert status == 200
+        assert elapsed < 1
+        seen = metrics(gateway)
+        assert seen[PROXY_OPEN] <= 20
+        # Every connection beyond the cap was made room for by closing an idle one.
+        assert seen[PROXY_RECLAIMED] >= 40
+        assert gateway.status()["routes"] == 1
+
+        # The stream was never cut: it runs to its end.
+        while b"[DONE]" not in received:
+            chunk = stream.recv(65536)
+            assert chunk, "the in-flight stream was cut"
+            received += chunk
+        response = parse_response(received)
+        assert response.status == 200
+        # Nor any half-sent head: each one completes and is answered.
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+        rest = (
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + body
+        for sock in partial:
+            sock.sendall(rest)
+            assert read_response(sock, 5).status == 200
+        # The idle ones went, longest idle first: all keep-alive ones were older
+        # than the silent ones, and at most 20 - 11 idle connections remain open.
+        assert sum(closed_by_peer(sock, timeout=0.2) for sock in keepalive) == 25
+        assert sum(closed_by_peer(sock, timeout=0.2) for sock in silent) >= 25 - 9
+        line = gateway.access_log("in-flight")
+        assert (line["status"], line["outcome"]) == (200, "ok")
+        assert "Traceback" not in gateway.raw_log()
+
+
+def test_connection_cap_queues_a_flood_when_nothing_is_idle(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """Slots held by requests in flight: the excess waits in the listen queue, is not reset."""
     flags = ("--max-connections", "20", "--header-timeout", "1")
     with gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway:
         assert gateway.admin_url is not None
-        with idle_connections(gateway.port, 40):
-            # The first 20 are accepted; the other 20 wait in the listen queue.
+        with contextlib.ExitStack() as stack:
+            # 20 connections each with half a head: in flight, not reclaimable.
+            for _ in range(20):
+                sock = stack.enter_context(connect(gateway.port))
+                sock.sendall(f"POST {TARGET} HTTP/1.1\r\n".encode())
             wait_until(lambda: metrics(gateway).get(PROXY_OPEN) == 20, timeout=5)
-            seen = [metrics(gateway) for _ in range(5)]
-            assert all(m[PROXY_OPEN] <= 20 for m in seen)
-            assert seen[-1][PROXY_LIMIT] == 20
-            assert seen[-1][PROXY_REACHED] >= 1
-            # The admin port answers during the flood.
-            assert gateway.status()["routes"] == 1
-            # Behind 40 idle connections: answered once the head deadline has
-            # closed enough of them (two waves of 20, one second each).
+            # Behind them: answered once the head deadline has closed them.
             status, elapsed = timed_request(gateway.port, chat())
+            seen = metrics(gateway)
         assert status == 200
         assert elapsed < 15
+        assert seen[PROXY_LIMIT] == 20
+        assert seen[PROXY_REACHED] >= 1
+        assert seen[PROXY_RECLAIMED] == 0
         listening = next(e for e in gateway.events() if e.get("event") == "listening")
         assert listening["max_connections"] == 20
         assert "Traceback" not in gateway.raw_log()
@@ -199,11 +317,13 @@ def test_derived_limit_keeps_512_descriptors_from_running_out(
         # upstream connections (the pool's 1,000 would not fit).
         assert 100 <= limit <= 256
         with idle_connections(gateway.port, 520):
-            wait_until(lambda: metrics(gateway).get(PROXY_OPEN) == limit, timeout=10)
+            # The limit is reached (idle connections are reclaimed to let the
+            # rest in, a batch at a time) and never crossed.
+            wait_until(lambda: metrics(gateway).get(PROXY_RECLAIMED, 0) > 0, timeout=10)
+            assert metrics(gateway)[PROXY_OPEN] <= limit
             assert gateway.status()["routes"] == 1  # the admin port has descriptors left
-            # Sent behind 520 idle connections: waits in the queue, is not reset.
+            # Sent behind 520 idle connections: idle ones make room, nothing is reset.
             statuses = [timed_request(gateway.port, chat())[0] for _ in range(3)]
-            assert metrics(gateway)[PROXY_REACHED] >= 1
         assert statuses == [200, 200, 200]
         assert gateway.proc.poll() is None
         output = gateway.raw_log()

@@ -1,4 +1,4 @@
-"""The connection limit: the derived default, and a listener that stops accepting at it.
+"""The connection limit: the derived default; at the limit, idle connections make room.
 
 The listener runs in-process on 127.0.0.1 (asyncio and uvloop); clients are
 raw sockets, so a connection the gateway has not accepted is still "open" from
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from aigw.acceptor import default_max_connections
 from aigw.admin import ADMIN_MAX_CONNECTIONS
 from aigw.listener import Listener, ListenerSettings, start_listener
-from aigw.metrics import Metrics
+from aigw.metrics import ListenerSeries, Metrics
 from aigw.server import ServeSettings
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -76,8 +78,26 @@ def test_serve_settings_reserve_room_for_the_admin_listener(
 # -- a listener at its limit -----------------------------------------------------
 
 
-async def _ok(_request: web.BaseRequest) -> web.StreamResponse:
-    return web.Response(text="ok")
+class _App:
+    """A handler that answers ``ok``, each request held until :attr:`gate` opens.
+
+    Records the transport of every request, so a test can reach the server
+    side of a connection.
+    """
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.transports: list[asyncio.Transport] = []
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transports.append(cast(asyncio.Transport, request.transport))
+        await self.gate.wait()
+        return web.Response(text="ok")
+
+
+Client = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 async def _answered(reader: asyncio.StreamReader, within: float) -> bool:
@@ -88,38 +108,157 @@ async def _answered(reader: asyncio.StreamReader, within: float) -> bool:
     return head.startswith(b"HTTP/1.1 200 ")
 
 
-async def _scenario() -> None:
-    metrics = Metrics(CollectorRegistry())
-    settings = ListenerSettings(port=0, max_connections=2, header_timeout=30)
-    listener: Listener = await start_listener(_ok, settings, metrics=metrics)
-    series = metrics.listeners["proxy"]
-    clients = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(3)]
+async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
     try:
-        for _reader, writer in clients:
+        return await asyncio.wait_for(reader.read(1), within) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+async def _listen(app: _App, limit: int) -> tuple[Listener, ListenerSeries]:
+    metrics = Metrics(CollectorRegistry())
+    settings = ListenerSettings(port=0, max_connections=limit, header_timeout=30)
+    listener = await start_listener(app, settings, metrics=metrics)
+    return listener, metrics.listeners["proxy"]
+
+
+async def _connect(listener: Listener, clients: list[Client]) -> Client:
+    client = await asyncio.open_connection("127.0.0.1", listener.port)
+    clients.append(client)
+    return client
+
+
+async def _busy_connections_hold_the_limit() -> None:
+    """Nothing idle to reclaim: the excess waits in the listen queue until a slot frees."""
+    app = _App()
+    listener, series = await _listen(app, 2)
+    clients: list[Client] = []
+    try:
+        app.gate.clear()
+        busy = [await _connect(listener, clients) for _ in range(2)]
+        for _reader, writer in busy:
             writer.write(REQUEST)
-        # Two are served; the third waits in the listen queue, unanswered.
-        assert await _answered(clients[0][0], 5)
-        assert await _answered(clients[1][0], 5)
-        assert not await _answered(clients[2][0], 0.3)
+        await _until(lambda: len(app.transports) == 2)
+        # Both slots have a request in flight: the third waits, unanswered.
+        third = await _connect(listener, clients)
+        third[1].write(REQUEST)
+        assert not await _answered(third[0], 0.3)
         assert (series.open, series.limit) == (2, 2)
-        assert series.limit_reached.value >= 1
-        # One closes: the third is accepted and answered.
-        clients[0][1].close()
-        assert await _answered(clients[2][0], 5)
+        assert series.limit_reached.value == 1
+        assert series.reclaimed.value == 0
+        # The two finish and stay open, idle: the third takes the slot of the
+        # one idle longest (looked for again while at the limit), and is served.
+        app.gate.set()
+        assert await _answered(busy[0][0], 5)
+        assert await _answered(busy[1][0], 5)
+        assert await _answered(third[0], 3)
+        assert series.reclaimed.value == 1
         assert series.open == 2
     finally:
-        for _reader, writer in clients:
-            writer.close()
-        await listener.stop()
+        await _close_all(clients, listener)
     # Every slot was given back.
     assert series.open == 0
 
 
-def test_limit_holds_excess_connections_in_the_listen_queue() -> None:
-    asyncio.run(_scenario())
+async def _idle_connections_make_room() -> None:
+    """Longest idle first; never one with part of a head; never one whose request waits unread."""
+    app = _App()
+    listener, series = await _listen(app, 3)
+    clients: list[Client] = []
+    try:
+        keepalive = await _connect(listener, clients)
+        keepalive[1].write(REQUEST)
+        assert await _answered(keepalive[0], 5)  # then idle, longest
+        await asyncio.sleep(0.05)  # uvloop's clock ticks in milliseconds
+        silent = await _connect(listener, clients)
+        partial = await _connect(listener, clients)
+        partial[1].write(b"GET / HTTP/1.1\r\nHost: te")
+        await _until(lambda: series.open == 3)
+        await asyncio.sleep(0.05)  # the partial head has been read
+
+        # A new client at the limit: the keep-alive connection, idle longest, makes room.
+        first = await _connect(listener, clients)
+        first[1].write(REQUEST)
+        assert await _answered(first[0], 2)
+        assert await _closed_by_server(keepalive[0], 2)
+        # Then the silent one (first is now idle, but idle for less time).
+        await asyncio.sleep(0.05)
+        second = await _connect(listener, clients)
+        second[1].write(REQUEST)
+        assert await _answered(second[0], 2)
+        assert await _closed_by_server(silent[0], 2)
+        # Then first, though the half-sent head has been open longer.
+        await asyncio.sleep(0.05)
+        third = await _connect(listener, clients)
+        third[1].write(REQUEST)
+        assert await _answered(third[0], 2)
+        assert await _closed_by_server(first[0], 2)
+        assert series.reclaimed.value == 3
+        assert series.limit_reached.value == 0
+        # The half-sent head was never a candidate: it is still served.
+        partial[1].write(b"st\r\n\r\n")
+        assert await _answered(partial[0], 2)
+    finally:
+        await _close_all(clients, listener)
 
 
-def test_limit_under_uvloop() -> None:
+async def _request_waiting_unread_is_kept() -> None:
+    """An idle connection whose next request is already in its socket is not reclaimed."""
+    app = _App()
+    listener, series = await _listen(app, 1)
+    clients: list[Client] = []
+    try:
+        kept = await _connect(listener, clients)
+        kept[1].write(REQUEST)
+        assert await _answered(kept[0], 5)
+        # The server stops reading it; its next request lands in the socket, unread.
+        (transport,) = app.transports
+        transport.pause_reading()
+        kept[1].write(REQUEST)
+        await asyncio.sleep(0.05)
+        newcomer = await _connect(listener, clients)
+        newcomer[1].write(REQUEST)
+        assert not await _answered(newcomer[0], 0.3)
+        assert series.reclaimed.value == 0
+        assert series.limit_reached.value == 1
+        # Read again, it is answered: it was kept. Idle once more, it makes room.
+        transport.resume_reading()
+        assert await _answered(kept[0], 2)
+        assert await _answered(newcomer[0], 3)
+        assert series.reclaimed.value == 1
+    finally:
+        await _close_all(clients, listener)
+
+
+async def _until(predicate: Callable[[], bool], within: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.01)
+
+
+async def _close_all(clients: list[Client], listener: Listener) -> None:
+    for _reader, writer in clients:
+        writer.close()
+    await listener.stop()
+
+
+SCENARIOS = [
+    _busy_connections_hold_the_limit,
+    _idle_connections_make_room,
+    _request_waiting_unread_is_kept,
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__.strip("_"))
+def test_connection_limit(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__.strip("_"))
+def test_connection_limit_under_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     uvloop = pytest.importorskip("uvloop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_scenario())
+        runner.run(scenario())

@@ -24,7 +24,13 @@ from aiohttp import http_parser, web, web_protocol, web_response
 from aiohttp.web_protocol import RequestHandler
 
 from aigw import aiohttp_internals
-from aigw.aiohttp_internals import check_aiohttp_internals, head_count, is_idle, require_c_parser
+from aigw.aiohttp_internals import (
+    check_aiohttp_internals,
+    head_count,
+    idle_order,
+    is_idle,
+    require_c_parser,
+)
 from aigw.client_connection import ClientConnection, client_connection, cut_outcome
 from aigw.listener import Listener, ListenerSettings, start_listener
 
@@ -446,7 +452,7 @@ async def test_stop_drains_in_flight_and_refuses_new_connections(served: _Served
 
 
 async def test_private_aiohttp_internals_mean_what_we_assume(served: _Served) -> None:
-    """Guards ``_request_count`` / ``_waiter`` semantics against aiohttp upgrades."""
+    """Guards ``_request_count`` / ``_waiter`` / keep-alive deadline semantics against upgrades."""
     protocols: list[RequestHandler] = []
 
     async def capture(request: web.Request) -> web.Response:
@@ -459,15 +465,20 @@ async def test_private_aiohttp_internals_mean_what_we_assume(served: _Served) ->
     app.router.add_get("/", capture)
     app.router.add_get("/internals", _internals)
     listener = await start_listener(app, _settings())
+    loop = asyncio.get_running_loop()
     reader, writer = await _connect(listener.port)
     try:
+        await asyncio.sleep(0.05)
+        sent = loop.time()
         writer.write(_get())
         assert (await _read_response(reader)).status == 200
+        answered = loop.time()
         (protocol,) = protocols
         await asyncio.sleep(0.05)
-        # Between requests: one head seen, idle.
+        # Between requests: one head seen, idle, idle since the response.
         assert head_count(protocol) == 1
         assert is_idle(protocol)
+        assert sent + KEEPALIVE_TIMEOUT <= idle_order(protocol) <= answered + KEEPALIVE_TIMEOUT
         # Part of a head: not counted yet, still idle.
         writer.write(b"GET /internals HT")
         await asyncio.sleep(0.05)
@@ -482,9 +493,12 @@ async def test_private_aiohttp_internals_mean_what_we_assume(served: _Served) ->
         await listener.stop()
 
 
-def test_missing_private_attribute_fails_startup(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(RequestHandler, "_waiter")
-    with pytest.raises(RuntimeError, match="_waiter"):
+@pytest.mark.parametrize("name", ["_request_count", "_waiter", "_next_keepalive_close_time"])
+def test_missing_private_attribute_fails_startup(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.delattr(RequestHandler, name)
+    with pytest.raises(RuntimeError, match=name):
         check_aiohttp_internals()
 
 

@@ -19,11 +19,12 @@ from aiohttp import web
 
 from aigw.chain.access_log import access_log
 from aigw.chain.body_budget import BodyBudget
+from aigw.chain.body_reader import drop_unread_body
 from aigw.chain.errors import error_responses
 from aigw.chain.exchange import Exchange
 from aigw.chain.info import UNMATCHED
 from aigw.chain.request_id import request_id
-from aigw.errors import BadRequest, MethodNotAllowed, RouteNotFound
+from aigw.errors import BadRequest, GatewayError, MethodNotAllowed, RouteNotFound
 from aigw.logs import scrubber
 from aigw.metrics import METRICS
 from aigw.route import compile_chain
@@ -109,7 +110,7 @@ class Gateway:
             )
             return await found.value.handler(ex)
         if found is None:
-            error: Exception = RouteNotFound(
+            error: GatewayError = RouteNotFound(
                 "route_not_found", f"no route for {request.method} {path}"
             )
         else:
@@ -122,8 +123,12 @@ class Gateway:
         return await self._reject(request, path, table, error)
 
     async def _reject(
-        self, request: web.BaseRequest, path: str, table: RouteTable, error: Exception
+        self, request: web.BaseRequest, path: str, table: RouteTable, error: GatewayError
     ) -> web.StreamResponse:
+        if drop_unread_body(request):
+            # Answered without reading the body: a client waiting for 100
+            # Continue never sends it, and its next request would be read as it.
+            error.close_connection = True
         ex = Exchange(
             request=request,
             path=path,

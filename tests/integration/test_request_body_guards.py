@@ -436,6 +436,64 @@ def test_curl_upload_does_not_wait_for_the_expect_timeout(
     assert float(seconds) < 0.5, result.stdout
 
 
+# -- refusals that never read the body (404, 405) ------------------------------
+
+UNKNOWN = "/openai/deployments/nope/chat/completions?api-version=2024-10-21"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [("POST", UNKNOWN, 404, "route_not_found"), ("PUT", TARGET, 405, "method_not_allowed")],
+)
+def test_refusal_closes_a_connection_waiting_for_100_continue(
+    guarded: GatewayProcess, method: str, path: str, status: int, code: str
+) -> None:
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: aigw\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(CHAT)}\r\nExpect: 100-continue\r\n"
+        f"x-request-id: expect-{status}\r\n\r\n"
+    ).encode()
+    with connect(guarded) as sock:
+        started = time.monotonic()
+        sock.sendall(request)
+        response = read_response(sock, timeout=5)  # a 100 Continue would be parsed as the answer
+        assert response.status == status
+        assert error_of(response)["code"] == code
+        # The client holds its body back; the next thing it sends would be read
+        # as that body (aiohttp would wait 10 s for it), so the connection closes.
+        assert response.header("connection") == "close"
+        assert closed_by_peer(sock, timeout=3)
+        assert time.monotonic() - started < 3
+    assert guarded.access_log(f"expect-{status}")["status"] == status
+
+
+def test_a_body_sent_to_no_route_is_never_read_as_a_request(guarded: GatewayProcess) -> None:
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: aigw\r\n\r\n"
+    with connect(guarded) as sock:
+        # Answered from the head alone, before the body is sent.
+        sock.sendall(head(len(smuggled), path=UNKNOWN, request_id="unread-body"))
+        assert read_response(sock, timeout=5).status == 404
+        try:
+            sock.sendall(smuggled + head(len(CHAT), request_id="after-unread") + CHAT)
+            after = read_response(sock, timeout=5)
+        except ConnectionError:
+            after = RawResponse()
+        # Either the connection closed, or the body was skipped by its framing.
+        assert after.status in (0, 200), after
+    time.sleep(0.2)
+    assert not [e for e in guarded.events() if e.get("path") == "/smuggled"]
+
+
+def test_a_whole_body_sent_to_no_route_keeps_the_connection(guarded: GatewayProcess) -> None:
+    with connect(guarded) as sock:
+        sock.sendall(head(len(CHAT), path=UNKNOWN) + CHAT)
+        response = read_response(sock, timeout=5)
+        assert response.status == 404
+        assert response.header("connection") != "close"
+        sock.sendall(head(len(CHAT)) + CHAT)
+        assert read_response(sock, timeout=5).status == 200
+
+
 # -- api-version digits (finding 11) -------------------------------------------
 
 

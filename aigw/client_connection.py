@@ -96,6 +96,12 @@ _TCP_INFO_SIZE = 128
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _BYTES_ACKED = struct.Struct("=Q")
 _BYTES_ACKED_OFFSET = 120
+# How often per send deadline the acknowledged bytes are read while writing is
+# paused: a client that stopped reading is cut at most 1/_SEND_CHECKS of the
+# deadline late (a few microseconds of getsockopt per check).
+_SEND_CHECKS = 5
+# asyncio may run a timer this early (its clock resolution is about 1 ms).
+_TIMER_SLACK = 0.002
 # ``ioctl(FIONREAD)``: an int, the bytes waiting in the socket's receive queue.
 _FIONREAD = struct.Struct("i")
 _FIONREAD_ZERO = _FIONREAD.pack(0)
@@ -124,16 +130,18 @@ class ClientConnection(asyncio.Protocol):
     after the handler goes idle arms the timer, and silence is ended by
     aiohttp's keep-alive timer (``keepalive_timeout``).
 
-    **Send deadline**: a second timer, armed when the transport's write
-    buffer passes its high-water mark (``pause_writing``) and cancelled when
-    it drains (``resume_writing``). When it fires, the kernel is asked whether
-    the client acknowledged any byte since it was armed (``TCP_INFO``): a
-    client that reads slowly does, and the timer starts again (the writable
-    wake-up only comes once a third of a send buffer of up to 4 MiB has
-    drained, which takes longer than the deadline at a slow pace). A client
-    that acknowledged nothing for ``client_send_timeout`` stopped reading: the
-    transport is aborted, which aiohttp turns into the handler's cancellation.
-    :attr:`send_timed_out` records why.
+    **Send deadline**: a second timer, running while the transport's write
+    buffer is past its high-water mark (from ``pause_writing`` until
+    ``resume_writing``). Five times per deadline it asks the kernel how many
+    bytes the client has acknowledged (``TCP_INFO``): a client that reads,
+    however slowly, moves the count, and its silence starts again (the
+    writable wake-up comes only once the kernel's queue has drained below
+    its low-water mark, which takes longer than the deadline at a slow pace).
+    A client that acknowledged nothing for ``client_send_timeout`` stopped
+    reading, and is cut between one deadline and 1.2 deadlines after its last
+    acknowledgement: the transport is aborted, which aiohttp turns into the
+    handler's cancellation. :attr:`send_timed_out` records why. (Where
+    ``TCP_INFO`` is unavailable, the deadline runs from ``pause_writing``.)
 
     **Who cut it**: ``connection_lost`` notes whether the transport was still
     the handler's when it was lost (the client closed or reset it) or aiohttp
@@ -158,7 +166,9 @@ class ClientConnection(asyncio.Protocol):
         "_handler",
         "_loop",
         "_peer_closed",
+        "_quiet_since",
         "_release",
+        "_send_check",
         "_send_timeout",
         "_send_timer",
         "_shutdown",
@@ -190,6 +200,8 @@ class ClientConnection(asyncio.Protocol):
         # a silent close, like an idle keep-alive connection does.
         self._bytes_seen = False
         self._acked: int | None = None  # the client's acknowledged bytes when last checked
+        self._quiet_since = 0.0  # loop time since which it acknowledged nothing
+        self._send_check = send_timeout / _SEND_CHECKS
         self.send_timed_out = False
         """The connection was closed because the client stopped reading."""
         self._peer_closed = False  # the client closed or reset the connection
@@ -266,19 +278,31 @@ class ClientConnection(asyncio.Protocol):
         handler.force_close()
 
     def _arm_send(self, transport: asyncio.BaseTransport) -> None:
+        now = self._loop.time()
         self._acked = _bytes_acked(transport)
-        self._send_timer = self._loop.call_at(
-            self._loop.time() + self._send_timeout, self._on_send_deadline
-        )
+        self._quiet_since = now
+        self._send_timer = self._loop.call_at(now + self._send_check, self._on_send_check)
 
-    def _on_send_deadline(self) -> None:
+    def _on_send_check(self) -> None:
         self._send_timer = None
         transport = self._handler.transport
         if transport is None:
             return
-        acked = self._acked
-        if acked is not None and _bytes_acked(transport) != acked:
-            self._arm_send(transport)  # reading, slowly: a new period starts now
+        loop = self._loop
+        now = loop.time()
+        if self._acked is not None:
+            acked = _bytes_acked(transport)
+            if acked != self._acked:
+                # Reading, slowly: the silence starts again now (at the latest
+                # moment the acknowledgement can have come, so a client is
+                # never cut before a whole deadline of silence).
+                self._acked = acked
+                self._quiet_since = now
+        deadline = self._quiet_since + self._send_timeout
+        if now < deadline - _TIMER_SLACK:
+            self._send_timer = loop.call_at(
+                min(now + self._send_check, deadline), self._on_send_check
+            )
             return
         self.send_timed_out = True
         # abort(), not close(): close() would wait to flush the very bytes the

@@ -99,7 +99,7 @@ _BYTES_ACKED_OFFSET = 120
 # How often per send deadline the acknowledged bytes are read while writing is
 # paused: a client that stopped reading is cut at most 1/_SEND_CHECKS of the
 # deadline late (a few microseconds of getsockopt per check).
-_SEND_CHECKS = 5
+_SEND_CHECKS = 10
 # asyncio may run a timer this early (its clock resolution is about 1 ms).
 _TIMER_SLACK = 0.002
 # ``ioctl(FIONREAD)``: an int, the bytes waiting in the socket's receive queue.
@@ -132,13 +132,13 @@ class ClientConnection(asyncio.Protocol):
 
     **Send deadline**: a second timer, running while the transport's write
     buffer is past its high-water mark (from ``pause_writing`` until
-    ``resume_writing``). Five times per deadline it asks the kernel how many
+    ``resume_writing``). Ten times per deadline it asks the kernel how many
     bytes the client has acknowledged (``TCP_INFO``): a client that reads,
     however slowly, moves the count, and its silence starts again (the
     writable wake-up comes only once the kernel's queue has drained below
     its low-water mark, which takes longer than the deadline at a slow pace).
     A client that acknowledged nothing for ``client_send_timeout`` stopped
-    reading, and is cut between one deadline and 1.2 deadlines after its last
+    reading, and is cut between one deadline and 1.1 deadlines after its last
     acknowledgement: the transport is aborted, which aiohttp turns into the
     handler's cancellation. :attr:`send_timed_out` records why. (Where
     ``TCP_INFO`` is unavailable, the deadline runs from ``pause_writing``.)

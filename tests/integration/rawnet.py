@@ -81,9 +81,15 @@ class ScriptedUpstream:
         async def stop() -> None:
             assert self._server is not None
             self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
+            # Until none are left: a connection accepted just before the close
+            # starts its script a loop turn later. Each cancelled script runs
+            # its finally (closing its writer) before the loop stops, so no
+            # transport is left for the garbage collector to warn about.
+            while tasks := asyncio.all_tasks() - {asyncio.current_task()}:
+                for task in tasks:
                     task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.sleep(0)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

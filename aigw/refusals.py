@@ -137,8 +137,10 @@ def log_refusal(
 class RefusingRequestHandler(RequestHandler):
     """aiohttp's per-connection ``RequestHandler``, answering parse errors as aigw does.
 
-    Only ``handle_error`` differs, and only for ``HttpProcessingError`` (what
-    the parser raises); a handler's own exception keeps aiohttp's 500.
+    Only ``handle_error`` differs: for ``HttpProcessingError`` (what the
+    parser raises), and for a client that went away mid-response, which the
+    access log has already recorded; any other exception from a handler keeps
+    aiohttp's 500.
     """
 
     __slots__ = ()
@@ -151,6 +153,12 @@ class RefusingRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """The response to a request that failed before or outside the handler."""
+        if isinstance(exc, ConnectionError):
+            # The client is gone (a write to its closed transport failed): the
+            # chain has logged it (499) and there is nobody to answer. aiohttp
+            # would print a traceback to stderr first; raising is how it then
+            # ends the connection quietly.
+            raise ConnectionError("the client went away; nothing to answer") from exc
         if not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         if request.writer.output_size > 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -595,3 +596,34 @@ def test_head_deadline_under_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+# -- a client gone mid-response --------------------------------------------------
+
+
+async def test_a_client_gone_mid_response_ends_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    # What the relay meets when a client leaves between two writes: the next
+    # write raises ConnectionResetError ("Cannot write to closing transport").
+    # The access log has recorded it; aiohttp must not print a traceback.
+    started = asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first")
+        started.set()
+        raise ConnectionResetError("Cannot write to closing transport")
+
+    listener = await start_listener(handler, _settings())
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aiohttp"):
+            reader, writer = await _connect(listener.port)
+            writer.write(_get())
+            await asyncio.wait_for(started.wait(), 5)
+            received = await _until_closed(reader)
+            await _close(writer)
+    finally:
+        await listener.stop()
+    assert received.startswith(b"HTTP/1.1 200")
+    assert b"500" not in received  # no second response after the first began
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]

@@ -160,7 +160,8 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
         type=int,
         default=None,
         metavar="N",
-        help="client connections per worker; past it new ones wait in the listen queue "
+        help="client connections per worker; past it the connections idle longest are closed "
+        "to make room, and if none is idle new ones wait in the listen queue "
         "(default: derived from the open-file limit)",
     )
     cmd.add_argument(

@@ -24,6 +24,7 @@ the client's bytes go upstream as they came.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -58,7 +59,7 @@ def body_checks(
     limit = proxy.max_request_body_size
     route_type = target.route_type
     if route_type == "preserve":
-        return _preserve_stage(limit, limits, next_)
+        return _body_stage(limit, limits, _peek_at_stream, next_)
 
     required = _REQUIRED_FIELD[route_type]
     streams = route_type in _STREAMING_TYPES
@@ -77,6 +78,66 @@ def body_checks(
             if value is not None
         )
 
+    def check(ex: Exchange, body: bytes) -> None:
+        """Refuses a body this route cannot serve; fills in what the route adds."""
+        payload = _parse_object(body)
+        _require(payload, required)
+        requested = payload.get("model")
+        if isinstance(requested, str) and requested:
+            ex.requested_model = requested
+            if model_name is not None and requested != model_name:
+                raise BadRequest(
+                    "model_mismatch",
+                    f"model {requested[:200]!r} is not served here: this route serves "
+                    f"{model_name!r}",
+                    param="model",
+                )
+        changed = False
+        if streams:
+            stream = payload.get("stream") is True
+            if stream and streaming_mode == "deny":
+                raise BadRequest(
+                    "streaming_disabled",
+                    "response streaming is disabled for this route (response_streaming: deny)",
+                    param="stream",
+                )
+            if not stream and streaming_mode == "always":
+                payload["stream"] = stream = changed = True
+            if stream:
+                ex.stream = True
+                changed |= _ask_for_usage(ex, payload)
+            for key, value in defaults:
+                if key not in payload and not (
+                    key == "max_tokens" and "max_completion_tokens" in payload
+                ):
+                    payload[key] = value
+                    changed = True
+        ex.payload = payload
+        if changed:
+            ex.upstream_body = dump_json(payload)
+
+    return _body_stage(limit, limits, check, next_)
+
+
+def _peek_at_stream(ex: Exchange, body: bytes) -> None:
+    """Pass-through: never rewrites the body, only peeks at it so a stream is logged as one."""
+    if b'"stream"' in body:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        ex.stream = isinstance(payload, dict) and payload.get("stream") is True
+
+
+def _body_stage(
+    limit: int, limits: Limits, inspect: Callable[[Exchange, bytes], None], next_: Handler
+) -> Handler:
+    """The stage every route type shares: read the body within its bounds, let
+    *inspect* check it (and set ``ex.upstream_body`` if it rewrites it), go on.
+
+    *inspect* is a plain function, so this costs no extra coroutine per request.
+    """
+
     async def stage(ex: Exchange) -> web.StreamResponse:
         try:
             body = await read_bounded(ex.request, limit, limits, ex.body_budget)
@@ -86,66 +147,7 @@ def body_checks(
         # The body's bytes stay reserved until the request ends (ex.client_body).
         try:
             ex.client_body = ex.upstream_body = body
-            payload = _parse_object(body)
-            _require(payload, required)
-            requested = payload.get("model")
-            if isinstance(requested, str) and requested:
-                ex.requested_model = requested
-                if model_name is not None and requested != model_name:
-                    raise BadRequest(
-                        "model_mismatch",
-                        f"model {requested[:200]!r} is not served here: this route serves "
-                        f"{model_name!r}",
-                        param="model",
-                    )
-            changed = False
-            if streams:
-                stream = payload.get("stream") is True
-                if stream and streaming_mode == "deny":
-                    raise BadRequest(
-                        "streaming_disabled",
-                        "response streaming is disabled for this route (response_streaming: deny)",
-                        param="stream",
-                    )
-                if not stream and streaming_mode == "always":
-                    payload["stream"] = stream = changed = True
-                if stream:
-                    ex.stream = True
-                    changed |= _ask_for_usage(ex, payload)
-                for key, value in defaults:
-                    if key not in payload and not (
-                        key == "max_tokens" and "max_completion_tokens" in payload
-                    ):
-                        payload[key] = value
-                        changed = True
-            ex.payload = payload
-            if changed:
-                ex.upstream_body = dump_json(payload)
-            return await next_(ex)
-        finally:
-            ex.body_budget.release(len(body))
-
-    return stage
-
-
-def _preserve_stage(limit: int, limits: Limits, next_: Handler) -> Handler:
-    async def stage(ex: Exchange) -> web.StreamResponse:
-        try:
-            body = await read_bounded(ex.request, limit, limits, ex.body_budget)
-        except (RequestTimeout, ServiceUnavailable) as error:
-            ex.outcome = _BODY_OUTCOMES[error.status]
-            raise
-        # The body's bytes stay reserved until the request ends (ex.client_body).
-        try:
-            ex.client_body = ex.upstream_body = body
-            # Pass-through: the body is never rewritten; it is only peeked at so
-            # a stream is logged as one.
-            if b'"stream"' in body:
-                try:
-                    payload = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    payload = None
-                ex.stream = isinstance(payload, dict) and payload.get("stream") is True
+            inspect(ex, body)
             return await next_(ex)
         finally:
             ex.body_budget.release(len(body))

@@ -101,14 +101,7 @@ class Gateway:
             )
         found = table.router.match(request.method, path)
         if isinstance(found, Match):
-            ex = Exchange(
-                request=request,
-                path=path,
-                pool=self._pool,
-                body_budget=self._body_budget,
-                generation=table.generation,
-            )
-            return await found.value.handler(ex)
+            return await found.value.handler(self._exchange(request, path, table))
         if found is None:
             error: GatewayError = RouteNotFound(
                 "route_not_found", f"no route for {request.method} {path}"
@@ -129,12 +122,22 @@ class Gateway:
             # Answered without reading the body: a client waiting for 100
             # Continue never sends it, and its next request would be read as it.
             error.close_connection = True
-        ex = Exchange(
+        return await _UNMATCHED_CHAIN(self._exchange(request, path, table, error))
+
+    def _exchange(
+        self,
+        request: web.BaseRequest,
+        path: str,
+        table: RouteTable,
+        preset_error: GatewayError | None = None,
+    ) -> Exchange:
+        """A new exchange on this worker's pool and body budget, tagged with *table*'s
+        generation; *preset_error* makes the chain answer with it."""
+        return Exchange(
             request=request,
             path=path,
             pool=self._pool,
             body_budget=self._body_budget,
             generation=table.generation,
-            preset_error=error,
+            preset_error=preset_error,
         )
-        return await _UNMATCHED_CHAIN(ex)

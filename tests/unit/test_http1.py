@@ -126,6 +126,18 @@ def refused(received: Received, match: str = "") -> ProtocolError:
     return received.error
 
 
+def refused_whole_and_bytewise(
+    loop: asyncio.AbstractEventLoop, wire: bytes, *, chunked: bool = False
+) -> None:
+    """*wire* is refused whether it arrives in one read or one byte per read.
+
+    With *chunked*, *wire* is the body after a chunked response head.
+    """
+    receive = chunked_body if chunked else feed
+    refused(receive(loop, wire))
+    refused(receive(loop, *bytewise(wire)))
+
+
 def head_of(loop: asyncio.AbstractEventLoop, *lines: bytes, head_request: bool = False) -> Received:
     """Feeds a head (status line and header lines) with no body bytes after it."""
     return feed(loop, b"\r\n".join(lines) + b"\r\n\r\n", head_request=head_request)
@@ -289,8 +301,7 @@ def test_a_bare_lf_head_fails_at_its_first_line(loop: asyncio.AbstractEventLoop)
     ],
 )
 def test_bare_cr_or_lf_in_the_head_is_refused(loop: asyncio.AbstractEventLoop, wire: bytes) -> None:
-    refused(feed(loop, wire))
-    refused(feed(loop, *bytewise(wire)))
+    refused_whole_and_bytewise(loop, wire)
 
 
 # -- header fields -------------------------------------------------------------
@@ -384,8 +395,7 @@ def test_control_characters_in_header_values_are_refused(
     # Finding 6: \x0b or DEL in an allowlisted x-ms-* header passed, and the
     # client's side then failed after the handler had returned.
     wire = b"HTTP/1.1 200 OK\r\nX-Ms-Region: a" + char + b"b\r\nContent-Length: 0\r\n\r\n"
-    refused(feed(loop, wire))
-    refused(feed(loop, *bytewise(wire)))
+    refused_whole_and_bytewise(loop, wire)
 
 
 def test_tab_and_obs_text_in_header_values_are_kept(loop: asyncio.AbstractEventLoop) -> None:
@@ -912,8 +922,7 @@ def test_chunked_valid_size_spellings(loop: asyncio.AbstractEventLoop, size: byt
 )
 def test_chunked_invalid_sizes(loop: asyncio.AbstractEventLoop, size: bytes) -> None:
     wire = size + b"\r\nx\r\n0\r\n\r\n"
-    refused(chunked_body(loop, wire))
-    refused(chunked_body(loop, *bytewise(wire)))
+    refused_whole_and_bytewise(loop, wire, chunked=True)
 
 
 @pytest.mark.parametrize(
@@ -930,8 +939,7 @@ def test_chunked_invalid_sizes(loop: asyncio.AbstractEventLoop, size: bytes) -> 
 def test_chunked_bare_cr_or_lf_in_framing_lines(
     loop: asyncio.AbstractEventLoop, wire: bytes
 ) -> None:
-    refused(chunked_body(loop, wire))
-    refused(chunked_body(loop, *bytewise(wire)))
+    refused_whole_and_bytewise(loop, wire, chunked=True)
 
 
 @pytest.mark.parametrize(
@@ -946,8 +954,7 @@ def test_chunked_bare_cr_or_lf_in_framing_lines(
 def test_chunked_data_must_be_followed_by_crlf(
     loop: asyncio.AbstractEventLoop, wire: bytes
 ) -> None:
-    refused(chunked_body(loop, wire))
-    refused(chunked_body(loop, *bytewise(wire)))
+    refused_whole_and_bytewise(loop, wire, chunked=True)
 
 
 def test_chunked_one_whole_chunk_per_read_as_streams_arrive(

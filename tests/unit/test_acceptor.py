@@ -130,6 +130,13 @@ async def _connect(listener: Listener, clients: list[Client]) -> Client:
     return client
 
 
+async def _send_request(listener: Listener, clients: list[Client]) -> Client:
+    """A new client that has sent one request."""
+    client = await _connect(listener, clients)
+    client[1].write(REQUEST)
+    return client
+
+
 async def _busy_connections_hold_the_limit() -> None:
     """Nothing idle to reclaim: the excess waits in the listen queue until a slot frees."""
     app = _App()
@@ -137,13 +144,10 @@ async def _busy_connections_hold_the_limit() -> None:
     clients: list[Client] = []
     try:
         app.gate.clear()
-        busy = [await _connect(listener, clients) for _ in range(2)]
-        for _reader, writer in busy:
-            writer.write(REQUEST)
+        busy = [await _send_request(listener, clients) for _ in range(2)]
         await _until(lambda: len(app.transports) == 2)
         # Both slots have a request in flight: the third waits, unanswered.
-        third = await _connect(listener, clients)
-        third[1].write(REQUEST)
+        third = await _send_request(listener, clients)
         assert not await _answered(third[0], 0.3)
         assert (series.open, series.limit) == (2, 2)
         assert series.limit_reached.value == 1
@@ -168,8 +172,7 @@ async def _idle_connections_make_room() -> None:
     listener, series = await _listen(app, 3)
     clients: list[Client] = []
     try:
-        keepalive = await _connect(listener, clients)
-        keepalive[1].write(REQUEST)
+        keepalive = await _send_request(listener, clients)
         assert await _answered(keepalive[0], 5)  # then idle, longest
         await asyncio.sleep(0.05)  # uvloop's clock ticks in milliseconds
         silent = await _connect(listener, clients)
@@ -179,20 +182,17 @@ async def _idle_connections_make_room() -> None:
         await asyncio.sleep(0.05)  # the partial head has been read
 
         # A new client at the limit: the keep-alive connection, idle longest, makes room.
-        first = await _connect(listener, clients)
-        first[1].write(REQUEST)
+        first = await _send_request(listener, clients)
         assert await _answered(first[0], 2)
         assert await _closed_by_server(keepalive[0], 2)
         # Then the silent one (first is now idle, but idle for less time).
         await asyncio.sleep(0.05)
-        second = await _connect(listener, clients)
-        second[1].write(REQUEST)
+        second = await _send_request(listener, clients)
         assert await _answered(second[0], 2)
         assert await _closed_by_server(silent[0], 2)
         # Then first, though the half-sent head has been open longer.
         await asyncio.sleep(0.05)
-        third = await _connect(listener, clients)
-        third[1].write(REQUEST)
+        third = await _send_request(listener, clients)
         assert await _answered(third[0], 2)
         assert await _closed_by_server(first[0], 2)
         assert series.reclaimed.value == 3
@@ -210,16 +210,14 @@ async def _request_waiting_unread_is_kept() -> None:
     listener, series = await _listen(app, 1)
     clients: list[Client] = []
     try:
-        kept = await _connect(listener, clients)
-        kept[1].write(REQUEST)
+        kept = await _send_request(listener, clients)
         assert await _answered(kept[0], 5)
         # The server stops reading it; its next request lands in the socket, unread.
         (transport,) = app.transports
         transport.pause_reading()
         kept[1].write(REQUEST)
         await asyncio.sleep(0.05)
-        newcomer = await _connect(listener, clients)
-        newcomer[1].write(REQUEST)
+        newcomer = await _send_request(listener, clients)
         assert not await _answered(newcomer[0], 0.3)
         assert series.reclaimed.value == 0
         assert series.limit_reached.value == 1

@@ -7,28 +7,52 @@ whose every connection runs a script that reads and writes exactly the bytes a
 case needs. :func:`raw_request` and :class:`RawResponse` are the client side:
 a plain socket, bytes out, the answer parsed by llhttp (``httptools``) so a
 test sees framing exactly as a strict client would.
+
+Also the pieces the hostile-network tests share: request bytes (:func:`post`,
+:func:`post_head`, :func:`case_request`), canned upstream answers
+(:data:`COMPLETION_ANSWER`, :func:`always_answer`, :func:`for_each_request`), the
+error object of an aigw answer (:func:`error_of`) and a process's peak RSS
+(:class:`PeakRss`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httptools
 
 from tests.integration.harness import GatewayProcess
 
 __all__ = [
+    "CHAT_TARGET",
+    "COMPLETION",
+    "COMPLETION_ANSWER",
+    "Answer",
+    "PeakRss",
     "RawResponse",
     "ScriptedUpstream",
+    "always_answer",
+    "case_request",
+    "chat_body",
+    "chunk",
+    "content_length",
+    "error_of",
+    "for_each_request",
     "gateway_to",
+    "new_request_id",
     "parse_response",
+    "post",
+    "post_head",
     "raw_request",
     "read_head_of_request",
     "read_response",
@@ -100,13 +124,69 @@ class ScriptedUpstream:
 async def read_head_of_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     """Reads one request head and its Content-Length body; returns (head, body)."""
     head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
+    length = content_length(head)
+    body = await reader.readexactly(length) if length else b""
+    return head, body
+
+
+def content_length(head: bytes) -> int:
+    """The Content-Length a request head declares (0 when it declares none)."""
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
-            length = int(value.strip())
-    body = await reader.readexactly(length) if length else b""
-    return head, body
+            return int(value.strip())
+    return 0
+
+
+Answer = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[None]]
+"""What an upstream writes for one request, given the request's head and body."""
+
+
+def for_each_request(answer: Answer) -> Script:
+    """A script that reads every request on its connection and lets *answer* write the response.
+
+    It runs until the gateway closes the connection (the pool keeps it alive between requests).
+    """
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_head_of_request(reader)
+            await answer(head, body, writer)
+            await writer.drain()
+
+    return script
+
+
+def always_answer(response: bytes) -> Script:
+    """A script that answers every request on its connection with the same *response* bytes."""
+
+    async def answer(_head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(response)
+
+    return for_each_request(answer)
+
+
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+).encode()
+"""A small chat completion, as Azure's body for a non-stream request."""
+
+COMPLETION_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    % len(COMPLETION)
+) + COMPLETION
+"""The whole upstream response carrying :data:`COMPLETION`."""
+
+
+def chunk(data: bytes) -> bytes:
+    """*data* as one chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 @dataclass
@@ -192,6 +272,43 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+class PeakRss:
+    """Samples a process's RSS every 5 ms in a thread while in use; ``peak`` is the highest (KiB).
+
+    Sampled once more on exit, so a peak at the very end is not missed.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = rss_kib(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_kib(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.peak = max(self.peak, rss_kib(self.pid))
+
+
+def error_of(response: RawResponse) -> dict[str, Any]:
+    """The error object of a response aigw answered itself, checked to be OpenAI-style.
+
+    JSON, with exactly ``code``, ``message``, ``param`` and ``type``.
+    """
+    assert response.header("content-type") == "application/json", response
+    error: dict[str, Any] = json.loads(response.body)["error"]
+    assert set(error) == {"code", "message", "param", "type"}, error
+    return error
+
+
 CHAT_ROUTE = """route:
   name: raw
   paths: [/openai/deployments/raw/chat/completions]
@@ -214,6 +331,52 @@ plugins:
 
 CHAT_PATH = "/openai/deployments/raw/chat/completions"
 """The path :func:`gateway_to` serves."""
+
+CHAT_TARGET = f"{CHAT_PATH}?api-version=2024-10-21"
+"""The request-target of a chat request to :func:`gateway_to`'s route."""
+
+
+def new_request_id(prefix: str = "test") -> str:
+    """A unique ``x-request-id``, to find one request's access-log line."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def chat_body(**fields: object) -> bytes:
+    """A chat request body: one user message (``hi``), plus *fields*."""
+    return json.dumps({"messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+
+
+def post_head(
+    length: int | None, *, target: str = CHAT_TARGET, request_id: str = "", headers: str = ""
+) -> bytes:
+    """A POST request head for a JSON body of *length* bytes; ``length=None`` makes it chunked.
+
+    *request_id*, if any, is sent as ``x-request-id``; *headers* are more header
+    lines, each ending in CRLF.
+    """
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    rid = f"x-request-id: {request_id}\r\n" if request_id else ""
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: aigw.test\r\nContent-Type: application/json\r\n"
+        f"{framing}\r\n{rid}{headers}\r\n"
+    ).encode()
+
+
+def post(
+    body: bytes = b"{}", *, target: str = CHAT_TARGET, request_id: str = "", headers: str = ""
+) -> bytes:
+    """A whole POST request with a Content-Length *body*, as raw bytes (see :func:`post_head`)."""
+    return post_head(len(body), target=target, request_id=request_id, headers=headers) + body
+
+
+def case_request(
+    case: str, request_id: str, *, target: str = CHAT_TARGET, **fields: object
+) -> bytes:
+    """A chat request whose ``user`` field names the scripted upstream's *case* to answer with.
+
+    *fields* are added to the body (``stream=True``, ...).
+    """
+    return post(chat_body(user=case, **fields), target=target, request_id=request_id)
 
 
 @contextlib.contextmanager

@@ -8,64 +8,48 @@ to a scripted upstream that answers every request with a small completion.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import select
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from tests.integration.harness import GatewayProcess, MockProcess, wait_until
 from tests.integration.rawnet import (
-    CHAT_PATH,
+    CHAT_TARGET,
+    COMPLETION_ANSWER,
+    PeakRss,
     RawResponse,
     ScriptedUpstream,
+    always_answer,
+    chat_body,
+    chunk,
+    error_of,
     gateway_to,
+    post,
+    post_head,
     raw_request,
-    read_head_of_request,
     read_response,
     rss_kib,
 )
 
 MiB = 1024 * 1024
-TARGET = f"{CHAT_PATH}?api-version=2024-10-21"
-CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
-COMPLETION = json.dumps(
-    {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": "gpt-4o",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
-).encode()
-ANSWER = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-    % len(COMPLETION)
-) + COMPLETION
+CHAT = chat_body()
+UNKNOWN = "/openai/deployments/nope/chat/completions?api-version=2024-10-21"
 BODY_DEADLINES = ("--client-body-timeout", "1", "--client-body-total-timeout", "3")
 MAX_BODY = "\n      max_request_body_size: 8388608"
 
 
-async def answer_every_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while True:
-        await read_head_of_request(reader)
-        writer.write(ANSWER)
-        await writer.drain()
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ScriptedUpstream]:
-    with ScriptedUpstream(answer_every_request) as server:
+    with ScriptedUpstream(always_answer(COMPLETION_ANSWER)) as server:
         yield server
 
 
@@ -76,16 +60,6 @@ def guarded(
     conf = tmp_path_factory.mktemp("body-guards")
     with gateway_to(upstream.url, conf, *BODY_DEADLINES, config=MAX_BODY) as gateway:
         yield gateway
-
-
-def head(length: int | None, *, path: str = TARGET, request_id: str = "", extra: str = "") -> bytes:
-    """A request head; ``length=None`` makes it chunked."""
-    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
-    rid = f"x-request-id: {request_id}\r\n" if request_id else ""
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: aigw\r\nContent-Type: application/json\r\n"
-        f"{framing}\r\n{rid}{extra}\r\n"
-    ).encode()
 
 
 def connect(gateway: GatewayProcess) -> socket.socket:
@@ -101,13 +75,6 @@ def closed_by_peer(sock: socket.socket, timeout: float = 3.0) -> bool:
         return True
     except TimeoutError:
         return False
-
-
-def error_of(response: RawResponse) -> dict[str, Any]:
-    assert response.header("content-type") == "application/json"
-    error: dict[str, Any] = json.loads(response.body)["error"]
-    assert set(error) == {"code", "message", "param", "type"}
-    return error
 
 
 def recv_head(sock: socket.socket, timeout: float) -> bytes:
@@ -127,7 +94,7 @@ def recv_head(sock: socket.socket, timeout: float) -> bytes:
 
 def test_stalled_body_gets_408_json_a_log_line_and_a_close(guarded: GatewayProcess) -> None:
     with connect(guarded) as sock:
-        sock.sendall(head(100, request_id="stalled-cl") + b'{"mess')
+        sock.sendall(post_head(100, request_id="stalled-cl") + b'{"mess')
         started = time.monotonic()
         response = read_response(sock, timeout=10)
         waited = time.monotonic() - started
@@ -147,7 +114,7 @@ def test_stalled_body_gets_408_json_a_log_line_and_a_close(guarded: GatewayProce
 
 def test_trickled_body_gets_408_at_the_total_deadline(guarded: GatewayProcess) -> None:
     with connect(guarded) as sock:
-        sock.sendall(head(100, request_id="trickle"))
+        sock.sendall(post_head(100, request_id="trickle"))
         started = time.monotonic()
         # One byte every 0.5 s: never idle for the 1 s idle deadline; stops
         # sending as soon as an answer is there, and gives up after 20 bytes.
@@ -166,7 +133,7 @@ def test_trickled_body_gets_408_at_the_total_deadline(guarded: GatewayProcess) -
 
 def test_stalled_chunked_body_gets_408(guarded: GatewayProcess) -> None:
     with connect(guarded) as sock:
-        sock.sendall(head(None, request_id="stalled-chunked") + b'10\r\n{"messa')
+        sock.sendall(post_head(None, request_id="stalled-chunked") + b'10\r\n{"messa')
         started = time.monotonic()
         response = read_response(sock, timeout=10)
         assert time.monotonic() - started < 3.5
@@ -178,8 +145,7 @@ def test_stalled_chunked_body_gets_408(guarded: GatewayProcess) -> None:
 
 def chunked(body: bytes, size: int) -> Iterator[bytes]:
     for at in range(0, len(body), size):
-        piece = body[at : at + size]
-        yield b"%x\r\n%s\r\n" % (len(piece), piece)
+        yield chunk(body[at : at + size])
     yield b"0\r\n\r\n"
 
 
@@ -188,16 +154,16 @@ def test_chunked_body_is_counted_against_max_request_body_size(
 ) -> None:
     # Fits: forwarded, and the connection serves the next request.
     with connect(guarded) as sock:
-        sock.sendall(head(None) + b"".join(chunked(CHAT, 7)))
+        sock.sendall(post_head(None) + b"".join(chunked(CHAT, 7)))
         assert read_response(sock).status == 200
-        sock.sendall(head(len(CHAT)) + CHAT)
+        sock.sendall(post(CHAT))
         assert read_response(sock).status == 200
     # One byte over 8 MiB, streamed with no Content-Length to refuse up front.
     connections = upstream.connections
     over = b'{"messages": "' + b"x" * (8 * MiB - 15) + b'"}'
     assert len(over) == 8 * MiB + 1
     with connect(guarded) as sock:
-        sock.sendall(head(None, request_id="chunked-over"))
+        sock.sendall(post_head(None, request_id="chunked-over"))
         for piece in chunked(over, 64 * 1024):
             sock.sendall(piece)
         response = read_response(sock)
@@ -220,7 +186,7 @@ def test_stalled_bodies_are_freed_at_the_deadline(
             socks = [connect(gateway) for _ in range(30)]
             try:
                 for sock in socks:
-                    sock.sendall(head(4 * MiB) + b"x" * (2 * MiB))
+                    sock.sendall(post_head(4 * MiB) + b"x" * (2 * MiB))
                 sent = time.monotonic()
                 if wave == 0:
                     # The 60 MiB of partial bodies are in the gateway now.
@@ -244,28 +210,6 @@ def test_stalled_bodies_are_freed_at_the_deadline(
 
 
 # -- the request-body budget ----------------------------------------------------
-
-
-class PeakRss:
-    """Samples a process's RSS every few milliseconds in a thread; ``peak`` in KiB."""
-
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-        self.peak = rss_kib(pid)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss_kib(self._pid))
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def metric(gateway: GatewayProcess, name: str) -> float:
@@ -294,7 +238,7 @@ def test_stalled_bodies_hold_no_more_than_the_body_budget(
     )
     with gateway_to(upstream.url, tmp_path / "conf", *flags, config=MAX_BODY) as gateway:
         pid = gateway.proc.pid
-        assert raw_request(gateway.port, head(len(CHAT)) + CHAT).status == 200
+        assert raw_request(gateway.port, post(CHAT)).status == 200
         baseline = rss_kib(pid)
         attackers: list[socket.socket] = []
         cut_while_sending = 0
@@ -304,16 +248,18 @@ def test_stalled_bodies_hold_no_more_than_the_body_budget(
                     sock = connect(gateway)
                     attackers.append(sock)
                     try:
-                        sock.sendall(head(4 * MiB, request_id=f"stall-{i}") + b"x" * (4 * MiB - 1))
+                        sock.sendall(
+                            post_head(4 * MiB, request_id=f"stall-{i}") + b"x" * (4 * MiB - 1)
+                        )
                     except OSError:  # evicted before its last byte was accepted
                         cut_while_sending += 1
                 # During the attack: a fast 1 MiB upload and a small chat request.
                 upload = json.dumps({"messages": [{"role": "user", "content": "x" * MiB}]})
                 body = upload.encode()
                 with connect(gateway) as sock:
-                    sock.sendall(head(len(body), request_id="upload") + body)
+                    sock.sendall(post(body, request_id="upload"))
                     assert read_response(sock).status == 200
-                    sock.sendall(head(len(CHAT), request_id="chat") + CHAT)
+                    sock.sendall(post(CHAT, request_id="chat"))
                     assert read_response(sock).status == 200
                 answers = [read_response(sock, timeout=10) for sock in attackers]
             finally:
@@ -350,7 +296,7 @@ def test_stalled_bodies_hold_no_more_than_the_body_budget(
 def test_100_continue_comes_before_the_body_then_the_answer(guarded: GatewayProcess) -> None:
     with connect(guarded) as sock:
         started = time.monotonic()
-        sock.sendall(head(len(CHAT), extra="Expect: 100-continue\r\n"))
+        sock.sendall(post_head(len(CHAT), headers="Expect: 100-continue\r\n"))
         interim = recv_head(sock, timeout=3)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         assert time.monotonic() - started < 0.5
@@ -359,14 +305,14 @@ def test_100_continue_comes_before_the_body_then_the_answer(guarded: GatewayProc
         assert response.status == 200
         assert json.loads(response.body)["choices"][0]["message"]["content"] == "hello"
         # The interim answer did not disturb the framing: the connection goes on.
-        sock.sendall(head(len(CHAT)) + CHAT)
+        sock.sendall(post(CHAT))
         assert read_response(sock).status == 200
 
 
 def test_100_continue_never_precedes_a_refusal(guarded: GatewayProcess) -> None:
     expect = "Expect: 100-continue\r\n"
     with connect(guarded) as sock:
-        sock.sendall(head(8 * MiB + 1, request_id="expect-413", extra=expect))
+        sock.sendall(post_head(8 * MiB + 1, request_id="expect-413", headers=expect))
         response = read_response(sock, timeout=5)  # a 100 would be parsed as the answer
         assert response.status == 413
         assert error_of(response)["code"] == "request_too_large"
@@ -375,9 +321,8 @@ def test_100_continue_never_precedes_a_refusal(guarded: GatewayProcess) -> None:
         assert response.header("connection") == "close"
         assert closed_by_peer(sock)
     assert guarded.access_log("expect-413")["status"] == 413
-    unknown = "/openai/deployments/nope/chat/completions?api-version=2024-10-21"
     with connect(guarded) as sock:
-        sock.sendall(head(len(CHAT), path=unknown, extra=expect))
+        sock.sendall(post_head(len(CHAT), target=UNKNOWN, headers=expect))
         response = read_response(sock, timeout=5)
         assert response.status == 404
         assert error_of(response)["code"] == "route_not_found"
@@ -386,9 +331,7 @@ def test_100_continue_never_precedes_a_refusal(guarded: GatewayProcess) -> None:
 def test_unknown_expectation_is_417(guarded: GatewayProcess, upstream: ScriptedUpstream) -> None:
     connections = upstream.connections
     with connect(guarded) as sock:
-        sock.sendall(
-            head(len(CHAT), request_id="expect-other", extra="Expect: something-else\r\n") + CHAT
-        )
+        sock.sendall(post(CHAT, request_id="expect-other", headers="Expect: something-else\r\n"))
         response = read_response(sock, timeout=5)
         assert response.status == 417
         error = error_of(response)
@@ -424,7 +367,7 @@ def test_curl_upload_does_not_wait_for_the_expect_timeout(
             "Expect: 100-continue",
             "--data-binary",
             f"@{body}",
-            f"{guarded.url}{TARGET}",
+            f"{guarded.url}{CHAT_TARGET}",
         ],
         capture_output=True,
         text=True,
@@ -438,12 +381,10 @@ def test_curl_upload_does_not_wait_for_the_expect_timeout(
 
 # -- refusals that never read the body (404, 405) ------------------------------
 
-UNKNOWN = "/openai/deployments/nope/chat/completions?api-version=2024-10-21"
-
 
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
-    [("POST", UNKNOWN, 404, "route_not_found"), ("PUT", TARGET, 405, "method_not_allowed")],
+    [("POST", UNKNOWN, 404, "route_not_found"), ("PUT", CHAT_TARGET, 405, "method_not_allowed")],
 )
 def test_refusal_closes_a_connection_waiting_for_100_continue(
     guarded: GatewayProcess, method: str, path: str, status: int, code: str
@@ -471,10 +412,10 @@ def test_a_body_sent_to_no_route_is_never_read_as_a_request(guarded: GatewayProc
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: aigw\r\n\r\n"
     with connect(guarded) as sock:
         # Answered from the head alone, before the body is sent.
-        sock.sendall(head(len(smuggled), path=UNKNOWN, request_id="unread-body"))
+        sock.sendall(post_head(len(smuggled), target=UNKNOWN, request_id="unread-body"))
         assert read_response(sock, timeout=5).status == 404
         try:
-            sock.sendall(smuggled + head(len(CHAT), request_id="after-unread") + CHAT)
+            sock.sendall(smuggled + post(CHAT, request_id="after-unread"))
             after = read_response(sock, timeout=5)
         except ConnectionError:
             after = RawResponse()
@@ -486,11 +427,11 @@ def test_a_body_sent_to_no_route_is_never_read_as_a_request(guarded: GatewayProc
 
 def test_a_whole_body_sent_to_no_route_keeps_the_connection(guarded: GatewayProcess) -> None:
     with connect(guarded) as sock:
-        sock.sendall(head(len(CHAT), path=UNKNOWN) + CHAT)
+        sock.sendall(post(CHAT, target=UNKNOWN))
         response = read_response(sock, timeout=5)
         assert response.status == 404
         assert response.header("connection") != "close"
-        sock.sendall(head(len(CHAT)) + CHAT)
+        sock.sendall(post(CHAT))
         assert read_response(sock, timeout=5).status == 200
 
 
@@ -503,10 +444,9 @@ def test_unicode_digits_in_api_version_are_refused(
     # "2024-10-21" in Arabic-Indic digits, percent-encoded as a client sends
     # it: \d matches these digits, [0-9] does not.
     version = quote("\u0662\u0660\u0662\u0664-\u0661\u0660-\u0662\u0661")
-    request = (
-        f"POST /openai/deployments/gpt-4o/chat/completions?api-version={version} HTTP/1.1\r\n"
-        f"Host: aigw\r\nContent-Type: application/json\r\nContent-Length: {len(CHAT)}\r\n\r\n"
-    ).encode() + CHAT
+    request = post(
+        CHAT, target=f"/openai/deployments/gpt-4o/chat/completions?api-version={version}"
+    )
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(request)
         response = read_response(sock)

@@ -150,7 +150,10 @@ class GatewayProcess:
         events: list[dict[str, Any]] = []
         if not self.log_path.exists():
             return events
-        for line in self.log_path.read_text().splitlines():
+        text = self.log_path.read_text()
+        # The process may be writing a line right now (a long one goes out in
+        # pieces): only lines that have their newline are complete.
+        for line in text[: text.rfind("\n") + 1].splitlines():
             line = line.strip()
             if line.startswith("{"):
                 events.append(json.loads(line))

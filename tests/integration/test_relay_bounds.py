@@ -22,22 +22,25 @@ import json
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httptools
 import pytest
 
 from tests.integration.harness import GatewayProcess
 from tests.integration.rawnet import (
-    CHAT_PATH,
+    PeakRss,
     RawResponse,
     ScriptedUpstream,
+    case_request,
+    chunk,
+    for_each_request,
     gateway_to,
+    new_request_id,
     raw_request,
-    read_head_of_request,
     read_response,
     rss_kib,
 )
@@ -45,6 +48,7 @@ from tests.integration.rawnet import (
 MiB = 1024 * 1024
 MAX_RESPONSE = 1 * MiB  # the limited gateway's --max-response-size
 PAYLOADS_PATH = "/openai/deployments/payloads/chat/completions"
+PAYLOADS_TARGET = f"{PAYLOADS_PATH}?api-version=2024-10-21"
 
 Case = Callable[[asyncio.StreamWriter], Awaitable[None]]
 """What the scripted upstream answers for one request (its request already read)."""
@@ -58,11 +62,8 @@ def case(function: Case) -> Case:
     return function
 
 
-async def _dispatch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while True:
-        _, body = await read_head_of_request(reader)
-        await CASES[json.loads(body)["user"]](writer)
-        await writer.drain()
+async def _answer_case(_head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+    await CASES[json.loads(body)["user"]](writer)
 
 
 # -- upstream answers ----------------------------------------------------------------------
@@ -82,15 +83,11 @@ def _head(content_type: str, length: int | None) -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n{framing}\r\n\r\n".encode()
 
 
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 async def _json_body(writer: asyncio.StreamWriter, size: int, *, chunked: bool) -> None:
     """A completion of exactly *size* body bytes, written a block at a time (never held whole)."""
     filler = size - len(BODY_PREFIX) - len(BODY_SUFFIX)
     assert filler >= 0, size
-    wrap = _chunk if chunked else bytes
+    wrap = chunk if chunked else bytes
     writer.write(_head("application/json", None if chunked else size) + wrap(BODY_PREFIX))
     while filler > 0:
         block = BLOCK[: min(filler, len(BLOCK))]
@@ -150,7 +147,7 @@ async def json_chunked_endless(writer: asyncio.StreamWriter) -> None:
     """Chunks of 256 KiB, up to 64 MiB or until the gateway hangs up."""
     writer.write(_head("application/json", None))
     SENT["endless"] = 0
-    piece = _chunk(BLOCK[: 256 * 1024])
+    piece = chunk(BLOCK[: 256 * 1024])
     for _ in range(256):
         writer.write(piece)
         SENT["endless"] += 256 * 1024
@@ -159,8 +156,8 @@ async def json_chunked_endless(writer: asyncio.StreamWriter) -> None:
 
 
 def _delta(content: str, *, model: str = "gpt-sse") -> bytes:
-    chunk = {"choices": [{"delta": {"content": content}, "index": 0}], "model": model}
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    event = {"choices": [{"delta": {"content": content}, "index": 0}], "model": model}
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
 USAGE_EVENT = (
@@ -171,10 +168,10 @@ USAGE_EVENT = (
 @case
 async def sse_huge_event(writer: asyncio.StreamWriter) -> None:
     """Two deltas, then one event that never ends (up to 256 MiB, or until hung up on)."""
-    writer.write(_head("text/event-stream", None) + _chunk(_delta("Hel") + _delta("lo")))
-    writer.write(_chunk(b'data: {"choices":[{"delta":{"content":"'))
+    writer.write(_head("text/event-stream", None) + chunk(_delta("Hel") + _delta("lo")))
+    writer.write(chunk(b'data: {"choices":[{"delta":{"content":"'))
     SENT["huge_event"] = 0
-    piece = _chunk(b"x" * (64 * 1024))
+    piece = chunk(b"x" * (64 * 1024))
     for _ in range(4096):
         writer.write(piece)
         SENT["huge_event"] += 64 * 1024
@@ -185,11 +182,11 @@ async def sse_huge_event(writer: asyncio.StreamWriter) -> None:
 async def sse_too_long(writer: asyncio.StreamWriter) -> None:
     """Up to 8 MiB of 4 KiB deltas: past the limited gateway's 1 MiB response size."""
     writer.write(_head("text/event-stream", None))
-    event = _chunk(_delta("y" * 4000))
+    event = chunk(_delta("y" * 4000))
     for _ in range(2048):
         writer.write(event)
         await writer.drain()
-    writer.write(_chunk(USAGE_EVENT + b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    writer.write(chunk(USAGE_EVENT + b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
 
 CR_EVENTS = [
@@ -209,7 +206,7 @@ async def sse_cr_only(writer: asyncio.StreamWriter) -> None:
     writer.write(_head("text/event-stream", None))
     cut = len(CR_EVENTS[0]) - 1
     for piece in (wire[:7], wire[7:cut], wire[cut:]):
-        writer.write(_chunk(piece))
+        writer.write(chunk(piece))
         await writer.drain()
         await asyncio.sleep(0.05)  # separate reads at the gateway
     writer.write(b"0\r\n\r\n")
@@ -222,7 +219,7 @@ MIXED_CASE_EVENTS = [_delta("Hi"), _delta(" there"), USAGE_EVENT, b"data: [DONE]
 async def sse_mixed_case_type(writer: asyncio.StreamWriter) -> None:
     writer.write(_head("Text/Event-Stream; Charset=UTF-8", None))
     for event in MIXED_CASE_EVENTS:
-        writer.write(_chunk(event))
+        writer.write(chunk(event))
         await writer.drain()
     writer.write(b"0\r\n\r\n")
 
@@ -255,7 +252,7 @@ plugins:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ScriptedUpstream]:
-    with ScriptedUpstream(_dispatch) as server:
+    with ScriptedUpstream(for_each_request(_answer_case)) as server:
         yield server
 
 
@@ -279,58 +276,6 @@ def unlimited(
     """A gateway with the default limits."""
     with gateway_to(upstream.url, tmp_path_factory.mktemp("unlimited")) as gateway:
         yield gateway
-
-
-def _request(
-    case_name: str,
-    request_id: str,
-    *,
-    stream: bool = False,
-    include_usage: bool = False,
-    path: str = CHAT_PATH,
-) -> bytes:
-    payload: dict[str, object] = {
-        "messages": [{"role": "user", "content": "hi"}],
-        "user": case_name,
-    }
-    if stream:
-        payload["stream"] = True
-    if include_usage:
-        payload["stream_options"] = {"include_usage": True}
-    body = json.dumps(payload).encode()
-    head = (
-        f"POST {path}?api-version=2024-10-21 HTTP/1.1\r\nHost: gw\r\n"
-        f"Content-Type: application/json\r\nx-request-id: {request_id}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-def _rid() -> str:
-    return f"test-{uuid.uuid4().hex}"
-
-
-class PeakRss:
-    """Samples a process's RSS every 10 ms in a thread; ``peak`` is the highest seen (KiB)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = rss_kib(pid)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, rss_kib(self.pid))
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.peak = max(self.peak, rss_kib(self.pid))
 
 
 @dataclass
@@ -382,7 +327,7 @@ def read_counted(
 
 def _idle_rss(gateway: GatewayProcess, upstream: ScriptedUpstream) -> int:
     """RSS after one small request has warmed every code path."""
-    assert raw_request(gateway.port, _request("json_small", _rid())).status == 200
+    assert raw_request(gateway.port, case_request("json_small", new_request_id())).status == 200
     return rss_kib(gateway.proc.pid)
 
 
@@ -402,13 +347,13 @@ def test_256_mib_body_is_relayed_with_bounded_rss(
     """The default limits relay 256 MiB with the upstream's length; RSS stays < idle + 64 MiB."""
     with gateway_to(upstream.url, tmp_path / "conf") as gateway:
         idle = _idle_rss(gateway, upstream)
-        request_id = _rid()
+        request_id = new_request_id()
         started = time.monotonic()
         with (
             PeakRss(gateway.proc.pid) as rss,
             socket.create_connection(("127.0.0.1", gateway.port)) as sock,
         ):
-            sock.sendall(_request("json_256mib", request_id))
+            sock.sendall(case_request("json_256mib", request_id))
             counted = read_counted(sock, timeout=60)
         elapsed = time.monotonic() - started
         response = counted.response
@@ -436,7 +381,7 @@ def test_body_reaches_the_client_while_the_upstream_still_sends(
     CLIENT_SAW_BODY.clear()
     UPSTREAM_WAITED_OUT.clear()
     with socket.create_connection(("127.0.0.1", unlimited.port)) as sock:
-        sock.sendall(_request("json_paced", _rid()))
+        sock.sendall(case_request("json_paced", new_request_id()))
         counted = read_counted(sock, timeout=15, on_body=CLIENT_SAW_BODY.set)
     assert UPSTREAM_WAITED_OUT["paced"] is False, "no body byte reached the client before the end"
     assert counted.response.complete
@@ -445,9 +390,9 @@ def test_body_reaches_the_client_while_the_upstream_still_sends(
 
 
 def test_chunked_body_keeps_chunked_framing_and_its_usage(unlimited: GatewayProcess) -> None:
-    request_id = _rid()
+    request_id = new_request_id()
     with socket.create_connection(("127.0.0.1", unlimited.port)) as sock:
-        sock.sendall(_request("json_chunked_pieces", request_id))
+        sock.sendall(case_request("json_chunked_pieces", request_id))
         counted = read_counted(sock, timeout=10)
         response = counted.response
         assert response.status == 200 and response.complete
@@ -455,7 +400,7 @@ def test_chunked_body_keeps_chunked_framing_and_its_usage(unlimited: GatewayProc
         assert response.header("Content-Length") is None
         assert counted.size == 3 * MiB // 4
         # The connection is still in step: the next answer on it is whole and correct.
-        sock.sendall(_request("json_small", _rid()))
+        sock.sendall(case_request("json_small", new_request_id()))
         following = read_response(sock)
         assert following.status == 200 and following.body.endswith(BODY_SUFFIX)
     line = unlimited.access_log(request_id)
@@ -465,16 +410,16 @@ def test_chunked_body_keeps_chunked_framing_and_its_usage(unlimited: GatewayProc
 def test_announced_length_over_the_limit_is_refused_before_relaying(
     limited: GatewayProcess,
 ) -> None:
-    request_id = _rid()
+    request_id = new_request_id()
     with socket.create_connection(("127.0.0.1", limited.port)) as sock:
-        sock.sendall(_request("json_announced_too_large", request_id))
+        sock.sendall(case_request("json_announced_too_large", request_id))
         response = read_response(sock)
         assert response.status == 502
         error = json.loads(response.body)["error"]
         assert error["code"] == "upstream_response_too_large"
         assert request_id in error["message"]
         # Answered whole, so the client's connection goes on.
-        sock.sendall(_request("json_small", _rid()))
+        sock.sendall(case_request("json_small", new_request_id()))
         assert read_response(sock).status == 200
     line = limited.access_log(request_id)
     assert (line["status"], line["outcome"]) == (502, "upstream_response_too_large")
@@ -482,10 +427,10 @@ def test_announced_length_over_the_limit_is_refused_before_relaying(
 
 
 def test_body_growing_past_the_limit_is_cut_as_an_error(limited: GatewayProcess) -> None:
-    request_id = _rid()
+    request_id = new_request_id()
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", limited.port)) as sock:
-        sock.sendall(_request("json_chunked_endless", request_id))
+        sock.sendall(case_request("json_chunked_endless", request_id))
         counted = read_counted(sock, timeout=10)
     assert time.monotonic() - started < 5
     response = counted.response
@@ -499,9 +444,9 @@ def test_body_growing_past_the_limit_is_cut_as_an_error(limited: GatewayProcess)
 
 
 def test_logged_payload_is_capped(limited: GatewayProcess) -> None:
-    request_id = _rid()
+    request_id = new_request_id()
     response = raw_request(
-        limited.port, _request("json_payload_logged", request_id, path=PAYLOADS_PATH)
+        limited.port, case_request("json_payload_logged", request_id, target=PAYLOADS_TARGET)
     )
     assert response.status == 200 and len(response.body) == MiB // 2
     logged = limited.access_log(request_id)["response_body"]
@@ -519,12 +464,13 @@ def test_huge_event_ends_the_stream_with_an_error_event(
 ) -> None:
     """Default 1 MiB event cap: an endless event is refused at once, in bounded memory."""
     idle = rss_kib(unlimited.proc.pid)
-    request_id = _rid()
+    request_id = new_request_id()
+    # Without stream_options the gateway asks for usage itself and hides the chunk.
+    asked: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
     started = time.monotonic()
     with PeakRss(unlimited.proc.pid) as rss:
         response = raw_request(
-            unlimited.port,
-            _request("sse_huge_event", request_id, stream=True, include_usage=include_usage),
+            unlimited.port, case_request("sse_huge_event", request_id, stream=True, **asked)
         )
     elapsed = time.monotonic() - started
     assert elapsed < 5
@@ -544,8 +490,8 @@ def test_huge_event_ends_the_stream_with_an_error_event(
 
 
 def test_stream_growing_past_the_limit_ends_with_an_error_event(limited: GatewayProcess) -> None:
-    request_id = _rid()
-    response = raw_request(limited.port, _request("sse_too_long", request_id, stream=True))
+    request_id = new_request_id()
+    response = raw_request(limited.port, case_request("sse_too_long", request_id, stream=True))
     assert response.status == 200
     assert not response.complete
     assert _error_event(response.body)["code"] == "upstream_response_too_large"
@@ -554,8 +500,8 @@ def test_stream_growing_past_the_limit_ends_with_an_error_event(limited: Gateway
 
 
 def test_cr_only_stream_is_split_relayed_and_its_usage_logged(unlimited: GatewayProcess) -> None:
-    request_id = _rid()
-    response = raw_request(unlimited.port, _request("sse_cr_only", request_id, stream=True))
+    request_id = new_request_id()
+    response = raw_request(unlimited.port, case_request("sse_cr_only", request_id, stream=True))
     assert response.status == 200 and response.complete
     # Byte for byte, less the usage chunk aigw asked for on the client's behalf.
     assert response.body == b"".join(e for e in CR_EVENTS if e != CR_EVENTS[2])
@@ -570,8 +516,10 @@ def test_cr_only_stream_is_split_relayed_and_its_usage_logged(unlimited: Gateway
 
 
 def test_event_stream_media_type_is_case_insensitive(unlimited: GatewayProcess) -> None:
-    request_id = _rid()
-    response = raw_request(unlimited.port, _request("sse_mixed_case_type", request_id, stream=True))
+    request_id = new_request_id()
+    response = raw_request(
+        unlimited.port, case_request("sse_mixed_case_type", request_id, stream=True)
+    )
     assert response.status == 200 and response.complete
     assert response.header("X-Accel-Buffering") == "no"  # relayed as a stream
     assert response.body == b"".join(e for e in MIXED_CASE_EVENTS if e != USAGE_EVENT)
@@ -585,8 +533,8 @@ def test_event_stream_media_type_is_case_insensitive(unlimited: GatewayProcess) 
 def test_502_names_the_request_id_and_nothing_of_the_upstream(
     unlimited: GatewayProcess, upstream: ScriptedUpstream
 ) -> None:
-    request_id = _rid()
-    response = raw_request(unlimited.port, _request("broken_head", request_id))
+    request_id = new_request_id()
+    response = raw_request(unlimited.port, case_request("broken_head", request_id))
     assert response.status == 502
     error = json.loads(response.body)["error"]
     assert error["code"] == "upstream_error"
@@ -604,8 +552,8 @@ def test_unreachable_502_does_not_name_host_or_port(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with gateway_to(f"http://127.0.0.1:{port}", tmp_path / "conf") as gateway:
-        request_id = _rid()
-        response = raw_request(gateway.port, _request("json_small", request_id))
+        request_id = new_request_id()
+        response = raw_request(gateway.port, case_request("json_small", request_id))
         assert response.status == 502
         error = json.loads(response.body)["error"]
         assert error["code"] == "upstream_unreachable"

@@ -18,7 +18,6 @@ import json
 import random
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,10 +25,16 @@ import pytest
 
 from tests.integration.harness import GatewayProcess
 from tests.integration.rawnet import (
-    CHAT_PATH,
     RawResponse,
     ScriptedUpstream,
+    case_request,
+    chat_body,
+    chunk,
+    content_length,
+    error_of,
     gateway_to,
+    new_request_id,
+    post,
     read_response,
 )
 
@@ -43,7 +48,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r
     OK_BODY,
 )
 _JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-_CHUNKED_OK = b"%x\r\n%s\r\n0\r\n\r\n" % (len(OK_BODY), OK_BODY)
+_CHUNKED_OK = chunk(OK_BODY) + b"0\r\n\r\n"
 
 HOSTILE: dict[str, bytes] = {
     # Finding 6: control characters in an allowlisted header's value.
@@ -90,7 +95,7 @@ async def _dispatch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     index = next(_connection_ids)
     while True:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = _content_length(head)
+        length = content_length(head)
         if length in (EARLY_KEEP, EARLY_CLOSE):
             # Answers at once, without reading the body (nginx does for a 413).
             SERVED.append(("early", index))
@@ -109,14 +114,6 @@ async def _dispatch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         await writer.drain()
 
 
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ScriptedUpstream]:
     with ScriptedUpstream(_dispatch) as server:
@@ -132,32 +129,18 @@ def gateway(
         yield gw
 
 
-def _request(case: str, request_id: str, *, padding: int = 0) -> bytes:
-    payload = {"messages": [{"role": "user", "content": "hi"}], "user": case}
-    body = json.dumps(payload).encode()
-    if padding:
-        body = body[:-1] + b', "pad": "' + b"x" * (padding - len(body) - 11) + b'"}'
-        assert len(body) == padding
-    head = (
-        f"POST {CHAT_PATH}?api-version=2024-10-21 HTTP/1.1\r\nHost: gw\r\n"
-        f"Content-Type: application/json\r\nx-request-id: {request_id}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-def _rid() -> str:
-    return f"test-{uuid.uuid4().hex}"
+def _upload(size: int) -> bytes:
+    """An ``early`` case request whose body is padded to exactly *size* bytes."""
+    pad = "x" * (size - len(chat_body(user="early", pad="")))
+    body = chat_body(user="early", pad=pad)
+    assert len(body) == size
+    return post(body, request_id=new_request_id())
 
 
 def _assert_json_error(response: RawResponse, status: int) -> dict[str, object]:
     assert response.status == status, response
     assert response.complete
-    assert (response.header("content-type") or "").startswith("application/json")
-    error = json.loads(response.body)["error"]
-    assert {"code", "message", "type"} <= set(error)
-    assert isinstance(error, dict)
-    return error
+    return error_of(response)
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -166,17 +149,17 @@ def test_hostile_upstream_bytes_get_a_502_and_the_connection_stays_framed(
 ) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         # A good answer first: the faulty one then comes on a reused connection.
-        sock.sendall(_request("ok", _rid()))
+        sock.sendall(case_request("ok", new_request_id()))
         assert read_response(sock).status == 200
-        rid = _rid()
+        rid = new_request_id()
         started = time.monotonic()
-        sock.sendall(_request(case, rid))
+        sock.sendall(case_request(case, rid))
         error = _assert_json_error(read_response(sock), 502)
         # Fast: refused as the bytes came, not after the 5 s read timeout.
         assert time.monotonic() - started < 2.5
         assert "westeurope" not in json.dumps(error) and "west\\u000b" not in json.dumps(error)
         # The same client connection carries the next request, framed correctly.
-        sock.sendall(_request("ok", _rid()))
+        sock.sendall(case_request("ok", new_request_id()))
         after = read_response(sock)
         assert after.status == 200
         assert after.complete
@@ -195,7 +178,7 @@ def test_an_upstreams_early_answer_to_a_large_upload_reaches_the_client(
     # Finding 8: the 413 was lost: aigw waited out its 60 s write timeout (504),
     # or answered 502 when the upstream closed.
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
-        request = _request("early", _rid(), padding=size)
+        request = _upload(size)
         sock.sendall(request)
         started = time.monotonic()
         response = read_response(sock, timeout=20)
@@ -204,7 +187,7 @@ def test_an_upstreams_early_answer_to_a_large_upload_reaches_the_client(
         assert response.body == EARLY_BODY
         assert elapsed < 5.0  # the write timeout is 60 s
         # The client's connection is still good.
-        sock.sendall(_request("ok", _rid()))
+        sock.sendall(case_request("ok", new_request_id()))
         assert read_response(sock).body == OK_BODY
     early = next(index for name, index in reversed(SERVED) if name == "early")
     assert SERVED[-1][1] != early  # the half-sent connection was not reused
@@ -220,7 +203,7 @@ async def _close_when_idle(reader: asyncio.StreamReader, writer: asyncio.StreamW
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_CLOSE_S)
         except TimeoutError:
             return
-        await reader.readexactly(_content_length(head))  # however long a large body takes
+        await reader.readexactly(content_length(head))  # however long a large body takes
         writer.write(OK)
         await writer.drain()
 
@@ -243,7 +226,7 @@ def test_connections_the_upstream_closes_when_idle_are_not_reused(
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         statuses = []
         for _ in range(30):
-            sock.sendall(_request("ok", _rid()))
+            sock.sendall(case_request("ok", new_request_id()))
             statuses.append(read_response(sock).status)
             # Past the upstream's 50 ms (a request that reaches it just as it
             # closes is lost whatever the client does: that race is not this).
@@ -268,16 +251,13 @@ def test_a_connection_closed_while_the_gateway_is_busy_is_not_reused(
     # and the connection was taken from the pool before the loop read it.
     # Here the loop is busy parsing a large body while the FIN arrives.
     upstream, gateway = idle_closing
-    head = (
-        f"POST {CHAT_PATH}?api-version=2024-10-21 HTTP/1.1\r\nHost: gw\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BUSY_BODY)}\r\n\r\n"
-    ).encode()
+    busy = post(BUSY_BODY)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         for _ in range(3):
-            sock.sendall(_request("ok", _rid()))
+            sock.sendall(case_request("ok", new_request_id()))
             assert read_response(sock).status == 200  # the upstream's idle clock starts
             time.sleep(0.025)  # the body is read by 50 ms; its parse spans the FIN
-            sock.sendall(head + BUSY_BODY)
+            sock.sendall(busy)
             response = read_response(sock)
             assert response.status == 200, response.body
             time.sleep(0.1)

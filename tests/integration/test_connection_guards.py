@@ -24,7 +24,6 @@ import resource
 import socket
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,28 +31,19 @@ import pytest
 
 from tests.integration.harness import GatewayProcess, wait_until
 from tests.integration.rawnet import (
-    CHAT_PATH,
+    CHAT_TARGET,
+    COMPLETION_ANSWER,
     ScriptedUpstream,
+    chat_body,
+    chunk,
+    for_each_request,
     gateway_to,
+    new_request_id,
     parse_response,
-    read_head_of_request,
+    post,
     read_response,
 )
 
-TARGET = f"{CHAT_PATH}?api-version=2024-10-21"
-COMPLETION = json.dumps(
-    {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": "gpt-4o",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
-).encode()
-ANSWER = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-    % len(COMPLETION)
-) + COMPLETION
 # One SSE event of 16 KiB: an endless stream of them fills any socket buffer fast.
 EVENT = (
     b"data: "
@@ -82,35 +72,27 @@ async def slow_stream(writer: asyncio.StreamWriter) -> None:
     """A stream of small events, one every SLOW_EVENT_INTERVAL, then its end."""
     writer.write(STREAM_HEAD)
     for _ in range(SLOW_EVENTS):
-        writer.write(b"%x\r\n%s\r\n" % (len(SMALL_EVENT), SMALL_EVENT))
+        writer.write(chunk(SMALL_EVENT))
         await writer.drain()
         await asyncio.sleep(SLOW_EVENT_INTERVAL)
-    done = b"data: [DONE]\n\n"
-    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
-    await writer.drain()
+    writer.write(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
 
-async def answer_or_stream_forever(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
+async def answer_or_stream_forever(_head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
     """Non-stream requests get a completion; stream requests an SSE stream that never ends.
 
     A stream request from user ``slow`` gets a slow stream that ends.
     """
-    while True:
-        _head, body = await read_head_of_request(reader)
-        request = json.loads(body)
-        if not request.get("stream"):
-            writer.write(ANSWER)
-            await writer.drain()
-            continue
-        if request.get("user") == "slow":
-            await slow_stream(writer)
-            continue
+    request = json.loads(body)
+    if not request.get("stream"):
+        writer.write(COMPLETION_ANSWER)
+    elif request.get("user") == "slow":
+        await slow_stream(writer)
+    else:
         writer.write(STREAM_HEAD)
-        chunk = b"%x\r\n%s\r\n" % (len(EVENT), EVENT)
+        event = chunk(EVENT)
         while True:
-            writer.write(chunk)
+            writer.write(event)
             await writer.drain()
 
 
@@ -122,19 +104,13 @@ def chat(
     close: bool = True,
 ) -> bytes:
     """A chat request that closes its connection after the answer (unless not *close*)."""
-    payload: dict[str, object] = {"messages": [{"role": "user", "content": "hi"}]}
+    fields: dict[str, object] = {}
     if stream:
-        payload["stream"] = True
+        fields["stream"] = True
     if user is not None:
-        payload["user"] = user
-    body = json.dumps(payload).encode()
-    extra = f"X-Request-Id: {request_id}\r\n" if request_id else ""
-    if close:
-        extra += "Connection: close\r\n"
-    return (
-        f"POST {TARGET} HTTP/1.1\r\nHost: aigw.test\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}\r\n"
-    ).encode() + body
+        fields["user"] = user
+    headers = "Connection: close\r\n" if close else ""
+    return post(chat_body(**fields), request_id=request_id or "", headers=headers)
 
 
 def metrics(gateway: GatewayProcess) -> dict[str, float]:
@@ -180,7 +156,7 @@ def timed_request(port: int, data: bytes, timeout: float = 30.0) -> tuple[int, f
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ScriptedUpstream]:
-    with ScriptedUpstream(answer_or_stream_forever) as server:
+    with ScriptedUpstream(for_each_request(answer_or_stream_forever)) as server:
         yield server
 
 
@@ -213,9 +189,9 @@ def test_idle_connections_make_room_for_new_clients_at_the_cap(
         stream.sendall(chat(stream=True, user="slow", request_id="in-flight"))
         received = b""
         while b"data: " not in received:
-            chunk = stream.recv(65536)
-            assert chunk, received
-            received += chunk
+            data = stream.recv(65536)
+            assert data, received
+            received += data
         # 25 keep-alive connections left idle after a completed request.
         keepalive = []
         for _ in range(25):
@@ -227,7 +203,7 @@ def test_idle_connections_make_room_for_new_clients_at_the_cap(
         partial = []
         for _ in range(10):
             sock = opened(connect(gateway.port))
-            sock.sendall(f"POST {TARGET} HTTP/1.1\r\nHost: aigw.test\r\n".encode())
+            sock.sendall(f"POST {CHAT_TARGET} HTTP/1.1\r\nHost: aigw.test\r\n".encode())
             partial.append(sock)
         silent = [opened(connect(gateway.port)) for _ in range(25)]
 
@@ -243,13 +219,13 @@ def test_idle_connections_make_room_for_new_clients_at_the_cap(
 
         # The stream was never cut: it runs to its end.
         while b"[DONE]" not in received:
-            chunk = stream.recv(65536)
-            assert chunk, "the in-flight stream was cut"
-            received += chunk
+            data = stream.recv(65536)
+            assert data, "the in-flight stream was cut"
+            received += data
         response = parse_response(received)
         assert response.status == 200
         # Nor any half-sent head: each one completes and is answered.
-        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+        body = chat_body()
         rest = (
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
@@ -277,7 +253,7 @@ def test_connection_cap_queues_a_flood_when_nothing_is_idle(
             # 20 connections each with half a head: in flight, not reclaimable.
             for _ in range(20):
                 sock = stack.enter_context(connect(gateway.port))
-                sock.sendall(f"POST {TARGET} HTTP/1.1\r\n".encode())
+                sock.sendall(f"POST {CHAT_TARGET} HTTP/1.1\r\n".encode())
             wait_until(lambda: metrics(gateway).get(PROXY_OPEN) == 20, timeout=5)
             # Behind them: answered once the head deadline has closed them.
             status, elapsed = timed_request(gateway.port, chat())
@@ -396,27 +372,32 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
+@pytest.fixture
+def deadline_gateway(upstream: ScriptedUpstream, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway with a client send deadline of 1 s."""
+    with gateway_to(upstream.url, tmp_path / "conf", "--client-send-timeout", "1") as gateway:
+        yield gateway
+
+
 def test_stalled_reader_is_cut_and_its_upstream_connection_closed(
-    upstream: ScriptedUpstream, tmp_path: Path
+    upstream: ScriptedUpstream, deadline_gateway: GatewayProcess
 ) -> None:
-    flags = ("--client-send-timeout", "1")
-    with gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway:
-        request_id = f"stall-{uuid.uuid4().hex}"
-        started = time.monotonic()
-        sock = stalled_reader(gateway.port, request_id)
-        try:
-            line = gateway.access_log(request_id, timeout=15)
-            elapsed = time.monotonic() - started
-            assert (line["outcome"], line["status"]) == ("client_stalled", 499)
-            # Relayed for nothing before the cut: what the kernel and the
-            # transport buffer took (without TCP_NOTSENT_LOWAT, about 3 MiB).
-            assert 0 < line["bytes_out"] < 1024 * 1024
-            assert elapsed < 10
-            # Both sides closed: the upstream's stream and the client's socket.
-            wait_until(lambda: upstream.open_connections == 0, timeout=5)
-            assert closed_by_peer(sock, timeout=5)
-        finally:
-            sock.close()
+    request_id = new_request_id("stall")
+    started = time.monotonic()
+    sock = stalled_reader(deadline_gateway.port, request_id)
+    try:
+        line = deadline_gateway.access_log(request_id, timeout=15)
+        elapsed = time.monotonic() - started
+        assert (line["outcome"], line["status"]) == ("client_stalled", 499)
+        # Relayed for nothing before the cut: what the kernel and the
+        # transport buffer took (without TCP_NOTSENT_LOWAT, about 3 MiB).
+        assert 0 < line["bytes_out"] < 1024 * 1024
+        assert elapsed < 10
+        # Both sides closed: the upstream's stream and the client's socket.
+        wait_until(lambda: upstream.open_connections == 0, timeout=5)
+        assert closed_by_peer(sock, timeout=5)
+    finally:
+        sock.close()
 
 
 def test_four_stalled_readers_do_not_lock_out_a_pool_of_four(
@@ -424,7 +405,7 @@ def test_four_stalled_readers_do_not_lock_out_a_pool_of_four(
 ) -> None:
     flags = ("--client-send-timeout", "1", "--upstream-pool-size", "4")
     with gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway:
-        ids = [f"stall-{uuid.uuid4().hex}" for _ in range(4)]
+        ids = [new_request_id("stall") for _ in range(4)]
         readers = [stalled_reader(gateway.port, request_id) for request_id in ids]
         try:
             # All four hold an upstream connection (the whole pool) ...
@@ -441,25 +422,21 @@ def test_four_stalled_readers_do_not_lock_out_a_pool_of_four(
                 sock.close()
 
 
-def test_slow_reader_that_keeps_reading_is_not_cut(
-    upstream: ScriptedUpstream, tmp_path: Path
-) -> None:
+def test_slow_reader_that_keeps_reading_is_not_cut(deadline_gateway: GatewayProcess) -> None:
     """The deadline runs between reads, not over the response: a slow reader is served."""
-    flags = ("--client-send-timeout", "1")
-    with gateway_to(upstream.url, tmp_path / "conf", *flags) as gateway:
-        request_id = f"slow-{uuid.uuid4().hex}"
-        sock = stalled_reader(gateway.port, request_id)
-        received = 0
-        try:
-            deadline = time.monotonic() + 3  # three times the send deadline
-            sock.settimeout(5)
-            while time.monotonic() < deadline:
-                data = sock.recv(1 << 16)
-                assert data, "the gateway closed a client that kept reading"
-                received += len(data)
-                time.sleep(0.05)
-        finally:
-            sock.close()
-        assert received > 0
-        line = gateway.access_log(request_id)
-        assert line["outcome"] == "client_disconnect"
+    request_id = new_request_id("slow")
+    sock = stalled_reader(deadline_gateway.port, request_id)
+    received = 0
+    try:
+        deadline = time.monotonic() + 3  # three times the send deadline
+        sock.settimeout(5)
+        while time.monotonic() < deadline:
+            data = sock.recv(1 << 16)
+            assert data, "the gateway closed a client that kept reading"
+            received += len(data)
+            time.sleep(0.05)
+    finally:
+        sock.close()
+    assert received > 0
+    line = deadline_gateway.access_log(request_id)
+    assert line["outcome"] == "client_disconnect"

@@ -27,10 +27,15 @@ import pytest
 
 from tests.integration.harness import GatewayProcess, wait_until
 from tests.integration.rawnet import (
-    CHAT_PATH,
     RawResponse,
     ScriptedUpstream,
+    chat_body,
+    chunk,
+    error_of,
+    for_each_request,
     gateway_to,
+    post,
+    post_head,
     raw_request,
     read_head_of_request,
     read_response,
@@ -82,15 +87,12 @@ class RecordingUpstream(ScriptedUpstream):
     """Answers every request 200 on a keep-alive connection and records its request line."""
 
     def __init__(self) -> None:
-        super().__init__(self._answer)
+        super().__init__(for_each_request(self._answer))
         self.request_lines: list[str] = []
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:  # ends when the gateway closes the pooled connection
-            head, _ = await read_head_of_request(reader)
-            self.request_lines.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
-            writer.write(_OK)
-            await writer.drain()
+    async def _answer(self, head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> None:
+        self.request_lines.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
+        writer.write(_OK)
 
 
 @dataclass
@@ -121,21 +123,6 @@ def edge_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
 def edge(edge_process: Edge) -> Edge:
     edge_process.upstream.request_lines.clear()
     return edge_process
-
-
-def post(path: str, body: bytes = b"{}", *, headers: str = "") -> bytes:
-    """A complete POST request with a Content-Length body, as raw bytes."""
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: aigw\r\nContent-Type: application/json\r\n{headers}"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-
-def error_of(response: RawResponse) -> dict[str, object]:
-    """The OpenAI-style error object of a response aigw answered itself."""
-    assert (response.header("content-type") or "").startswith("application/json"), response
-    error: dict[str, object] = json.loads(response.body)["error"]
-    return error
 
 
 # -- path normalisation before routing --------------------------------------------------
@@ -174,7 +161,7 @@ SPELLINGS = [
 def test_passthrough_forwards_only_the_normalised_path(
     edge: Edge, spelling: str, forwarded: str | None, status: int, code: str | None
 ) -> None:
-    response = raw_request(edge.gateway.port, post(f"{spelling}?api-version={API_VERSION}"))
+    response = raw_request(edge.gateway.port, post(target=f"{spelling}?api-version={API_VERSION}"))
     assert response.status == status, response.body
     if forwarded is None:
         assert error_of(response)["code"] == code
@@ -186,7 +173,7 @@ def test_passthrough_forwards_only_the_normalised_path(
 
 def test_not_found_names_the_normalised_path(edge: Edge) -> None:
     """The 404 says which path was looked up: the resolved one, not the client's spelling."""
-    response = raw_request(edge.gateway.port, post("/openai/%2e%2e/admin/./secret"))
+    response = raw_request(edge.gateway.port, post(target="/openai/%2e%2e/admin/./secret"))
     assert error_of(response)["message"] == "no route for POST /admin/secret"
 
 
@@ -215,15 +202,7 @@ def test_silent_connection_is_closed_within_the_header_timeout(edge: Edge) -> No
 # -- a chunked body is counted as it streams ---------------------------------------------
 
 
-def _chunked_head(path: str) -> bytes:
-    return (
-        f"POST {path}?api-version={API_VERSION} HTTP/1.1\r\nHost: aigw\r\n"
-        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    ).encode()
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
+LIMITED_CHUNKED_HEAD = post_head(None, target=f"{LIMITED_PATH}?api-version={API_VERSION}")
 
 
 def _assert_too_large(response: RawResponse) -> None:
@@ -237,7 +216,7 @@ def test_complete_chunked_body_over_the_limit_is_413(edge: Edge) -> None:
     """Valid JSON, so only the byte count stands between it and the upstream."""
     body = json.dumps({"messages": [{"role": "user", "content": "x" * 2 * BODY_LIMIT}]}).encode()
     pieces = [body[i : i + 100] for i in range(0, len(body), 100)]
-    request = _chunked_head(LIMITED_PATH) + b"".join(map(_chunk, pieces)) + b"0\r\n\r\n"
+    request = LIMITED_CHUNKED_HEAD + b"".join(map(chunk, pieces)) + b"0\r\n\r\n"
     _assert_too_large(raw_request(edge.gateway.port, request))
     assert edge.upstream.request_lines == []
 
@@ -245,10 +224,10 @@ def test_complete_chunked_body_over_the_limit_is_413(edge: Edge) -> None:
 def test_chunked_body_is_refused_once_it_crosses_the_limit_not_at_its_end(edge: Edge) -> None:
     """No Content-Length to refuse up front: the bytes must be counted as they arrive."""
     with socket.create_connection(("127.0.0.1", edge.gateway.port), timeout=10) as sock:
-        sock.sendall(_chunked_head(LIMITED_PATH))
-        sock.sendall(_chunk(b'{"messages": [{"role": "user", "content": "'))
+        sock.sendall(LIMITED_CHUNKED_HEAD)
+        sock.sendall(chunk(b'{"messages": [{"role": "user", "content": "'))
         for _ in range(BODY_LIMIT // 100 + 2):
-            sock.sendall(_chunk(b"x" * 100))
+            sock.sendall(chunk(b"x" * 100))
         # The body never ends: only counting the streamed bytes can answer it.
         _assert_too_large(read_response(sock, timeout=5))
     assert edge.upstream.request_lines == []
@@ -283,10 +262,7 @@ def test_abandoned_non_stream_request_cancels_the_upstream_call(tmp_path: Path) 
         ScriptedUpstream(stalled) as upstream,
         gateway_to(upstream.url, tmp_path / "conf", read_timeout=30000) as gateway,
     ):
-        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
-        request = post(
-            f"{CHAT_PATH}?api-version={API_VERSION}", body, headers="x-request-id: abandoned\r\n"
-        )
+        request = post(chat_body(), request_id="abandoned")
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
             sock.sendall(request)
             assert stalled.received.wait(5), "the request reached the upstream"

@@ -23,11 +23,14 @@ import pytest
 
 from tests.integration.harness import GatewayProcess, wait_until
 from tests.integration.rawnet import (
-    CHAT_PATH,
+    COMPLETION_ANSWER,
     RawResponse,
     ScriptedUpstream,
+    always_answer,
+    chat_body,
+    error_of,
     gateway_to,
-    read_head_of_request,
+    post,
     read_response,
 )
 
@@ -83,22 +86,15 @@ CASES: dict[str, tuple[bytes, int, str]] = {
     ),
 }
 
-COMPLETION = b'{"id":"c","object":"chat.completion","choices":[],"usage":null}'
-
-
-async def _answer(reader: Any, writer: Any) -> None:
-    while True:
-        await read_head_of_request(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nServer: upstream-server/1.0\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(COMPLETION), COMPLETION)
-        )
-        await writer.drain()
+# The upstream names itself: the gateway must not relay that.
+ANSWER_WITH_SERVER = COMPLETION_ANSWER.replace(
+    b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nServer: upstream-server/1.0\r\n", 1
+)
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ScriptedUpstream]:
-    with ScriptedUpstream(_answer) as server:
+    with ScriptedUpstream(always_answer(ANSWER_WITH_SERVER)) as server:
         yield server
 
 
@@ -142,8 +138,7 @@ def test_refused_request_gets_json_error_and_one_log_line(
 
     assert response.status == status, response.body
     assert response.complete
-    assert response.header("content-type") == "application/json"
-    error = json.loads(response.body)["error"]
+    error = error_of(response)
     assert error["code"] == code
     assert error["type"] == "invalid_request_error"
     assert SECRET not in response.body.decode("latin-1")
@@ -214,8 +209,7 @@ def test_half_sent_head_gets_json_408_and_one_log_line(gateway: GatewayProcess) 
         response = read_response(sock)
         assert sock.recv(4096) == b""
     assert response.status == 408
-    assert response.header("content-type") == "application/json"
-    assert json.loads(response.body)["error"]["code"] == "request_timeout"
+    assert error_of(response)["code"] == "request_timeout"
     request_id = response.header("x-request-id")
     assert request_id is not None
     (line,) = wait_until(lambda: _request_events(gateway, request_id))
@@ -228,13 +222,7 @@ def test_half_sent_head_gets_json_408_and_one_log_line(gateway: GatewayProcess) 
 
 def _server_headers(gateway: GatewayProcess) -> dict[str, str | None]:
     assert gateway.admin_url is not None
-    body = b'{"messages": [{"role": "user", "content": "hi"}]}'
-    chat = (
-        f"POST {CHAT_PATH}?api-version=2024-10-21 HTTP/1.1\r\nHost: aigw.test\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode() + body
-    relayed, _ = _send(gateway.port, chat)
+    relayed, _ = _send(gateway.port, post(chat_body(), headers="Connection: close\r\n"))
     not_found, _ = _send(
         gateway.port, b"GET /nowhere HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n"
     )

@@ -128,39 +128,8 @@ def _start_upstream(ctx: Context) -> tg.Target:
     cmd += ["--huge-body-mib", str(HUGE_BODY_MIB), "--huge-event-mib", str(HUGE_EVENT_MIB)]
     with log.open("wb") as out:
         proc = ctx.procs.spawn(cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT, cwd=tg.REPO)
-    deadline = time.monotonic() + 20
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"attack upstream did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{int(port_file.read_text())}"
+    url = f"http://127.0.0.1:{tg.wait_for_port_file(proc, port_file, log, 'attack upstream')}"
     return tg.Target(key="upstream-attack", name="attack upstream", url=url, proc=proc, log=log)
-
-
-_ROUTE = """\
-route:
-  name: attack-{deployment}
-  paths: [/openai/deployments/{deployment}/chat/completions]
-  methods: [POST]
-plugins:
-  - name: ai-proxy-advanced
-    config:
-      max_request_body_size: {max_body}
-      targets:
-        - route_type: llm/v1/chat
-          read_timeout: 120000
-          auth:
-            header_name: api-key
-            header_value: ${{AZURE_OPENAI_KEY}}
-          logging:
-            log_statistics: true
-          model:
-            provider: azure
-            name: {deployment}
-            options:
-              azure_instance: ${{AZURE_INSTANCE}}
-              azure_deployment_id: {deployment}
-"""
 
 
 def _start_aigw(ctx: Context, upstream: tg.Target) -> tg.Target:
@@ -168,8 +137,7 @@ def _start_aigw(ctx: Context, upstream: tg.Target) -> tg.Target:
     conf = workdir / "conf.d"
     conf.mkdir(parents=True, exist_ok=True)
     for deployment in _DEPLOYMENTS:
-        text = _ROUTE.format(deployment=deployment, max_body=MAX_BODY)
-        (conf / f"{deployment}.yaml").write_text(text)
+        tg.write_route_file(conf, deployment, max_request_body_size=MAX_BODY)
     port = free_port()
     log, err = workdir / "access.log", workdir / "stderr.log"
     cmd = [tg.PYTHON, "-m", "aigw", "serve", "--conf-dir", str(conf)]

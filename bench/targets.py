@@ -71,6 +71,7 @@ __all__ = [
     "start_nginx_upstream",
     "start_proxies",
     "stop_targets",
+    "wait_for_port_file",
     "write_route_file",
 ]
 
@@ -508,18 +509,28 @@ def start_mock(
         cmd += ["--deployment", f"{name}={MODEL}"]
     with log.open("wb") as out:
         proc = procs.spawn(cmd, env=_child_env(), stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"azure mock did not start:\n{_tail(log)}")
-        time.sleep(0.05)
-    port = int(port_file.read_text())
+    port = wait_for_port_file(proc, port_file, log, "azure mock")
     target = Target(
         key="upstream-mock", name="Azure mock", url=f"http://127.0.0.1:{port}", proc=proc, log=log
     )
     target.extra["api_key"] = UPSTREAM_KEY
     target.extra.update(latency_ms=latency_ms, token_delay_ms=token_delay_ms, tokens=tokens)
     return target
+
+
+def wait_for_port_file(
+    proc: subprocess.Popen[bytes], port_file: Path, log: Path, name: str, timeout: float = 20
+) -> int:
+    """The port a process started with ``--port-file`` listens on, once it has written it.
+
+    Raises RuntimeError with the end of *log* if the process exits or *timeout* passes first.
+    """
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start:\n{_tail(log)}")
+        time.sleep(0.05)
+    return int(port_file.read_text())
 
 
 def start_bare(
@@ -555,7 +566,7 @@ route:
   methods: [POST]
 plugins:
   - name: ai-proxy-advanced
-    config:
+    config:{body_limit}
       targets:
         - route_type: llm/v1/chat
           read_timeout: {read_timeout}
@@ -573,10 +584,25 @@ plugins:
 """
 
 
-def write_route_file(conf_dir: Path, deployment: str, *, read_timeout: int = 120000) -> Path:
-    """Writes ``conf_dir/{deployment}.yaml`` (in place, as an editor would)."""
+def write_route_file(
+    conf_dir: Path,
+    deployment: str,
+    *,
+    read_timeout: int = 120000,
+    max_request_body_size: int | None = None,
+) -> Path:
+    """Writes ``conf_dir/{deployment}.yaml`` (in place, as an editor would).
+
+    *max_request_body_size*, if given, is the route's body limit (else aigw's default).
+    """
+    body_limit = ""
+    if max_request_body_size is not None:
+        body_limit = f"\n      max_request_body_size: {max_request_body_size}"
+    text = _ROUTE_FILE.format(
+        deployment=deployment, read_timeout=read_timeout, body_limit=body_limit
+    )
     path = conf_dir / f"{deployment}.yaml"
-    path.write_text(_ROUTE_FILE.format(deployment=deployment, read_timeout=read_timeout))
+    path.write_text(text)
     return path
 
 

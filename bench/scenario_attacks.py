@@ -161,8 +161,7 @@ def _start_aigw(ctx: Context, upstream: tg.Target) -> tg.Target:
 
 
 def _nginx_conf(workdir: Path, port: int, upstream: str) -> str:
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    scratch = tg.nginx_scratch_paths(workdir)
     # The suite's other nginx targets are tuned for throughput (16,384 connections,
     # 65,536 descriptors); this one runs under the same descriptor limit as aigw.
     return f"""
@@ -175,11 +174,7 @@ events {{ worker_connections {FD_LIMIT}; }}
 http {{
   access_log off;
   server_tokens off;
-  client_body_temp_path {workdir}/body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
+  {scratch}
   {NGINX_DIRECTIVES}
   upstream up {{ server {upstream.removeprefix("http://")}; keepalive 64; }}
   server {{

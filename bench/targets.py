@@ -62,6 +62,7 @@ __all__ = [
     "count_access_lines",
     "direct",
     "fixed_chat_body",
+    "nginx_scratch_paths",
     "nginx_version",
     "request_body",
     "start_aigw",
@@ -291,9 +292,29 @@ def nginx_version() -> str:
     return proc.stderr.strip().removeprefix("nginx version: ")
 
 
-def _nginx_conf(workdir: Path, server: str, *, echo: bool, http_extra: str = "") -> str:
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+_NGINX_SCRATCH = {
+    "client_body_temp_path": "body",
+    "proxy_temp_path": "proxy",
+    "fastcgi_temp_path": "fastcgi",
+    "uwsgi_temp_path": "uwsgi",
+    "scgi_temp_path": "scgi",
+}
+
+
+def nginx_scratch_paths(workdir: Path) -> str:
+    """Makes nginx's temp dirs under *workdir*; returns the ``http`` directives naming them.
+
+    nginx's compiled-in temp paths are not writable by an unprivileged run.
+    """
+    directives = []
+    for directive, sub in _NGINX_SCRATCH.items():
         (workdir / sub).mkdir(parents=True, exist_ok=True)
+        directives.append(f"{directive} {workdir}/{sub};")
+    return "\n  ".join(directives)
+
+
+def _nginx_conf(workdir: Path, server: str, *, echo: bool, http_extra: str = "") -> str:
+    scratch = nginx_scratch_paths(workdir)
     # worker_processes 1: the same single core aigw's default gets; nginx stays the
     # fast reference even so. Large keepalive_requests: nginx's default of 1,000
     # would make wrk reconnect mid-run and measure connection set-up instead.
@@ -308,11 +329,7 @@ events {{ worker_connections 16384; multi_accept on; }}
 http {{
   access_log off;
   server_tokens off;
-  client_body_temp_path {workdir}/body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
+  {scratch}
   keepalive_requests 10000000;
   keepalive_timeout 300s;
   {http_extra}

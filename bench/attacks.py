@@ -55,6 +55,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
+from measure import percentile
 
 __all__ = ["main"]
 
@@ -89,12 +90,7 @@ def _dist(values: list[float]) -> dict[str, float | None]:
     ordered = sorted(values)
 
     def pct(q: float) -> float | None:
-        if not ordered:
-            return None
-        rank = (len(ordered) - 1) * q / 100
-        low = int(rank)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+        return percentile(ordered, q) if ordered else None  # null in the JSON, not NaN
 
     return {"n": len(ordered), "p50": pct(50), "p90": pct(90), "p99": pct(99), "max": pct(100)}
 

@@ -77,6 +77,10 @@ class ScriptedUpstream:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        # On 3.11 asyncio holds a connection's script task only weakly: a
+        # script waiting on a future nothing else references (an Event it
+        # made) would be garbage-collected mid-test with its socket open.
+        self._scripts: set[asyncio.Task[None]] = set()
         self.port = 0
 
     @property
@@ -86,12 +90,16 @@ class ScriptedUpstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.open_connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._scripts.add(task)
         try:
             await self.script(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self.open_connections -= 1
+            self._scripts.discard(task)
             writer.close()
 
     def __enter__(self) -> ScriptedUpstream:

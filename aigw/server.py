@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from aigw.acceptor import default_max_connections
 from aigw.admin import ADMIN_MAX_CONNECTIONS, build_admin_app
 from aigw.chain.body_budget import BodyBudget
 from aigw.config.errors import ConfigError
 from aigw.gateway import Gateway
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener import Listener, ListenerSettings, start_listener
+from aigw.listener.acceptor import default_max_connections
 from aigw.lkg import LastKnownGood
 from aigw.logs import LogFile, get_logger
 from aigw.metrics import METRICS

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.info import RouteInfo
-from aigw.client_connection import client_connection, cut_outcome
+from aigw.listener.connection import client_connection, cut_outcome
 from aigw.logs import get_logger
 from aigw.metrics import RouteMetrics
 

@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from aigw.acceptor import default_max_connections
 from aigw.admin import ADMIN_MAX_CONNECTIONS
 from aigw.listener import Listener, ListenerSettings, start_listener
+from aigw.listener.acceptor import default_max_connections
 from aigw.metrics import ListenerSeries, Metrics
 from aigw.server import ServeSettings
 

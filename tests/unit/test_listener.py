@@ -24,16 +24,15 @@ import pytest
 from aiohttp import http_parser, web, web_protocol, web_response
 from aiohttp.web_protocol import RequestHandler
 
-from aigw import aiohttp_internals
-from aigw.aiohttp_internals import (
+from aigw.listener import Listener, ListenerSettings, aiohttp_internals, start_listener
+from aigw.listener.aiohttp_internals import (
     check_aiohttp_internals,
     head_count,
     idle_order,
     is_idle,
     require_c_parser,
 )
-from aigw.client_connection import ClientConnection, client_connection, cut_outcome
-from aigw.listener import Listener, ListenerSettings, start_listener
+from aigw.listener.connection import ClientConnection, client_connection, cut_outcome
 
 HEADER_TIMEOUT = 0.3
 KEEPALIVE_TIMEOUT = 0.7
@@ -548,7 +547,7 @@ def test_aiohttp_no_extensions_env_refuses_to_start() -> None:
         [
             sys.executable,
             "-c",
-            "from aigw.aiohttp_internals import require_c_parser; require_c_parser()",
+            "from aigw.listener.aiohttp_internals import require_c_parser; require_c_parser()",
         ],
         env=env,
         capture_output=True,

@@ -51,7 +51,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from aigw.client_connection import ClientConnection
+from aigw.listener.connection import ClientConnection
 from aigw.logs import get_logger
 from aigw.metrics import ListenerSeries
 

@@ -6,7 +6,7 @@ aiohttp's server defaults are not safe for an internet-facing proxy (see
 independently of whatever the application does. Each guard lives in its own
 module:
 
-* SECURITY: **connection limit** (``aigw.acceptor``). At most
+* SECURITY: **connection limit** (``aigw.listener.acceptor``). At most
   ``max_connections`` client connections are open at once (default: derived
   from ``RLIMIT_NOFILE``, leaving room for upstream connections, the log file
   and the admin listener). At the limit, idle connections (keep-alive, or no
@@ -16,16 +16,16 @@ module:
   slot frees (``aigw_connection_limit_reached_total``).
 * SECURITY: **request-head deadline** (slowloris) and **client send
   deadline** (a client that stops reading is cut, logged ``client_stalled``),
-  in the per-connection wrapper (``aigw.client_connection``).
-* SECURITY: **HTTP version allowlist** (``aigw.version_guard``): anything but
+  in the per-connection wrapper (``aigw.listener.connection``).
+* SECURITY: **HTTP version allowlist** (``aigw.listener.version_guard``): anything but
   HTTP/1.0 and HTTP/1.1 gets ``HTTP/1.1 505`` (JSON) and the connection is
   closed, before the application sees the request.
-* SECURITY: **refused requests** (``aigw.refusals``): the parser's 400s (a
+* SECURITY: **refused requests** (``aigw.listener.refusals``): the parser's 400s (a
   header line over 8190 bytes, too many headers, a control character, a
   garbage request line, the HTTP/2 preface) get a JSON error and one
   access-log line, never aiohttp's text/plain answer and stderr traceback
   that quote the request's bytes.
-* SECURITY: **C parser required** (``aigw.aiohttp_internals``). Most of
+* SECURITY: **C parser required** (``aigw.listener.aiohttp_internals``). Most of
   aiohttp's request-smuggling advisories were in the pure-Python parser,
   which ``AIOHTTP_NO_EXTENSIONS`` (or a wheel without the extension) silently
   switches to. We refuse to start; we also refuse if an aiohttp internal the
@@ -48,9 +48,9 @@ How it hooks in: ``web.AppRunner`` / ``web.ServerRunner`` still build the
 low-level ``web.Server`` and run an application's startup/shutdown/cleanup
 signals. Instead of ``web.TCPSite`` (which hard-wires ``runner.server`` as the
 protocol factory, leaving no per-connection hook, and cannot stop accepting)
-the :class:`~aigw.acceptor.Acceptor` accepts and hands each connection to a
-:class:`~aigw.client_connection.ClientConnection` wrapping a
-:class:`~aigw.refusals.RefusingRequestHandler` (a ``RequestHandler`` that only
+the :class:`~aigw.listener.acceptor.Acceptor` accepts and hands each connection to a
+:class:`~aigw.listener.connection.ClientConnection` wrapping a
+:class:`~aigw.listener.refusals.RefusingRequestHandler` (a ``RequestHandler`` that only
 overrides the public ``handle_error``), built with the same options
 ``web.Server`` would pass (``Application(handler_args=...)`` is therefore not
 honoured).
@@ -65,12 +65,16 @@ from typing import Any
 
 from aiohttp import web
 
-from aigw.acceptor import Acceptor, bind, default_max_connections
-from aigw.aiohttp_internals import brand_server_header, check_aiohttp_internals, require_c_parser
-from aigw.client_connection import ClientConnection, Shutdown
+from aigw.listener.acceptor import Acceptor, bind, default_max_connections
+from aigw.listener.aiohttp_internals import (
+    brand_server_header,
+    check_aiohttp_internals,
+    require_c_parser,
+)
+from aigw.listener.connection import ClientConnection, Shutdown
+from aigw.listener.refusals import RefusingRequestHandler
+from aigw.listener.version_guard import install_version_guard
 from aigw.metrics import METRICS, Metrics
-from aigw.refusals import RefusingRequestHandler
-from aigw.version_guard import install_version_guard
 
 __all__ = ["Listener", "ListenerSettings", "RequestHandlerFunc", "start_listener"]
 

@@ -11,7 +11,7 @@ touch is listed here:
 * ``web_protocol.ERROR`` (:data:`PARSE_ERROR_MESSAGE`);
 * ``web_response.SERVER_SOFTWARE`` (:func:`brand_server_header`);
 * the parameters of ``RequestHandler.handle_error``, which
-  :class:`~aigw.refusals.RefusingRequestHandler` overrides.
+  :class:`~aigw.listener.refusals.RefusingRequestHandler` overrides.
 
 :func:`check_aiohttp_internals` runs at every listener start and fails it if
 any of them is gone or reshaped; tests check their *meaning* against live
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Private ``RequestHandler`` slots read by the connection wrapper
-#: (``aigw.client_connection``):
+#: (``aigw.listener.connection``):
 #:
 #: * ``_request_count``: incremented by ``data_received`` each time the parser
 #:   completes a request *head* (llhttp emits the message at headers-complete,
@@ -122,7 +122,7 @@ def check_aiohttp_internals() -> None:
         raise RuntimeError(
             f"aiohttp.web_protocol.RequestHandler no longer has {missing}; "
             "aigw's request-head timeout, idle-connection reclaiming, refusals and Server "
-            "header depend on them. Review aigw/aiohttp_internals.py against this aiohttp "
+            "header depend on them. Review aigw/listener/aiohttp_internals.py against this aiohttp "
             "version."
         )
 

@@ -32,7 +32,7 @@ directly), and adds what aiohttp lacks:
   :meth:`ClientConnection.reclaim`), as nginx reuses its "reusable" ones.
 
 The aiohttp internals read here (``head_count``, ``is_idle``, ``idle_order``)
-live in ``aigw.aiohttp_internals``, checked at start-up.
+live in ``aigw.listener.aiohttp_internals``, checked at start-up.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ from email.utils import formatdate
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from aigw.aiohttp_internals import SERVER_HEADER, head_count, idle_order, is_idle
 from aigw.chain.request_id import new_request_id
 from aigw.errors import RequestTimeout
-from aigw.refusals import log_refusal
+from aigw.listener.aiohttp_internals import SERVER_HEADER, head_count, idle_order, is_idle
+from aigw.listener.refusals import log_refusal
 
 __all__ = ["ClientConnection", "Shutdown", "client_connection", "cut_outcome"]
 

@@ -4,7 +4,7 @@ SECURITY: llhttp accepts ``HTTP/2.0`` request lines and versionless ``GET /``
 (HTTP/0.9), and aiohttp answers them with a ``HTTP/2.0 200`` / ``HTTP/0.9 200``
 status line. :func:`install_version_guard` wraps the ``request_factory`` and
 ``request_handler`` public attributes of a ``web.Server`` so such requests get
-``HTTP/1.1 505`` (JSON, ``aigw.refusals``) and the connection is closed; no
+``HTTP/1.1 505`` (JSON, ``aigw.listener.refusals``) and the connection is closed; no
 application handler or middleware has to cooperate.
 """
 
@@ -19,8 +19,8 @@ from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11, RawRequestMe
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from aigw.aiohttp_internals import PARSE_ERROR_MESSAGE
-from aigw.refusals import refuse, version_refusal
+from aigw.listener.aiohttp_internals import PARSE_ERROR_MESSAGE
+from aigw.listener.refusals import refuse, version_refusal
 
 __all__ = ["install_version_guard"]
 

@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final, TextIO
 
+from aigw.short_id import short_request_id
+
 __all__ = [
     "Filter",
     "StatusRange",
@@ -251,8 +253,9 @@ def format_event(event: Mapping[str, Any], *, color: bool, utc: bool = False) ->
 
     A ``request`` event becomes fixed-width columns: time, status, method,
     route, configured→served model, latency (upstream, time to first token),
-    tokens (prompt+completion=total), a stream marker, the first 8 characters
-    of the request id and, for failures, the outcome and error text. Other
+    tokens (prompt+completion=total), a stream marker, the short form of the
+    request id (:func:`aigw.short_id.short_request_id`: the part that differs
+    between requests) and, for failures, the outcome and error text. Other
     events become a time, a tag (``CONFIG``, ``START``, ``STOP``, ``ERROR``...)
     and a summary. Missing fields and values of unexpected types render as
     ``-``; this never raises for any mapping.
@@ -349,7 +352,7 @@ def _format_request(event: Mapping[str, Any], clock: str, paint: _Painter) -> st
         _latency(event, paint),
         paint.cell(_tokens(event), _W_TOKENS),
         paint.cell("stream" if event.get("stream") is True else "", 6, _CYAN),
-        paint(_text(event.get("request_id"))[:8], _DIM),
+        paint(_request_id(event.get("request_id")), _DIM),
     ]
     failure = _failure_text(outcome, error)
     if failure:
@@ -535,7 +538,7 @@ def _startup_failed(event: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _unhandled_error(event: Mapping[str, Any]) -> tuple[str, str]:
-    request_id = _text(event.get("request_id"))[:8]
+    request_id = _request_id(event.get("request_id"))
     return "ERROR", f"unhandled error in route {_text(event.get('route'))}, request {request_id}"
 
 
@@ -601,6 +604,11 @@ def _text(value: object) -> str:
         except (ValueError, TypeError, RecursionError):
             text = "-"
     return _UNSAFE.sub(_escape, text) if text else "-"
+
+
+def _request_id(value: object) -> str:
+    """The short form of a request id (:mod:`aigw.short_id`), as safe text."""
+    return _text(short_request_id(value) if isinstance(value, str) else value)
 
 
 def _escape(match: re.Match[str]) -> str:

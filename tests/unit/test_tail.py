@@ -26,6 +26,8 @@ from typing import IO, Any
 
 import pytest
 
+from aigw.chain.request_id import new_request_id
+from aigw.short_id import short_request_id
 from aigw.tail import (
     Filter,
     StatusRange,
@@ -80,8 +82,54 @@ def request(request_id: str, **fields: Any) -> str:
 def test_plain_request_is_one_line_of_fixed_columns() -> None:
     assert fmt(PLAIN) == (
         "09:22:45.125  200  POST    azure-gpt-4o          gpt-4o→gpt-4o-2024-11-20"
-        "                6.3ms (up 5.9ms)              10+8=18 tok               2c23f321"
+        "                6.3ms (up 5.9ms)              10+8=18 tok               875139451e68"
     )
+
+
+def shown_id(request_id: str) -> str:
+    """The request id column of the line *request_id* is rendered as."""
+    return fmt(json.loads(request(request_id))).split()[-1]
+
+
+def test_request_ids_of_one_process_are_told_apart() -> None:
+    """aigw's ids share a 24-digit per-process prefix: the column shows the counter."""
+    ids = [new_request_id() for _ in range(3)]
+    shown = [shown_id(request_id) for request_id in ids]
+    assert len(set(shown)) == 3, shown
+    for request_id, short in zip(ids, shown, strict=True):
+        assert len(short) == 12 and request_id.endswith(short)  # greppable as is
+
+
+def test_request_ids_of_two_processes_are_told_apart() -> None:
+    """Two workers (or a restart) count from 0 each: the end of the prefix tells them apart."""
+    first, second = "5d0c1a2b3c4d4e5f6071a293", "9e8f7a6b5c4d3e2f1a0bc7d4"
+    assert shown_id(first + "00000000") == "a29300000000"
+    assert shown_id(second + "00000000") == "c7d400000000"
+
+
+@pytest.mark.parametrize(
+    ("ids", "expected"),
+    [
+        # A client's own counter after a long common prefix.
+        (("checkout-service-20261130-000123", "checkout-service-20261130-000124"),
+         ("61130-000123", "61130-000124")),
+        # UUID4: random everywhere; the last group is 12 random digits.
+        (("0f8fad5b-d9cb-469f-a165-70867728950e", "7c9e6679-7425-40de-944b-e07fc1f90ae7"),
+         ("70867728950e", "e07fc1f90ae7")),
+        # UUID1: the last group is the host, the first the low bits of the clock.
+        (("a8098c1a-f86e-11da-bd1a-00112444be1e", "a8098d2b-f86e-11da-bd1a-00112444be1e"),
+         ("a8098c1a", "a8098d2b")),
+        # Short ids are shown whole.
+        (("r1", "my-id-000002"), ("r1", "my-id-000002")),
+    ],
+)  # fmt: skip
+def test_client_request_ids_show_the_part_that_differs(
+    ids: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    assert tuple(shown_id(request_id) for request_id in ids) == expected
+    assert len({shown_id(request_id) for request_id in ids}) == 2
+    for request_id in ids:
+        assert shown_id(request_id) in request_id
 
 
 def test_columns_line_up_across_requests() -> None:
@@ -96,7 +144,7 @@ def test_stream_shows_marker_ttft_and_tokens() -> None:
     line = fmt(STREAM)
     assert "447ms (up 302ms, ttft 303ms)" in line
     assert "1+8=9 tok" in line
-    assert " stream  ca410baf" in line
+    assert " stream  3d806ff096ec" in line
     assert " stream " not in fmt(PLAIN)
 
 
@@ -104,7 +152,7 @@ def test_upstream_failure_shows_outcome_and_error_in_red() -> None:
     line = fmt(BAD_GATEWAY)
     assert line.startswith("09:22:46.502  502  POST")
     assert line.endswith(
-        "1b7fda21  upstream_error: the upstream 127.0.0.1 closed the connection "
+        "7ed625e28820  upstream_error: the upstream 127.0.0.1 closed the connection "
         "before answering (ServerDisconnectedError)"
     )
     # The upstream never answered: no "(up -)" noise, no tokens.
@@ -117,7 +165,7 @@ def test_upstream_failure_shows_outcome_and_error_in_red() -> None:
 def test_client_disconnect_499_is_magenta() -> None:
     line = fmt(CLIENT_GONE)
     assert " 499  POST " in line and "1002ms" in line
-    assert line.endswith("a7501159  client_disconnect")
+    assert line.endswith("142551148979  client_disconnect")
     coloured = fmt(CLIENT_GONE, color=True)
     assert f"{MAGENTA};1m499" in coloured
     assert f"{MAGENTA}mclient_disconnect" in coloured
@@ -235,7 +283,7 @@ def test_unhandled_error_shows_the_exception() -> None:
     event = {
         "event": "unhandled_error",
         "level": "error",
-        "request_id": "5d0c1a2b3c4d4e5f",
+        "request_id": "5d0c1a2b3c4d4e5f60718293" "0000002a",
         "route": "azure-gpt-4o",
         "timestamp": "2026-11-25T09:37:34.724147Z",
         "exception": [
@@ -245,7 +293,7 @@ def test_unhandled_error_shows_the_exception() -> None:
         ],
     }  # fmt: skip
     assert fmt(event) == (
-        "09:37:34.724  ERROR   unhandled error in route azure-gpt-4o, request 5d0c1a2b  "
+        "09:37:34.724  ERROR   unhandled error in route azure-gpt-4o, request 82930000002a  "
         "RuntimeError: boom at aigw/x.py:11 in stage (from KeyError: 'missing')"
     )
 
@@ -633,7 +681,7 @@ class Reader:
         for request_id in request_ids:
             line = self.lines.get(timeout=5)
             self.seen.append(line)
-            assert request_id[:8] in line, (request_id, self.seen)
+            assert short_request_id(request_id) in line, (request_id, self.seen)
 
 
 def test_follow_across_logrotate_end_to_end(tmp_path: Path) -> None:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
+import signal
+from typing import Final
 
+from aigw.config.errors import ConfigError
 from aigw.logs import get_logger
 from aigw.server import Server, ServeSettings
 
@@ -19,6 +23,12 @@ __all__ = ["SEED_MODELS", "run_demo", "run_seed_script"]
 _log = get_logger("aigw.demo")
 
 SEED_MODELS = ("gpt-4o", "gpt-4.1-mini")
+
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+_BUSY_HINT: Final = (
+    " (is another aigw demo or aigw serve running? stop it, or pass "
+    "--listen 127.0.0.1:PORT and --admin-listen 127.0.0.1:PORT or off)"
+)
 
 
 def run_seed_script(endpoint: str) -> list[str]:
@@ -39,28 +49,77 @@ def run_seed_script(endpoint: str) -> list[str]:
 
 
 async def run_demo(settings: ServeSettings, *, once: bool) -> int:
-    """Runs mock + gateway + the seed script; serves on until Ctrl-C unless *once*."""
+    """Runs mock + gateway + the seed script; serves on until Ctrl-C unless *once*.
+
+    Stops like ``aigw serve``: a port that cannot be bound or a config
+    directory that cannot be read is one ``startup_failed`` line and exit 2;
+    SIGINT (Ctrl-C) and SIGTERM stop it cleanly ("stopping", "stopped", exit 0)
+    at any point, including while the mock starts or the script runs.
+    """
     from aigw.testing.azure_mock import MockServer
 
-    async with MockServer() as mock:
-        _log.info("demo_mock_started", url=mock.url)
-        env = dict(os.environ)
-        env.setdefault("AZURE_OPENAI_KEY", mock.config.api_key)
-        env.setdefault("AZURE_INSTANCE", "demo")
-        server = Server(dataclasses.replace(settings, azure_base_url=mock.url), env)
-        await server.start()
-        endpoint = f"http://{settings.listener.host}:{server.port}"
-        try:
-            lines = await asyncio.to_thread(run_seed_script, endpoint)
-            for line in lines:
-                print(line, flush=True)
-            if not once:
-                print(
-                    f"aigw is serving on {endpoint} against the mock at {mock.url}; "
-                    "press Ctrl-C to stop.",
-                    flush=True,
-                )
-                await asyncio.Event().wait()
-        finally:
-            await server.stop()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Installed first: without them Ctrl-C is a KeyboardInterrupt traceback and
+    # SIGTERM kills the process before anything is logged.
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with MockServer() as mock:
+            _log.info("demo_mock_started", url=mock.url)
+            env = dict(os.environ)
+            env.setdefault("AZURE_OPENAI_KEY", mock.config.api_key)
+            env.setdefault("AZURE_INSTANCE", "demo")
+            server = Server(dataclasses.replace(settings, azure_base_url=mock.url), env)
+            try:
+                await server.start()
+            except ConfigError as exc:
+                _log.error("startup_failed", reason=str(exc))
+                await server.stop()
+                return 2
+            except OSError as exc:
+                hint = _BUSY_HINT if exc.errno == errno.EADDRINUSE else ""
+                _log.error("startup_failed", reason=f"cannot listen: {exc}{hint}")
+                await server.stop()
+                return 2
+            try:
+                await _demonstrate(server, settings, mock.url, stop, once=once)
+            finally:
+                _log.info("stopping", drain_timeout=settings.listener.shutdown_timeout)
+                await server.stop()
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
     return 0
+
+
+async def _demonstrate(
+    server: Server, settings: ServeSettings, mock_url: str, stop: asyncio.Event, *, once: bool
+) -> None:
+    """The seed script through the gateway, then serving until *stop* unless *once*."""
+    endpoint = f"http://{settings.listener.host}:{server.port}"
+    script = asyncio.ensure_future(asyncio.to_thread(run_seed_script, endpoint))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((script, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            # The script's thread cannot be cancelled; it fails fast once the
+            # gateway stops, and nobody is waiting for its lines any more.
+            script.add_done_callback(_discard_result)
+            return
+        for line in script.result():
+            print(line, flush=True)
+        if not once:
+            print(
+                f"aigw is serving on {endpoint} against the mock at {mock_url}; "
+                "press Ctrl-C to stop.",
+                flush=True,
+            )
+            await stopped
+    finally:
+        stopped.cancel()
+
+
+def _discard_result(task: asyncio.Future[list[str]]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -305,3 +308,72 @@ def test_workers_share_the_port_and_reload_on_their_own(
         assert notify.seen("STOPPING", "1")
     finally:
         gateway.close()
+
+
+# --------------------------------------------------------------------------
+# aigw demo: stops as cleanly as aigw serve
+
+
+class DemoProcess:
+    """``aigw demo`` in a subprocess, as ``make demo`` runs it, with its output in a file."""
+
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.output = tmp_path / "demo.out"
+        # The demo points the routes at its own mock unless these are set.
+        env = {k: v for k, v in os.environ.items() if k not in GATEWAY_ENV}
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "aigw", "demo", "--listen", f"127.0.0.1:{port}",
+                 "--admin-listen", "off"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+            )  # fmt: skip
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+    def events(self) -> list[str]:
+        return [json.loads(line)["event"] for line in self.text().splitlines() if line[:1] == "{"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_demo_on_a_busy_port_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        demo = DemoProcess(tmp_path, busy.getsockname()[1])
+        try:
+            assert demo.proc.wait(30) == 2
+        finally:
+            demo.close()
+    text = demo.text()
+    assert "Traceback" not in text, text
+    failed = [json.loads(line) for line in text.splitlines() if "startup_failed" in line]
+    assert len(failed) == 1, text
+    assert failed[0]["level"] == "error"
+    assert "address already in use" in failed[0]["reason"]
+    assert "--listen" in failed[0]["reason"]  # what to do about it
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("moment", ["serving", "listening"])
+def test_demo_stops_cleanly_on_ctrl_c_and_sigterm(
+    tmp_path: Path, sig: signal.Signals, moment: str
+) -> None:
+    """Ctrl-C or SIGTERM while serving on, or while the SDK script still runs."""
+    demo = DemoProcess(tmp_path, free_port())
+    try:
+        if moment == "serving":
+            wait_until(lambda: "press Ctrl-C to stop" in demo.text(), timeout=30)
+        else:
+            wait_until(lambda: "listening" in demo.events(), timeout=30)
+        demo.proc.send_signal(sig)
+        assert demo.proc.wait(20) == 0
+    finally:
+        demo.close()
+    text = demo.text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert demo.events()[-2:] == ["stopping", "stopped"], text

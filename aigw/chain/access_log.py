@@ -11,7 +11,7 @@ from aiohttp import web
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.info import RouteInfo
 from aigw.listener.connection import client_connection, cut_outcome
-from aigw.logs import get_logger
+from aigw.logs import get_logger, scrubber
 from aigw.metrics import RouteMetrics
 
 __all__ = ["access_log"]
@@ -19,6 +19,17 @@ __all__ = ["access_log"]
 _log = get_logger("aigw.access")
 
 _CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
+
+_USER_AGENT_MAX = 200
+"""Characters of the client's ``User-Agent`` logged: enough for the SDK, its
+version and platform; a header is otherwise unbounded (up to aiohttp's 8 KiB)."""
+
+_UPSTREAM_ANSWERED_ERROR = "upstream_error"
+"""The outcome of a request the upstream answered with a 4xx or 5xx, relayed
+as it came (``upstream_status`` says which)."""
+
+_OWN_FAULTS = frozenset({"internal_error"})
+"""Outcomes that are aigw's own bugs: logged at level ``error``."""
 
 
 _UPSTREAM_FAILURES = frozenset(
@@ -107,6 +118,13 @@ def _count(ex: Exchange, metrics: RouteMetrics, status: int) -> None:
 def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) -> None:
     now = perf_counter_ns()
     request = ex.request
+    headers = request.headers
+    outcome = ex.outcome
+    upstream_status = ex.upstream_status
+    if outcome == "ok" and upstream_status is not None and upstream_status >= 400:
+        # Relayed as it came, but a failure all the same: `aigw tail --errors`
+        # and a reader grepping outcomes must see it as one.
+        outcome = _UPSTREAM_ANSWERED_ERROR
     event: dict[str, Any] = {
         "request_id": ex.request_id,
         **static,
@@ -117,18 +135,24 @@ def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) ->
         "latency_ms": _ms(now - ex.started_ns),
         "upstream_latency_ms": _ms_between(ex.upstream_sent_ns, ex.upstream_headers_ns),
         "stream": ex.stream,
-        "outcome": ex.outcome,
-        "bytes_in": len(ex.client_body),
+        "outcome": outcome,
+        # A body never read (no route, refused early) still counts as sent: the
+        # declared length says how much the client meant to send.
+        "bytes_in": len(ex.client_body) or request.content_length or 0,
         "bytes_out": ex.bytes_out,
         "client": request.remote,
         "generation": ex.generation,
+        "user_agent": _user_agent(headers.get("User-Agent")),
+        "retry_count": _retry_count(headers.get("x-stainless-retry-count")),
     }
-    if ex.upstream_status is not None:
-        event["upstream_status"] = ex.upstream_status
+    if upstream_status is not None:
+        event["upstream_status"] = upstream_status
         event["api_version"] = ex.api_version
         event["upstream_request_id"] = ex.upstream_request_id
     if ex.stream:
         event["ttft_ms"] = _ms_between(ex.started_ns, ex.first_token_ns)
+    if ex.usage_unavailable is not None:
+        event["usage_unavailable"] = ex.usage_unavailable
     if info.log_statistics:
         event["response_model"] = ex.response_model
         usage = ex.usage or {}
@@ -141,7 +165,27 @@ def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) ->
         event["request_body"] = ex.client_body.decode("utf-8", "replace")
         if ex.response_body is not None:
             event["response_body"] = ex.response_body.decode("utf-8", "replace")
-    _log.info("request", **event)
+    if status < 500:
+        _log.info("request", **event)
+    elif outcome in _OWN_FAULTS:
+        _log.error("request", **event)
+    else:
+        _log.warning("request", **event)
+
+
+def _user_agent(value: str | None) -> str | None:
+    if value is None or len(value) <= _USER_AGENT_MAX:
+        return value  # the renderer's scrubber still sees it whole
+    # Scrubbed before the cut: a secret cut in half would no longer be found
+    # in the rendered line, and its first half would be logged.
+    return scrubber.scrub(value)[:_USER_AGENT_MAX]
+
+
+def _retry_count(value: str | None) -> int | None:
+    """The openai SDK's ``x-stainless-retry-count``: 0 on a first try, n on the n-th retry."""
+    if value is None or len(value) > 6 or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
 
 
 def _ms(ns: int) -> float:

@@ -10,7 +10,10 @@ Per route type (Kong's ``route_type``):
   what the client left out; they never override the client;
 * a chat or completions stream gets ``stream_options.include_usage`` so every
   stream is accounted; the relay hides the extra chunk from a client that did
-  not ask for it;
+  not ask for it. Only on api-versions that know ``stream_options``
+  (2024-09-01-preview, 2024-10-21 and later): older ones refuse the whole
+  request with "Unknown parameter", so their streams go as they came and the
+  access log says ``usage_unavailable: "api_version"``;
 * ``preserve`` forwards the body untouched.
 
 The body itself is read by :func:`aigw.chain.body_reader.read_bounded`, within
@@ -29,6 +32,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from aigw.chain.body_budget import BODY_BUFFER_FULL
 from aigw.chain.body_reader import read_bounded
@@ -36,6 +40,7 @@ from aigw.chain.exchange import Exchange, Handler
 from aigw.config.model import AiProxyAdvancedConfig, TargetConfig
 from aigw.errors import BadRequest, RequestTimeout, ServiceUnavailable
 from aigw.limits import Limits
+from aigw.upstream.target import DEFAULT_API_VERSION, valid_api_version
 
 __all__ = ["body_checks"]
 
@@ -66,6 +71,7 @@ def body_checks(
     streaming_mode = proxy.response_streaming
     model_name = target.model.name
     options = target.model.options
+    usage_by_default = accepts_stream_options(_default_api_version(target))
     defaults: tuple[tuple[str, Any], ...] = ()
     if streams:
         defaults = tuple(
@@ -105,7 +111,8 @@ def body_checks(
                 payload["stream"] = stream = changed = True
             if stream:
                 ex.stream = True
-                changed |= _ask_for_usage(ex, payload)
+                if _usage_available(ex, usage_by_default):
+                    changed |= _ask_for_usage(ex, payload)
             for key, value in defaults:
                 if key not in payload and not (
                     key == "max_tokens" and "max_completion_tokens" in payload
@@ -205,6 +212,48 @@ def _require(payload: dict[str, Any], field: str) -> None:
 
 def _route_kind(field: str) -> str:
     return {v: k for k, v in _REQUIRED_FIELD.items()}[field]
+
+
+_FIRST_STREAM_OPTIONS_PREVIEW = "2024-09-01"
+_FIRST_STREAM_OPTIONS_GA = DEFAULT_API_VERSION  # 2024-10-21
+
+
+def accepts_stream_options(api_version: str) -> bool:
+    """True if Azure accepts ``stream_options`` on *api_version*.
+
+    It arrived in 2024-09-01-preview and in GA 2024-10-21; earlier versions
+    answer 400 "Unknown parameter". The undated aliases (``v1``, ``preview``,
+    ``latest``) are current. A malformed version is False: the relay refuses it.
+    """
+    if not valid_api_version(api_version):
+        return False
+    if not api_version[:1].isdigit():
+        return True
+    date = api_version[:10]  # YYYY-MM-DD sorts as text
+    if api_version.endswith("-preview"):
+        return date >= _FIRST_STREAM_OPTIONS_PREVIEW
+    return date >= _FIRST_STREAM_OPTIONS_GA
+
+
+def _default_api_version(target: TargetConfig) -> str:
+    """The api-version sent when the client names none (as ``compile_target`` picks it)."""
+    options = target.model.options
+    version = options.azure_api_version
+    if options.upstream_url:
+        version = URL(options.upstream_url).query.get("api-version") or version
+    return version or DEFAULT_API_VERSION
+
+
+def _usage_available(ex: Exchange, by_default: bool) -> bool:
+    """Whether this request's api-version lets aigw ask for the stream's usage."""
+    request = ex.request
+    # request.query is parsed once per request and cached by aiohttp; the
+    # relay reads the same mapping (and refuses a malformed version).
+    version = request.query.get("api-version") if request.query_string else None
+    available = by_default if version is None else accepts_stream_options(version)
+    if not available:
+        ex.usage_unavailable = "api_version"
+    return available
 
 
 def _ask_for_usage(ex: Exchange, payload: dict[str, Any]) -> bool:

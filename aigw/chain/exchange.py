@@ -45,6 +45,9 @@ class Exchange:
     payload: dict[str, Any] | None = None
     stream: bool = False
     hide_usage_chunk: bool = False
+    # Why a stream's usage cannot be known (e.g. "api_version": too old for
+    # stream_options), for the access log; None when it can.
+    usage_unavailable: str | None = None
     requested_model: str | None = None
     extra_query: tuple[tuple[str, str], ...] = ()
     extra_headers: tuple[tuple[str, str], ...] = ()

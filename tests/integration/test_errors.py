@@ -49,6 +49,22 @@ def test_unknown_route_is_404(gateway: GatewayProcess) -> None:
     assert "/openai/deployments/no-such-route/chat/completions" in info.value.message
 
 
+def test_unknown_route_logs_the_body_the_client_sent(
+    gateway: GatewayProcess, request_id: str
+) -> None:
+    body = json.dumps({"messages": QUESTION}).encode()
+    status, _, _ = raw_post(
+        gateway,
+        "/openai/deployments/nope/chat/completions",
+        body,
+        headers={"x-request-id": request_id},
+    )
+    assert status == 404
+    line = gateway.access_log(request_id)
+    assert (line["route"], line["outcome"], line["bytes_in"]) == ("-", "route_not_found", len(body))
+    assert line["level"] == "info"
+
+
 def test_invalid_json_is_400_and_never_forwarded(
     gateway: GatewayProcess, mock: MockProcess
 ) -> None:

@@ -8,7 +8,7 @@ import openai
 from openai import AsyncAzureOpenAI, AzureOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.integration.harness import GatewayProcess, MockProcess
+from tests.integration.harness import GatewayProcess, MockProcess, wait_until
 
 API_VERSION = "2025-01-01-preview"
 QUESTION: list[ChatCompletionMessageParam] = [
@@ -221,3 +221,94 @@ def test_rate_limit_passes_through_with_retry_after(
         assert exc.response.headers["retry-after-ms"] == "7000"
     else:
         raise AssertionError("expected 429")
+
+
+def _pinned_client(gateway: GatewayProcess, api_version: str) -> AzureOpenAI:
+    client = AzureOpenAI(
+        api_key="client-key-never-forwarded", azure_endpoint=gateway.url, api_version=api_version
+    )
+    OPEN_CLIENTS.append(client)
+    return client
+
+
+def test_stream_on_an_api_version_without_stream_options(
+    gateway: GatewayProcess, mock: MockProcess, request_id: str
+) -> None:
+    # LangChain and llama-index examples still pin 2024-02-01: Azure refuses
+    # stream_options there, so aigw must not add it.
+    stream = _pinned_client(gateway, "2024-02-01").chat.completions.create(
+        model="gpt-4o", messages=QUESTION, stream=True, extra_headers={"x-request-id": request_id}
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert "gpt-4o-2024-11-20" in text
+    assert "stream_options" not in json.loads(mock.requests()[-1]["body"])
+    line = gateway.access_log(request_id)
+    assert (line["status"], line["outcome"], line["api_version"]) == (200, "ok", "2024-02-01")
+    assert line["completion_tokens"] is None
+    assert line["usage_unavailable"] == "api_version"
+
+
+def test_stream_on_the_first_ga_api_version_with_stream_options(
+    gateway: GatewayProcess, mock: MockProcess, request_id: str
+) -> None:
+    stream = _pinned_client(gateway, "2024-10-21").chat.completions.create(
+        model="gpt-4o", messages=QUESTION, stream=True, extra_headers={"x-request-id": request_id}
+    )
+    chunks = list(stream)
+    assert all(c.usage is None for c in chunks)  # not asked for: hidden from the client
+    sent = json.loads(mock.requests()[-1]["body"])
+    assert sent["stream_options"] == {"include_usage": True}
+    line = gateway.access_log(request_id)
+    assert line["completion_tokens"] > 0
+    assert "usage_unavailable" not in line
+
+
+def test_retries_and_upstream_errors_are_visible_in_the_access_log(
+    gateway: GatewayProcess, mock: MockProcess, request_id: str
+) -> None:
+    mock.fault("status", status=429, retry_after_ms=10, count=1)
+    client = sync_client(gateway, max_retries=1)
+    client.chat.completions.create(
+        model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": request_id}
+    )
+    gateway.access_log(request_id)
+
+    def both() -> list[dict[str, object]] | None:
+        lines = [
+            e
+            for e in gateway.events()
+            if e.get("event") == "request" and e.get("request_id") == request_id
+        ]
+        return lines if len(lines) == 2 else None
+
+    first, retry = wait_until(both)
+    assert (first["status"], first["outcome"], first["upstream_status"]) == (
+        429,
+        "upstream_error",
+        429,
+    )
+    assert (first["retry_count"], retry["retry_count"]) == (0, 1)
+    assert (retry["status"], retry["outcome"]) == (200, "ok")
+    assert str(first["user_agent"]).startswith("AzureOpenAI/Python ")
+    assert first["level"] == "info"
+
+
+def test_upstream_5xx_is_logged_as_a_warning(
+    gateway: GatewayProcess, mock: MockProcess, request_id: str
+) -> None:
+    mock.fault("status", status=503, count=1)
+    client = sync_client(gateway, max_retries=0)
+    try:
+        client.chat.completions.create(
+            model="gpt-4o", messages=QUESTION, extra_headers={"x-request-id": request_id}
+        )
+    except openai.InternalServerError:
+        pass
+    else:
+        raise AssertionError("expected 503")
+    line = gateway.access_log(request_id)
+    assert (line["level"], line["outcome"], line["upstream_status"]) == (
+        "warning",
+        "upstream_error",
+        503,
+    )

@@ -693,3 +693,30 @@ def test_config_is_frozen_and_validated() -> None:
         MockConfig(tokens=0)
     with pytest.raises(ValueError, match="deployment"):
         MockConfig(deployments={})
+
+
+@pytest.mark.parametrize("version", ["2024-02-01", "2024-06-01", "2024-08-01-preview"])
+async def test_stream_options_refused_before_it_existed(client: Client, version: str) -> None:
+    path = f"/openai/deployments/gpt-4o/chat/completions?api-version={version}"
+    body = {**STREAM, "stream_options": {"include_usage": True}}
+    resp = await post(client, path, body)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["message"] == "Unknown parameter: 'stream_options'."
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        "stream_options",
+        "unknown_parameter",
+    )
+    # The same stream without it is served on that version.
+    resp = await post(client, path, STREAM)
+    assert resp.status == 200
+    assert b"data: [DONE]" in await resp.read()
+
+
+@pytest.mark.parametrize("version", ["2024-09-01-preview", "2024-10-21", "2025-01-01-preview"])
+async def test_stream_options_accepted_since_it_exists(client: Client, version: str) -> None:
+    path = f"/openai/deployments/gpt-4o/chat/completions?api-version={version}"
+    resp = await post(client, path, {**STREAM, "stream_options": {"include_usage": True}})
+    assert resp.status == 200
+    assert b'"usage":{' in await resp.read()

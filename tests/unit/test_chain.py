@@ -39,6 +39,7 @@ from aigw.errors import (
     ServiceUnavailable,
 )
 from aigw.limits import DEFAULT_LIMITS, Limits
+from aigw.logs import scrubber
 from aigw.metrics import Metrics
 from aigw.upstream.pool import UpstreamPool
 
@@ -518,3 +519,101 @@ async def test_access_log_counts_requests_latency_and_tokens() -> None:
     assert registry.get_sample_value("aigw_tokens_total", tokens) == 10
     count = registry.get_sample_value("aigw_request_duration_seconds_count", {"route": "r"})
     assert count == 2
+
+
+async def test_access_log_user_agent_and_retry_count() -> None:
+    headers = {"User-Agent": "AzureOpenAI/Python 1.99.0", "x-stainless-retry-count": "2"}
+    with capture_logs() as logs:
+        await access_log(INFO, ROUTE_METRICS, Recorder())(exchange(CHAT, headers))
+    assert (logs[0]["user_agent"], logs[0]["retry_count"]) == ("AzureOpenAI/Python 1.99.0", 2)
+    with capture_logs() as logs:
+        await access_log(INFO, ROUTE_METRICS, Recorder())(exchange(CHAT))
+    assert (logs[0]["user_agent"], logs[0]["retry_count"]) == (None, None)
+
+
+@pytest.mark.parametrize("count", ["-1", "x", "1e3", "²", "9" * 40])
+async def test_access_log_ignores_a_malformed_retry_count(count: str) -> None:
+    with capture_logs() as logs:
+        headers = {"x-stainless-retry-count": count}
+        await access_log(INFO, ROUTE_METRICS, Recorder())(exchange(CHAT, headers))
+    assert logs[0]["retry_count"] is None
+
+
+async def test_access_log_user_agent_is_cut_and_a_secret_in_it_still_scrubbed() -> None:
+    secret = "sk-route-secret-0123456789"
+    scrubber.replace([secret])
+    try:
+        # The cut at 200 characters falls inside the secret: its first half
+        # must not survive as plain text.
+        agent = "a" * 190 + secret
+        with capture_logs() as logs:
+            await access_log(INFO, ROUTE_METRICS, Recorder())(exchange(CHAT, {"User-Agent": agent}))
+        logged = logs[0]["user_agent"]
+        assert len(logged) == 200 and secret[:10] not in logged
+        assert logged.startswith("a" * 190 + "[REDACTED]"[:10])
+        # A short one is scrubbed whole by the line renderer.
+        line = scrubber(None, "info", {"user_agent": f"curl {secret}"})
+        assert secret not in line and "[REDACTED]" in line
+    finally:
+        scrubber.replace([])
+
+
+async def test_access_log_levels_by_status_and_fault() -> None:
+    async def answer(status: int) -> Handler:
+        async def handler(ex: Exchange) -> web.StreamResponse:
+            return web.Response(status=status)
+
+        return handler
+
+    async def crash(ex: Exchange) -> web.StreamResponse:
+        raise RuntimeError("bug")
+
+    levels = []
+    for status in (200, 404, 502):
+        with capture_logs() as logs:
+            await access_log(INFO, ROUTE_METRICS, await answer(status))(exchange(CHAT))
+        levels.append(logs[0]["log_level"])
+    with capture_logs() as logs:
+        await access_log(INFO, ROUTE_METRICS, error_responses(INFO, crash))(exchange(CHAT))
+    (line,) = (e for e in logs if e["event"] == "request")
+    levels.append(line["log_level"])
+    assert levels == ["info", "info", "warning", "error"]
+
+
+async def test_access_log_counts_a_declared_body_never_read() -> None:
+    async def refuse(ex: Exchange) -> web.StreamResponse:
+        return web.Response(status=404)
+
+    ex = exchange(headers={"Content-Length": "1234"})
+    with capture_logs() as logs:
+        await access_log(INFO, ROUTE_METRICS, refuse)(ex)
+    assert logs[0]["bytes_in"] == 1234
+
+
+@pytest.mark.parametrize(
+    ("query", "configured", "asked"),
+    [
+        ("?api-version=2024-02-01", None, False),
+        ("?api-version=2024-06-01", None, False),
+        ("?api-version=2024-08-01-preview", None, False),
+        ("?api-version=2024-09-01-preview", None, True),
+        ("?api-version=2024-10-21", None, True),
+        ("?api-version=2025-04-01-preview", None, True),
+        ("?api-version=v1", None, True),
+        ("", None, True),  # aigw's default, 2024-10-21
+        ("", "2023-07-01-preview", False),  # the route's own default is too old
+        ("?api-version=2024-10-21", "2023-07-01-preview", True),  # the client's wins
+    ],
+)
+async def test_body_asks_for_usage_only_where_the_api_version_knows_stream_options(
+    query: str, configured: str | None, asked: bool
+) -> None:
+    body = json.dumps({"messages": [{"role": "user"}], "stream": True}).encode()
+    t = target(azure_api_version=configured)
+    await body_stage(Recorder(), t)(ex := exchange(body, path=f"/p{query}"))
+    assert ex.stream
+    assert ("stream_options" in json.loads(ex.upstream_body)) is asked
+    assert ex.hide_usage_chunk is asked
+    assert ex.usage_unavailable == (None if asked else "api_version")
+    if not asked:
+        assert ex.upstream_body == body  # relayed as it came

@@ -524,7 +524,9 @@ class MockState:
         latency_ms: float,
         token_delay_ms: float,
     ) -> web.StreamResponse:
-        prompt_tokens, limit, include_usage = parse_generation(op, payload, stream=record.stream)
+        prompt_tokens, limit, include_usage = parse_generation(
+            op, payload, stream=record.stream, api_version=request.query.get("api-version", "")
+        )
         tokens = self.config.tokens
         finish = "stop"
         if limit is not None and limit < tokens:

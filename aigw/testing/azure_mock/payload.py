@@ -7,7 +7,13 @@ from typing import Any
 
 from .wire import Operation, model_error_body
 
-__all__ = ["BadRequest", "count_tokens", "parse_embeddings", "parse_generation"]
+__all__ = [
+    "BadRequest",
+    "count_tokens",
+    "knows_stream_options",
+    "parse_embeddings",
+    "parse_generation",
+]
 
 
 class BadRequest(Exception):
@@ -69,8 +75,21 @@ def _required(payload: Mapping[str, Any], key: str) -> object:
     return value
 
 
+def knows_stream_options(api_version: str) -> bool:
+    """Whether the service accepts ``stream_options`` on *api_version*.
+
+    It arrived in 2024-09-01-preview and GA 2024-10-21; older versions refuse
+    the parameter. Undated versions (``v1``, ``preview``) are current.
+    """
+    if not api_version[:1].isdigit():
+        return True
+    if api_version.endswith("-preview"):
+        return api_version[:10] >= "2024-09-01"
+    return api_version[:10] >= "2024-10-21"
+
+
 def parse_generation(
-    op: Operation, payload: Mapping[str, Any], *, stream: bool
+    op: Operation, payload: Mapping[str, Any], *, stream: bool, api_version: str = "2024-10-21"
 ) -> tuple[int, int | None, bool]:
     """Check a chat or completions body; returns (prompt tokens, max tokens, include_usage)."""
     prompt = _required(payload, "messages" if op == "chat" else "prompt")
@@ -91,6 +110,10 @@ def parse_generation(
     # The newer name wins, as it does on the service.
     limit = _positive_int(payload, "max_completion_tokens") or _positive_int(payload, "max_tokens")
     stream_options = payload.get("stream_options")
+    if "stream_options" in payload and not knows_stream_options(api_version):
+        raise BadRequest(
+            "Unknown parameter: 'stream_options'.", "stream_options", "unknown_parameter"
+        )
     if stream_options is not None and not stream:
         raise BadRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",

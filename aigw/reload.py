@@ -84,7 +84,8 @@ class ReloadReport:
         trigger: What started it.
         published: A new table was published.
         generation: The generation serving after the reload.
-        added / changed / removed: File names whose content appeared, changed, vanished.
+        added: New files whose content now serves (a refused one is only in ``rejected``).
+        changed / removed: File names whose content changed, vanished.
         rejected: The refusals of this reload, one per file.
         routes: Routes in the serving table.
         build_ms: Time spent reading, validating and building.
@@ -356,7 +357,9 @@ class Reloader:
             trigger=trigger,
             published=True,
             generation=generation,
-            added=tuple(scan.added),
+            # A new file refused outright is listed under `rejected` only: it
+            # added nothing to what is served.
+            added=tuple(name for name in scan.added if name in accepted),
             changed=tuple(scan.changed),
             removed=tuple(scan.removed),
             rejected=tuple(

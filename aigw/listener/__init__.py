@@ -1,7 +1,9 @@
 """The socket layer: serve one aiohttp handler or application with proxy-safe defaults.
 
-aiohttp's server defaults are not safe for an internet-facing proxy (see
-``notes/reliability.md`` §0.3-0.4, §2.2, §2.4; all measured on aiohttp 3.14.5).
+aiohttp's server defaults are not safe for an internet-facing proxy (measured
+on aiohttp 3.14.5): no limit on open connections, no deadline for a request's
+head (a slowloris client at 1 byte/s stays connected), no deadline for a client
+that stops reading, and any ``HTTP/x.y`` request line is accepted.
 :func:`start_listener` closes the gaps that belong to the socket layer,
 independently of whatever the application does. Each guard lives in its own
 module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from aigw.config.errors import ConfigDirectoryError
 from aigw.lkg import LastKnownGood
@@ -225,3 +226,20 @@ async def test_active_file_moving_onto_another_active_files_path_is_refused(
     await r.reload("watch")
     assert served(r) == {"a": "gpt-4o", "m": "gpt-4.1-mini"}
     assert states(r) == {"a.yaml": "lkg", "m.yaml": "active"}
+
+
+async def test_a_refused_new_file_is_not_reported_as_added(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / "b.yaml").write_text(route_file("b").replace("header_value", "header_vaule"))
+    (tmp_path / "c.yaml").write_text(route_file("c"))
+    # Valid, but its path is a's: refused for the conflict.
+    (tmp_path / "d.yaml").write_text(route_file("d", path="/openai/deployments/a/chat/completions"))
+    with capture_logs() as logs:
+        report = await r.reload("watch")
+    assert report.added == ("c.yaml",)
+    assert sorted(Path(e.source).name for e in report.rejected) == ["b.yaml", "d.yaml"]
+    (event,) = (e for e in logs if e["event"] == "config_reload")
+    assert event["added"] == ["c.yaml"]
+    assert sorted(Path(e["file"]).name for e in event["rejected"]) == ["b.yaml", "d.yaml"]

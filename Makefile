@@ -35,10 +35,12 @@ clean:
 # Install as a systemd service: README, "Run it as a systemd service".
 PREFIX ?= /opt/aigw
 DESTDIR ?=
+# A system interpreter: the service cannot read one under /home or /root (pyenv).
+PYTHON ?= python3
 
 .PHONY: install uninstall
 install:
-	sh systemd/install.sh --prefix "$(PREFIX)" --destdir "$(DESTDIR)"
+	sh systemd/install.sh --prefix "$(PREFIX)" --destdir "$(DESTDIR)" --python "$(PYTHON)"
 
 uninstall:
 	sh systemd/install.sh --uninstall --prefix "$(PREFIX)" --destdir "$(DESTDIR)"

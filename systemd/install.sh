@@ -2,12 +2,14 @@
 # Install aigw as a systemd service, or remove it again.
 #
 #   systemd/install.sh [--prefix /opt/aigw] [--destdir DIR] [--python python3] [--uninstall]
-#   make install / make uninstall   (same thing; PREFIX= and DESTDIR= pass through)
+#   make install / make uninstall   (same thing; PREFIX=, DESTDIR= and PYTHON= pass through)
 #
 # Install (idempotent; run it again to upgrade):
 #   $PREFIX/venv                          a private virtualenv with aigw from this checkout
 #   /etc/systemd/system/aigw.service      the hardened unit, $PREFIX substituted
-#   /etc/aigw/conf.d/*.yaml               the example routes, only if conf.d has none yet
+#   /etc/aigw/conf.d/*.yaml               the shipped example routes (tracked by git in a
+#                                         checkout), only if conf.d has none yet, and never
+#                                         over an existing file
 #   /etc/aigw/aigw.env                    from aigw.env.example, mode 0600, only if absent
 # then `systemctl daemon-reload` when systemd is running, and the service is
 # ready for `systemctl enable --now aigw`. An operator's config, secrets and
@@ -24,6 +26,10 @@
 # talks to no systemd. Paths inside the staged files are the final ones
 # (the venv's scripts start with #!$PREFIX/venv/bin/python), so the venv runs
 # only once the tree is in place, with --python's interpreter present there.
+#
+# --python must live outside /home, /root and /run/user (pyenv, a user's venv):
+# the venv runs its base interpreter from there, and the unit's ProtectHome=yes
+# with DynamicUser= hides it from the service (Permission denied at start).
 set -eu
 
 PREFIX=/opt/aigw
@@ -101,16 +107,41 @@ write_file() {
     mv -f "$tmp" "$1"
 }
 
+# The real paths (symlinks resolved) of the base interpreter behind $1 and of
+# its standard library: what a venv made from $1 runs, even when $1 is itself
+# a venv's python or a pyenv shim.
+interpreter_paths() {
+    "$1" -c 'import os, sys
+print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+print(os.path.realpath(sys.base_prefix))' 2>/dev/null
+}
+
+# Prints the first of the paths of interpreter $1 that ProtectHome=yes hides.
+hidden_path() {
+    interpreter_paths "$1" | while IFS= read -r path; do
+        case $path/ in
+            /home/* | /root/* | /run/user/*) echo "$path"; break ;;
+        esac
+    done
+}
+
 install_venv() {
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
         die "$PYTHON is not Python >= 3.11 (choose one with --python)"
     "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null ||
         die "$PYTHON cannot create virtualenvs (Debian: apt install python3-venv)"
+    hidden=$(hidden_path "$PYTHON")
+    if [ -n "$hidden" ]; then
+        die "$PYTHON runs from $hidden, which the service cannot read (the unit's" \
+            "ProtectHome=yes and DynamicUser=): use a system Python >= 3.11 instead," \
+            "e.g. make install PYTHON=/usr/bin/python3 (or --python /usr/bin/python3)"
+    fi
     mkdir -p "$DESTDIR$PREFIX"
     if [ ! -e "$VENV/pyvenv.cfg" ]; then
         "$PYTHON" -m venv "$VENV"
-    elif ! "$VENV/bin/python" -c '' 2>/dev/null; then
-        # The interpreter it was made from is gone (a Python upgrade): rebuild.
+    elif ! "$VENV/bin/python" -c '' 2>/dev/null || [ -n "$(hidden_path "$VENV/bin/python")" ]; then
+        # The interpreter it was made from is gone (a Python upgrade), or it is
+        # one the service cannot read (an earlier install from pyenv): rebuild.
         "$PYTHON" -m venv --clear "$VENV"
     fi
     # Build from a copy of the sources setuptools reads: an in-tree build
@@ -157,6 +188,24 @@ has_routes() {
     return 1
 }
 
+# The names of the example routes this project ships, one a line: in a git
+# checkout the files git tracks in conf.d (an untracked experiment there is not
+# an example), else (an unpacked release) every route file in it.
+shipped_examples() {
+    if [ -e "$SRC/.git" ] && command -v git >/dev/null 2>&1; then
+        # safe.directory: root installing from a checkout another user owns.
+        tracked=$(git -c safe.directory="$SRC" -C "$SRC" ls-files -- conf.d) || return 1
+        # Route files the gateway reads: *.yaml and *.yml, not hidden ones.
+        printf '%s\n' "$tracked" | sed -n 's#^conf\.d/\([^/.][^/]*\.ya\{0,1\}ml\)$#\1#p'
+    else
+        for file in "$SRC"/conf.d/*.yaml "$SRC"/conf.d/*.yml; do
+            if [ -f "$file" ]; then
+                basename "$file"
+            fi
+        done
+    fi
+}
+
 install_config() {
     [ -d "$ETC" ] || install -d -m 0755 "$ETC"
     [ -d "$ETC/conf.d" ] || install -d -m 0755 "$ETC/conf.d"
@@ -166,10 +215,21 @@ install_config() {
     if has_routes "$ETC/conf.d"; then
         echo "config: $ETC/conf.d already has routes, left as is"
     else
-        for example in "$SRC"/conf.d/*.yaml; do
-            write_file "$ETC/conf.d/$(basename "$example")" 0644 <"$example"
+        examples=$(shipped_examples) || die "cannot list the example routes in $SRC/conf.d"
+        printf '%s\n' "$examples" | while IFS= read -r name; do
+            target=$ETC/conf.d/$name
+            if [ -z "$name" ] || [ ! -f "$SRC/conf.d/$name" ]; then
+                continue
+            fi
+            # Never over anything already there, a dangling symlink included
+            # (an operator's link to a config not mounted yet).
+            if [ -e "$target" ] || [ -L "$target" ]; then
+                echo "config: $target exists, left as is"
+            else
+                write_file "$target" 0644 <"$SRC/conf.d/$name"
+                echo "config: example route $target"
+            fi
         done
-        echo "config: example routes in $ETC/conf.d"
     fi
     if [ -e "$ETC/aigw.env" ]; then
         echo "secrets: $ETC/aigw.env exists, left as is"

@@ -4,8 +4,10 @@ Nothing here needs systemd as PID 1: the unit is checked with systemd-analyze
 (skipped where it is not installed), and install.sh runs against a DESTDIR.
 
 SLOW: ``test_destdir_install_upgrade_uninstall`` creates a virtualenv and
-pip-installs this checkout into it, dependencies included (about 20 s with a
-warm pip cache, 30-60 s on a cold one; it needs the package index).
+pip-installs a copy of this checkout into it, dependencies included (about 20 s
+with a warm pip cache, 30-60 s on a cold one; it needs the package index). It
+needs a system Python >= 3.11 with venv (outside /home and /root, as the
+installer insists) and git.
 """
 
 from __future__ import annotations
@@ -32,6 +34,30 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (not a systemd host)"
 )
+# Where ProtectHome=yes hides an interpreter from the service.
+HOME_DIRS = ("/home/", "/root/", "/run/user/")
+
+
+def base_interpreter(python: str | Path) -> str:
+    """The real path of the interpreter a venv made from *python* runs."""
+    return run(
+        python, "-c", "import os, sys; print(os.path.realpath(sys._base_executable))"
+    ).stdout.strip()
+
+
+def system_python() -> str | None:
+    """A Python >= 3.11 with venv that the installer accepts, if this machine has one."""
+    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        if not Path(candidate).exists():
+            continue
+        ok = run(
+            candidate, "-c",
+            "import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))",
+            check=False,
+        )  # fmt: skip
+        if ok.returncode == 0 and not base_interpreter(candidate).startswith(HOME_DIRS):
+            return candidate
+    return None
 
 
 def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -119,6 +145,54 @@ def test_install_script_refuses_bad_arguments(
     assert list(tmp_path.iterdir()) == []
 
 
+def fake_pyenv_python(tmp_path: Path) -> Path:
+    """An interpreter that answers the installer as a pyenv Python 3.12 in /home would."""
+    python = tmp_path / "bin" / "python3"
+    python.parent.mkdir()
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *realpath*)\n'
+        "    echo /home/alice/.pyenv/versions/3.12.1/bin/python3.12\n"
+        "    echo /home/alice/.pyenv/versions/3.12.1 ;;\n"
+        "esac\n"
+    )
+    python.chmod(0o755)
+    return python
+
+
+def test_install_refuses_a_python_the_service_cannot_read(tmp_path: Path) -> None:
+    python = fake_pyenv_python(tmp_path)
+    root = tmp_path / "root"
+    result = run(INSTALL, "--destdir", root, "--python", python, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"install.sh: {python} runs from /home/alice/.pyenv/versions/3.12.1/bin/python3.12, "
+        "which the service cannot read (the unit's ProtectHome=yes and DynamicUser=): "
+        "use a system Python >= 3.11 instead, e.g. make install PYTHON=/usr/bin/python3 "
+        "(or --python /usr/bin/python3)\n"
+    )
+    assert list(root.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    not base_interpreter(sys.executable).startswith(HOME_DIRS),
+    reason="the tests' own Python is not under /home or /root",
+)
+def test_install_refuses_a_venv_whose_base_python_is_under_home(tmp_path: Path) -> None:
+    """The tests' venv made from pyenv: the venv's own path is fine, its base is not."""
+    result = run(INSTALL, "--destdir", tmp_path, "--python", sys.executable, check=False)
+    assert result.returncode == 1
+    assert f"runs from {base_interpreter(sys.executable)}, which the service" in result.stderr
+
+
+def test_make_install_passes_python_through() -> None:
+    result = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "install", "PYTHON=/usr/bin/python3.12"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert '--python "/usr/bin/python3.12"' in result.stdout
+
+
 def test_uninstall_removes_only_a_venv_it_could_have_made(tmp_path: Path) -> None:
     # A mistyped --prefix pointing at someone's data must not be wiped.
     data = tmp_path / "srv" / "data"
@@ -128,17 +202,58 @@ def test_uninstall_removes_only_a_venv_it_could_have_made(tmp_path: Path) -> Non
     assert (data / "precious.txt").read_text() == "keep me"
 
 
+def git(cwd: Path, *args: str) -> str:
+    return run(
+        "git", "-C", cwd, "-c", "user.name=t", "-c", "user.email=t@example.com", *args
+    ).stdout
+
+
+def checkout_copy(tmp_path: Path) -> Path:
+    """A git checkout of this project's installable files, with an untracked experiment."""
+    src = tmp_path / "checkout"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "aigw", "systemd"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (REPO / name).exists():
+            shutil.copy(REPO / name, src / name)
+    (src / "conf.d").mkdir()
+    for name in git(REPO, "ls-files", "conf.d").split():
+        shutil.copy(REPO / name, src / name)
+    git(src, "init", "-q")
+    git(src, "add", ".")
+    git(src, "commit", "-q", "-m", "copy")
+    # What a user tries out in their checkout is not an example to install.
+    (src / "conf.d" / "my-experiment.yaml").write_text("route: {name: mine}\n")
+    (src / "conf.d" / "gpt-4o.yaml~").write_text("an editor's backup\n")
+    return src
+
+
+@pytest.mark.skipif(system_python() is None, reason="no system Python >= 3.11 with venv")
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_destdir_install_upgrade_uninstall(tmp_path: Path) -> None:
     """SLOW (pip install of the checkout): install, reinstall over local edits, uninstall."""
+    base_python = system_python()
+    assert base_python is not None
+    src = checkout_copy(tmp_path)
+    install = src / "systemd" / "install.sh"
     root = tmp_path / "root"
     venv = root / "opt" / "aigw" / "venv"
     etc = root / "etc" / "aigw"
     unit = root / "etc" / "systemd" / "system" / "aigw.service"
-    examples = sorted((REPO / "conf.d").glob("*.yaml"))
-    assert examples
+    examples = sorted(src / name for name in git(src, "ls-files", "conf.d").split())
+    assert len(examples) >= 2
+    # An operator's symlink to a config not mounted yet: never replaced.
+    mounted = tmp_path / "mnt" / examples[0].name
+    (etc / "conf.d").mkdir(parents=True)
+    (etc / "conf.d" / examples[0].name).symlink_to(mounted)
 
-    first = run(INSTALL, "--destdir", root, "--python", sys.executable)
+    first = run(install, "--destdir", root, "--python", base_python)
     assert "staged in" in first.stdout
+    assert (etc / "conf.d" / examples[0].name).readlink() == mounted
+    assert sorted(p.name for p in (etc / "conf.d").iterdir()) == [p.name for p in examples]
+    mounted.parent.mkdir()
+    shutil.copy(examples[0], mounted)
 
     # The venv: a regular (not editable) install, its scripts aimed at the final path.
     script = venv / "bin" / "aigw"
@@ -150,7 +265,7 @@ def test_destdir_install_upgrade_uninstall(tmp_path: Path) -> None:
 
     assert unit.read_text() == UNIT.read_text()  # default prefix: nothing substituted
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644
-    for example in examples:
+    for example in examples[1:]:
         installed = etc / "conf.d" / example.name
         assert installed.read_bytes() == example.read_bytes()
         assert stat.S_IMODE(installed.stat().st_mode) == 0o644
@@ -175,9 +290,11 @@ def test_destdir_install_upgrade_uninstall(tmp_path: Path) -> None:
     if SYSTEMD_ANALYZE is not None:
         assert_clean(verify(unit.read_text(), script, tmp_path))
 
-    # The operator edits a route, deletes another and fills in the secrets;
-    # a reinstall (an upgrade) keeps all of it.
+    # The operator replaces the link with an edited copy, deletes the other
+    # routes and fills in the secrets; a reinstall (an upgrade) keeps all of it.
     edited = etc / "conf.d" / examples[0].name
+    edited.unlink()
+    shutil.copy(examples[0], edited)
     edited.write_text(edited.read_text() + "# operator's edit\n")
     for example in examples[1:]:
         (etc / "conf.d" / example.name).unlink()
@@ -186,7 +303,7 @@ def test_destdir_install_upgrade_uninstall(tmp_path: Path) -> None:
     unit_drop_in.mkdir()
     (unit_drop_in / "override.conf").write_text("[Service]\nMemoryMax=2G\n")
 
-    second = run(INSTALL, "--destdir", root, "--python", sys.executable)
+    second = run(install, "--destdir", root, "--python", base_python)
     assert "already has routes, left as is" in second.stdout
     assert "aigw.env exists, left as is" in second.stdout
     assert edited.read_text().endswith("# operator's edit\n")
@@ -194,7 +311,7 @@ def test_destdir_install_upgrade_uninstall(tmp_path: Path) -> None:
     assert env_file.read_text() == "AZURE_OPENAI_KEY=secret\n"
     assert run(python, script, "--version").returncode == 0
 
-    gone = run(INSTALL, "--uninstall", "--destdir", root)
+    gone = run(install, "--uninstall", "--destdir", root)
     assert not unit.exists()
     assert not (root / "opt" / "aigw").exists()
     assert "kept" in gone.stdout
@@ -202,4 +319,4 @@ def test_destdir_install_upgrade_uninstall(tmp_path: Path) -> None:
     assert env_file.read_text() == "AZURE_OPENAI_KEY=secret\n"
     assert (unit_drop_in / "override.conf").exists()  # the operator's, like /etc/aigw
 
-    run(INSTALL, "--uninstall", "--destdir", root)  # idempotent
+    run(install, "--uninstall", "--destdir", root)  # idempotent

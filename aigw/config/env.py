@@ -102,9 +102,12 @@ def expand(value: str, env: Mapping[str, str]) -> Expansion:
                 return found or default  # shell `:-`: empty counts as unset
             if found is not None:
                 return found
+            # Says how to set it: the usual cause is a shell, or a service, that
+            # never had it (`aigw check` on the shipped examples, for one).
             problems.append(
-                f"environment variable `{name}` is not set "
-                f"(write `${{{name}:-default}}` to give a default)"
+                f"environment variable `{name}` is not set (set it where aigw runs: "
+                f"`export {name}=...` in a shell, a line `{name}=...` in /etc/aigw/aigw.env "
+                f"for the systemd service; or write `${{{name}:-default}}` to give a default)"
             )
             return match.group()
         bad = match.group("bad")

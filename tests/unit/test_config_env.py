@@ -42,7 +42,9 @@ def test_expand(value: str, text: str, names: tuple[str, ...]) -> None:
     [
         pytest.param(
             "${UNSET}",
-            "environment variable `UNSET` is not set (write `${UNSET:-default}` to give a default)",
+            "environment variable `UNSET` is not set (set it where aigw runs: `export UNSET=...` "
+            "in a shell, a line `UNSET=...` in /etc/aigw/aigw.env for the systemd service; "
+            "or write `${UNSET:-default}` to give a default)",
             id="unset",
         ),
         pytest.param("key-${A", "unterminated `${` (no closing `}`)", id="unterminated"),

@@ -101,7 +101,9 @@ class Gateway:
             )
         found = table.router.match(request.method, path)
         if isinstance(found, Match):
-            return await found.value.handler(self._exchange(request, path, table))
+            exchange = self._exchange(request, path, table)
+            exchange.params = found.params
+            return await found.value.handler(exchange)
         if found is None:
             error: GatewayError = RouteNotFound(
                 "route_not_found", f"no route for {request.method} {path}"

@@ -20,6 +20,8 @@ from aigw.chain.request_id import request_id
 from aigw.config.model import RouteFile
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import METRICS
+from aigw.templates import is_templated
+from aigw.templates.resolve import compile_resolver, resolve_stage
 from aigw.upstream.relay import make_relay
 from aigw.upstream.target import UpstreamTarget, compile_target
 
@@ -38,7 +40,8 @@ class CompiledRoute:
     Attributes:
         info: Static facts for logs and errors.
         file: The validated config it was compiled from.
-        target: Where it forwards.
+        target: Where it forwards; on a templated route, with the variables
+            still as text (each request resolves its own, ``ex.resolved``).
         handler: The folded chain; calling it runs every stage then the relay.
         stages: The chain's stage names, outermost first (for ``aigw check``).
     """
@@ -70,12 +73,15 @@ def compile_route(
     proxy = file.proxy
     target_config = proxy.targets[0]
     options = target_config.model.options
+    model = target_config.model.name
+    deployment = options.azure_deployment_id
     info = RouteInfo(
         name=file.route.name,
         source=file.source,
         provider=target_config.model.provider,
-        model=target_config.model.name,
-        deployment=options.azure_deployment_id,
+        # Templated: known per request only (the access log takes ex.resolved's).
+        model=None if is_templated(model) else model,
+        deployment=None if is_templated(deployment) else deployment,
         route_type=target_config.route_type,
         log_statistics=target_config.logging.log_statistics,
         log_payloads=target_config.logging.log_payloads,
@@ -86,6 +92,12 @@ def compile_route(
         ("request_id", request_id),
         ("access_log", partial(access_log, info, metrics)),
         ("error_responses", partial(error_responses, info)),
+    ]
+    resolver = compile_resolver(info.name, target_config, azure_base_url)
+    if resolver is not None:
+        # Before the body is read: the body check compares with the resolved model.
+        stages.append(("resolve_target", partial(resolve_stage, resolver)))
+    stages += [
         ("body_checks", partial(body_checks, proxy, target_config, limits)),
         ("credentials", partial(credentials, target_config.auth)),
     ]

@@ -13,6 +13,7 @@ from aigw.chain.info import RouteInfo
 from aigw.listener.connection import client_connection, cut_outcome
 from aigw.logs import get_logger, scrubber
 from aigw.metrics import RouteMetrics
+from aigw.templates.resolve import Resolved
 
 __all__ = ["access_log"]
 
@@ -80,8 +81,13 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
             ex.outcome = cut_outcome(connection)
             raise
         finally:
-            _emit(ex, info, static, status)
-            _count(ex, metrics, status)
+            resolved = ex.resolved
+            if resolved is None:
+                _emit(ex, info, static, status)
+                _count(ex, metrics, status)
+            else:  # a templated route: its model and deployment are this request's
+                _emit(ex, info, _resolved_fields(static, resolved), status)
+                _count(ex, resolved.metrics, status)
 
     return stage
 
@@ -196,3 +202,10 @@ def _ms_between(start: int | None, end: int | None) -> float | None:
     if start is None or end is None:
         return None
     return _ms(end - start)
+
+
+def _resolved_fields(static: dict[str, Any], resolved: Resolved) -> dict[str, Any]:
+    if "model" not in static:  # log_statistics is off
+        return static
+    target = resolved.target
+    return {**static, "model": target.model, "deployment": target.deployment}

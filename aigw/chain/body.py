@@ -5,7 +5,9 @@ Per route type (Kong's ``route_type``):
 * ``llm/v1/chat`` needs a non-empty ``messages`` array, ``llm/v1/completions``
   a ``prompt``, ``llm/v1/embeddings`` an ``input``;
 * a body ``model`` that differs from the configured ``model.name`` is refused
-  (the SDK sends the deployment name there; Kong refuses the same way);
+  (the SDK sends the deployment name there; Kong refuses the same way), unless
+  it is one of the target's ``model.model_alias`` names or the route sets
+  ``ignore_body_model`` (Azure itself ignores it on a deployment path);
 * ``max_tokens`` / ``temperature`` / ``top_p`` from ``model.options`` fill in
   what the client left out; they never override the client;
 * a chat or completions stream gets ``stream_options.include_usage`` so every
@@ -70,6 +72,8 @@ def body_checks(
     streams = route_type in _STREAMING_TYPES
     streaming_mode = proxy.response_streaming
     model_name = target.model.name
+    check_model = not proxy.ignore_body_model
+    aliases = frozenset(target.model.model_alias)
     options = target.model.options
     usage_by_default = accepts_stream_options(_default_api_version(target))
     defaults: tuple[tuple[str, Any], ...] = ()
@@ -91,13 +95,8 @@ def body_checks(
         requested = payload.get("model")
         if isinstance(requested, str) and requested:
             ex.requested_model = requested
-            if model_name is not None and requested != model_name:
-                raise BadRequest(
-                    "model_mismatch",
-                    f"model {requested[:200]!r} is not served here: this route serves "
-                    f"{model_name!r}",
-                    param="model",
-                )
+            if check_model:
+                _check_model(requested, model_name, aliases)
         changed = False
         if streams:
             stream = payload.get("stream") is True
@@ -124,6 +123,19 @@ def body_checks(
             ex.upstream_body = dump_json(payload)
 
     return _body_stage(limit, limits, check, next_)
+
+
+def _check_model(requested: str, served: str | None, aliases: frozenset[str]) -> None:
+    """Refuses a body ``model`` that is neither the served model nor one of its aliases."""
+    if served is None or requested == served or requested in aliases:
+        return
+    raise BadRequest(
+        "model_mismatch",
+        f"model {requested[:200]!r} is not served here: this route serves {served!r}. To "
+        "accept this name, list it in the route's `model.model_alias`, or set "
+        "`ignore_body_model: true` in its plugin config",
+        param="model",
+    )
 
 
 def _peek_at_stream(ex: Exchange, body: bytes) -> None:

@@ -7,14 +7,17 @@ anything that varies per request lives here, on a fresh ``Exchange``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from aigw.chain.body_budget import BodyBudget
 from aigw.upstream.pool import UpstreamPool
+
+if TYPE_CHECKING:
+    from aigw.templates.resolve import Resolved
 
 __all__ = ["Exchange", "Handler"]
 
@@ -37,6 +40,12 @@ class Exchange:
     started_ns: int = field(default_factory=time.perf_counter_ns)
     request_id: str = ""
     preset_error: Exception | None = None
+    # The route match's captures (``uri_captures``); never mutated. None when
+    # no route matched.
+    params: Mapping[str, str] | None = None
+    # A templated route's target for this request (aigw.templates); None on
+    # every other route, whose target is bound into its chain at load.
+    resolved: Resolved | None = None
 
     # Request body: what the client sent, and what goes upstream (differs only
     # when aigw rewrote the JSON: defaults, include_usage, body-param auth).

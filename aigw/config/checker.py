@@ -23,6 +23,7 @@ from typing import TypeVar
 from aigw.config.errors import ConfigIssue
 from aigw.config.keypath import child, is_under, item
 from aigw.config.yaml_strict import NodePosition
+from aigw.templates import Template, TemplateSyntaxError, Variable, parse, path_captures
 
 __all__ = ["Check", "Checker", "backticked"]
 
@@ -77,7 +78,7 @@ class Checker:
         sources: Key path -> variables the value came from, from `aigw.config.env.interpolate`.
     """
 
-    __slots__ = ("_file", "_positions", "_reported", "_sources", "issues")
+    __slots__ = ("_file", "_positions", "_reported", "_sources", "issues", "templates")
 
     def __init__(
         self,
@@ -91,6 +92,8 @@ class Checker:
         self._sources = sources
         self._reported = reported
         self.issues: list[ConfigIssue] = []
+        # (key path, template) of each templated field read, for check_captures.
+        self.templates: list[tuple[str, Template]] = []
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -262,6 +265,7 @@ class Checker:
         secret: bool = False,
         allow_empty: bool = False,
         check: Check | None = None,
+        templated: bool = False,
     ) -> str | None:
         """Read a string field.
 
@@ -273,9 +277,12 @@ class Checker:
             secret: Never echo the value.
             allow_empty: Accept ``""``.
             check: Further validation; its reason is followed by a safe description of the value.
+            templated: The field may hold Kong's ``$(kind.NAME)`` variables
+                (`aigw.templates`): a value with ``$(`` must parse, and *check*
+                applies to it with each variable read as a plain name.
 
         Returns:
-            The string, or ``None`` if absent or invalid.
+            The string (a template still as text), or ``None`` if absent or invalid.
         """
         value = self._get(m, parent, key, required)
         if value is _ABSENT:
@@ -287,11 +294,33 @@ class Checker:
         if not value and not allow_empty:
             self.report(path, "must not be empty" + self.got(path, value, secret=True))
             return None
-        problem = check(value) if check is not None and value else None
+        checked = value
+        if templated and "$(" in value:
+            try:
+                template = parse(value)
+            except TemplateSyntaxError as exc:
+                self.report(path, str(exc))
+                return None
+            self.templates.append((path, template))
+            # Each value is checked per request (aigw.templates.values): here
+            # only the text around the variables is, with a name in their place.
+            checked = template.render(dict.fromkeys(template.variables, "x"))
+        problem = check(checked) if check is not None and value else None
         if problem is not None:
             self.report(path, problem + self.got(path, value, secret=secret))
             return None
         return value
+
+    def check_captures(self, paths: tuple[str, ...]) -> None:
+        """Report each ``$(uri_captures.NAME)`` read by `text` that not every one of
+        *paths* captures (a request could never provide it)."""
+        captures = path_captures(paths)
+        if captures is None:
+            return  # a path the router will reject: that is the error to read
+        for path, template in self.templates:
+            for variable in dict.fromkeys(template.variables):
+                if variable.kind == "uri_captures" and variable.name not in captures:
+                    self.report(path, _no_capture(variable, captures))
 
     def choice(
         self,
@@ -402,3 +431,13 @@ def _range(low: float, high: float | None) -> str:
     if high is None:
         return f"at least {low}"
     return f"between {low} and {high}"
+
+
+def _no_capture(variable: Variable, captures: frozenset[str]) -> str:
+    reason = f"`{variable}` names a capture that not every path of `route.paths` has"
+    if not captures:
+        return reason + "; capture it with a named group, e.g. `(?<name>[^/]+)`, or `{name}`"
+    close = difflib.get_close_matches(variable.name, sorted(captures), n=1)
+    if close:
+        return reason + f"; did you mean `$(uri_captures.{close[0]})`?"
+    return reason + f"; the paths capture {backticked(sorted(captures))}"

@@ -83,11 +83,14 @@ class ModelConfig:
         provider: Only ``azure``.
         name: The model name clients must use; ``None`` takes it from the request.
         options: Provider options.
+        model_alias: Other body ``model`` values accepted as this model (Kong 3.14's
+            ``model_alias``, one name or a list): e.g. the snapshot name LangChain sends.
     """
 
     provider: Literal["azure"]
     name: str | None
     options: ModelOptions
+    model_alias: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +145,15 @@ class AiProxyAdvancedConfig:
         max_request_body_size: Bytes; 0 means unlimited (Kong semantics).
         response_streaming: ``allow`` (client decides), ``deny`` or ``always``.
         model_name_header: Send ``X-Kong-LLM-Model: {provider}/{model}`` on responses.
+        ignore_body_model: Accept any body ``model`` (Azure itself ignores it on a
+            deployment path); off by default, as in Kong.
     """
 
     targets: tuple[TargetConfig, ...]
     max_request_body_size: int = 8 * 1024 * 1024  # bytes; 0 = unlimited (Kong semantics)
     response_streaming: StreamingMode = "allow"
     model_name_header: bool = True
+    ignore_body_model: bool = False
 
 
 @dataclass(frozen=True, slots=True)

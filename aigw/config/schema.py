@@ -64,7 +64,13 @@ _ONE_TARGET = "load balancing across several targets is not supported; use one t
 _TOP_KEYS = ("route", "plugins")
 _ROUTE_KEYS = ("name", "paths", "methods")
 _PLUGIN_KEYS = ("name", "config")
-_CONFIG_KEYS = ("targets", "max_request_body_size", "response_streaming", "model_name_header")
+_CONFIG_KEYS = (
+    "targets",
+    "max_request_body_size",
+    "response_streaming",
+    "model_name_header",
+    "ignore_body_model",
+)
 _TARGET_KEYS = (
     "route_type",
     "auth",
@@ -84,7 +90,7 @@ _AUTH_KEYS = (
     "param_location",
     "allow_override",
 )
-_MODEL_KEYS = ("provider", "name", "options")
+_MODEL_KEYS = ("provider", "name", "model_alias", "options")
 _OPTION_KEYS = (
     "azure_instance",
     "azure_deployment_id",
@@ -144,7 +150,6 @@ _KONG_AUTH = dict.fromkeys(
     ),
     "",
 )
-_KONG_MODEL = {"model_alias": ""}
 _KONG_OPTIONS = dict.fromkeys(
     (
         "top_k",
@@ -305,6 +310,7 @@ def _proxy(c: Checker, plugin: Mapping[str, object], plugin_path: str) -> AiProx
             m, path, "response_streaming", STREAMING_MODES, default="allow"
         ),
         model_name_header=c.boolean(m, path, "model_name_header", default=True),
+        ignore_body_model=c.boolean(m, path, "ignore_body_model", default=False),
     )
     return config if max_body is None else replace(config, max_request_body_size=max_body)
 
@@ -384,7 +390,7 @@ def _mutually_required(
 
 
 def _model(c: Checker, target: Mapping[str, object], target_path: str) -> ModelConfig:
-    m = c.section(target, target_path, "model", _MODEL_KEYS, _KONG_MODEL, required=True)
+    m = c.section(target, target_path, "model", _MODEL_KEYS, required=True)
     path = child(target_path, "model")
     if m is None:
         return ModelConfig("azure", None, ModelOptions())
@@ -398,7 +404,28 @@ def _model(c: Checker, target: Mapping[str, object], target_path: str) -> ModelC
         provider="azure",
         name=c.text(m, path, "name"),
         options=_options(c, m, path, check_azure=provider == "azure"),
+        model_alias=_aliases(c, m, path),
     )
+
+
+def _aliases(c: Checker, model: Mapping[str, object], model_path: str) -> tuple[str, ...]:
+    """``model_alias``: one name (Kong's shape) or a list of names."""
+    value = model.get("model_alias")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        alias = c.text(model, model_path, "model_alias", check=_check_no_control)
+        return (alias,) if alias else ()
+    aliases: list[str] = []
+    for path, alias in c.strings(value, child(model_path, "model_alias")):
+        reason = _check_no_control(alias)
+        if reason is not None:
+            c.report(path, reason)
+        elif alias not in aliases:
+            aliases.append(alias)
+    if isinstance(value, list) and not value:
+        c.report(child(model_path, "model_alias"), "must list at least one name, or be left out")
+    return tuple(aliases)
 
 
 def _options(

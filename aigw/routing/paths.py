@@ -263,13 +263,16 @@ Segment: TypeAlias = StaticSegment | ParamSegment | WildcardSegment
 _PARAM: Final = re.compile(r"\{([^{}/]*)\}")
 # ASCII only: names travel into logs, upstream templates and Kong-style captures.
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KONG_GROUP: Final = re.compile(r"\(\?P?<([^<>]*)>\[\^/\]\+\)")
+# The class may also exclude '#' and '?' (Kong's own examples write [^#?/]+): a
+# canonical path segment never holds either raw, so it matches what [^/]+ does.
+_KONG_GROUP: Final = re.compile(r"\(\?P?<([^<>]*)>\[\^(?=[#?]*/)[#?/]{1,3}\]\+\)")
 # Backslash escapes a Kong regex may use for a literal character.
 _KONG_ESCAPABLE: Final = frozenset("./-_~")
 _REGEX_SYNTAX: Final = frozenset("^$*+?()[]{}|\\")
 _KONG_SUPPORTED: Final = (
     "aigw translates only a '~' + an anchored literal path ending in '$', in which '\\.' or '.'"
-    " is a literal dot and a whole segment may be (?<name>[^/]+) or (?P<name>[^/]+); write"
+    " is a literal dot and a whole segment may be (?<name>[^/]+) or (?P<name>[^/]+) ([^#?/]+"
+    " too); write"
     " anything else as a template with {name} segments and a trailing *"
 )
 

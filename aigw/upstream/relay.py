@@ -83,7 +83,9 @@ def make_relay(
     max_event = limits.max_event_size
 
     async def relay(ex: Exchange) -> web.StreamResponse:
-        upstream = await _send(ex, target)
+        # A templated route's target is resolved per request (aigw.templates).
+        resolved = ex.resolved
+        upstream = await _send(ex, target if resolved is None else resolved.target)
         healthy = False
         try:
             status = upstream.status
@@ -100,7 +102,7 @@ def make_relay(
             headers = RESPONSE_POLICY.filter(upstream.headers)
             headers.append(("x-request-id", ex.request_id))
             if model_header and status < 300:
-                headers.append((MODEL_HEADER, label))
+                headers.append((MODEL_HEADER, label if resolved is None else resolved.target.label))
             media_type = _media_type(upstream.content_type)
             if media_type == _SSE:
                 tracking = (

@@ -56,6 +56,7 @@ class UpstreamTarget:
         write_timeout: Seconds for the upstream to take the request body.
         deployment: The Azure deployment name, for logs.
         label: ``provider/model`` for the model-name response header and logs.
+        model: ``model.name`` (resolved, on a templated route), for the body check.
     """
 
     origin: Origin
@@ -66,6 +67,7 @@ class UpstreamTarget:
     write_timeout: float
     deployment: str | None
     label: str
+    model: str | None = None
 
     def path(self, client_path: str) -> str:
         """The upstream path for a request whose normalised path is *client_path*.
@@ -118,6 +120,7 @@ def compile_target(target: TargetConfig, *, azure_base_url: str | None = None) -
         write_timeout=target.write_timeout / 1000,
         deployment=deployment,
         label=f"{target.model.provider}/{target.model.name or deployment or 'preserve'}",
+        model=target.model.name,
     )
 
 

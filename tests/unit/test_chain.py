@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -617,3 +618,36 @@ async def test_body_asks_for_usage_only_where_the_api_version_knows_stream_optio
     assert ex.usage_unavailable == (None if asked else "api_version")
     if not asked:
         assert ex.upstream_body == body  # relayed as it came
+
+
+def aliased_target(*aliases: str) -> TargetConfig:
+    t = target()
+    return dataclasses.replace(t, model=dataclasses.replace(t.model, model_alias=aliases))
+
+
+def chat_for(model: str) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+async def test_body_model_alias_is_accepted_and_forwarded_as_sent() -> None:
+    t = aliased_target("gpt-4o-2024-11-20", "gpt-4o-mini-alias")
+    body = chat_for("gpt-4o-2024-11-20")
+    await body_stage(Recorder(), t)(ex := exchange(body))
+    assert ex.requested_model == "gpt-4o-2024-11-20"
+    assert ex.upstream_body == body
+    with pytest.raises(BadRequest) as refused:
+        await body_stage(Recorder(), t)(exchange(chat_for("gpt-4.1-mini")))
+    assert refused.value.code == "model_mismatch"
+
+
+async def test_ignore_body_model_accepts_any_name() -> None:
+    await body_stage(Recorder(), ignore_body_model=True)(ex := exchange(chat_for("anything")))
+    assert ex.requested_model == "anything"
+
+
+async def test_model_mismatch_says_how_to_allow_the_name() -> None:
+    with pytest.raises(BadRequest) as refused:
+        await body_stage(Recorder())(exchange(chat_for("text-embedding-ada-002")))
+    message = refused.value.message
+    assert "'text-embedding-ada-002'" in message and "'gpt-4o'" in message
+    assert "`model.model_alias`" in message and "`ignore_body_model: true`" in message

@@ -676,3 +676,74 @@ def test_required_key_without_a_value(old: str, new: str, key_path: str) -> None
     """`key:` with nothing after it is null, and reported as such rather than as missing."""
     issues = issues_of(edit((old, new)))
     assert any(i.key_path == key_path and i.reason == "must have a value; got null" for i in issues)
+
+
+# -- model aliases and the body-model switch ---------------------------------------------------
+
+MODEL_NAME = "            name: gpt-4o\n"
+
+
+def test_model_alias_is_one_name_as_in_kong_or_a_list() -> None:
+    one = parse(edit((MODEL_NAME, MODEL_NAME + "            model_alias: gpt-4o-2024-11-20\n")))
+    assert one.proxy.targets[0].model.model_alias == ("gpt-4o-2024-11-20",)
+    many = parse(
+        edit((MODEL_NAME, MODEL_NAME + "            model_alias: [a, gpt-4o-2024-11-20, a]\n"))
+    )
+    assert many.proxy.targets[0].model.model_alias == ("a", "gpt-4o-2024-11-20")
+    assert parse(CANONICAL).proxy.targets[0].model.model_alias == ()
+
+
+def test_ignore_body_model_is_a_plugin_config_switch() -> None:
+    assert parse(CANONICAL).proxy.ignore_body_model is False
+    text = edit(("    config:\n", "    config:\n      ignore_body_model: true\n"))
+    assert parse(text).proxy.ignore_body_model is True
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key_path", "reason"),
+    [
+        (
+            MODEL_NAME,
+            MODEL_NAME + "            model_alias: []\n",
+            f"{T}.model.model_alias",
+            "must list at least one name",
+        ),
+        (
+            MODEL_NAME,
+            MODEL_NAME + "            model_alias: [a, 3]\n",
+            f"{T}.model.model_alias[1]",
+            "a string",
+        ),
+        (
+            MODEL_NAME,
+            MODEL_NAME + "            model_alias: 3\n",
+            f"{T}.model.model_alias",
+            "expected",
+        ),
+        (
+            MODEL_NAME,
+            MODEL_NAME + "            model_alais: x\n",
+            f"{T}.model.model_alais",
+            "did you mean `model_alias`?",
+        ),
+        (
+            "    config:\n",
+            "    config:\n      ignore_body_modle: true\n",
+            "plugins[0].config.ignore_body_modle",
+            "did you mean `ignore_body_model`?",
+        ),
+        (
+            "    config:\n",
+            "    config:\n      ignore_body_model: yes please\n",
+            "plugins[0].config.ignore_body_model",
+            "boolean",
+        ),
+    ],
+)
+def test_model_alias_and_ignore_body_model_errors(
+    old: str, new: str, key_path: str, reason: str
+) -> None:
+    (issue,) = issues_of(edit((old, new)))
+    assert issue.key_path == key_path
+    assert reason in issue.reason
+    assert issue.line is not None and issue.line > 0

@@ -96,7 +96,7 @@ def body_checks(
         if isinstance(requested, str) and requested:
             ex.requested_model = requested
             if check_model:
-                _check_model(requested, model_name, aliases)
+                _check_model(requested, _served_model(ex, model_name), aliases)
         changed = False
         if streams:
             stream = payload.get("stream") is True
@@ -123,6 +123,13 @@ def body_checks(
             ex.upstream_body = dump_json(payload)
 
     return _body_stage(limit, limits, check, next_)
+
+
+def _served_model(ex: Exchange, configured: str | None) -> str | None:
+    """The model a request must name: on a templated route, the one resolved
+    for it before this stage (aigw.templates)."""
+    resolved = ex.resolved
+    return configured if resolved is None else resolved.target.model
 
 
 def _check_model(requested: str, served: str | None, aliases: frozenset[str]) -> None:

@@ -220,6 +220,7 @@ def validate(
         return Validated(None, None, tuple(c.issues))
     route = _route(c, root)
     proxy = _plugins(c, root)
+    c.check_captures(route.paths)
     if c.issues:
         return Validated(None, None, tuple(c.issues))
     return Validated(route, proxy, ())
@@ -402,7 +403,7 @@ def _model(c: Checker, target: Mapping[str, object], target_path: str) -> ModelC
         c.choice(m, path, "provider", PROVIDERS, default="azure", required=True)
     return ModelConfig(
         provider="azure",
-        name=c.text(m, path, "name"),
+        name=c.text(m, path, "name", templated=True),
         options=_options(c, m, path, check_azure=provider == "azure"),
         model_alias=_aliases(c, m, path),
     )
@@ -446,11 +447,19 @@ def _options(
                 )
                 c.missing(path, key, reason, at=path if "options" in model else model_path)
     return ModelOptions(
-        azure_instance=c.text(m, path, "azure_instance", check=_check_azure_instance),
-        azure_deployment_id=c.text(m, path, "azure_deployment_id", check=_check_segment),
-        azure_api_version=c.text(m, path, "azure_api_version", check=_check_api_version),
-        upstream_url=c.text(m, path, "upstream_url", secret=True, check=_check_upstream_url),
-        upstream_path=c.text(m, path, "upstream_path", check=_check_upstream_path),
+        azure_instance=c.text(
+            m, path, "azure_instance", check=_check_azure_instance, templated=True
+        ),
+        azure_deployment_id=c.text(
+            m, path, "azure_deployment_id", check=_check_segment, templated=True
+        ),
+        azure_api_version=c.text(
+            m, path, "azure_api_version", check=_check_api_version, templated=True
+        ),
+        upstream_url=c.text(
+            m, path, "upstream_url", secret=True, check=_check_upstream_url, templated=True
+        ),
+        upstream_path=c.text(m, path, "upstream_path", check=_check_upstream_path, templated=True),
         max_tokens=c.integer(m, path, "max_tokens", low=1),
         temperature=c.number(m, path, "temperature", low=0, high=5),
         top_p=c.number(m, path, "top_p", low=0, high=1),

@@ -124,7 +124,7 @@ def test_every_supported_field_is_read() -> None:
     text = """\
 route:
   name: all.fields_1
-  paths: [/a, "~/openai/deployments/(?<d>[^/]+)/embeddings$"]
+  paths: ["/a/{d}", "~/openai/deployments/(?<d>[^/]+)/embeddings$"]
   methods: [post, Get]
 plugins:
   - name: ai-proxy-advanced
@@ -165,7 +165,7 @@ plugins:
     loaded = parse(text)
     assert loaded.route == RouteConfig(
         name="all.fields_1",
-        paths=("/a", "~/openai/deployments/(?<d>[^/]+)/embeddings$"),
+        paths=("/a/{d}", "~/openai/deployments/(?<d>[^/]+)/embeddings$"),
         methods=("POST", "GET"),
     )
     proxy = loaded.proxy

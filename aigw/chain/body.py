@@ -269,6 +269,9 @@ def _usage_available(ex: Exchange, by_default: bool) -> bool:
     # request.query is parsed once per request and cached by aiohttp; the
     # relay reads the same mapping (and refuses a malformed version).
     version = request.query.get("api-version") if request.query_string else None
+    resolved = ex.resolved
+    if version is None and resolved is not None:  # a templated azure_api_version
+        version = resolved.target.default_api_version
     available = by_default if version is None else accepts_stream_options(version)
     if not available:
         ex.usage_unavailable = "api_version"

@@ -310,3 +310,16 @@ def test_check_reports_template_errors_with_file_line_and_key(tmp_path: Path) ->
         "`$(uri_captures.deployment)` names a capture that not every path of `route.paths` has; "
         "did you mean `$(uri_captures.azure_deployment)`?",
     ]
+
+
+@pytest.mark.parametrize(("pinned", "asks_usage"), [("2024-10-21", True), ("2024-02-01", False)])
+def test_a_templated_api_version_decides_whether_a_stream_asks_for_usage(
+    templated: GatewayProcess, mock: MockProcess, pinned: str, asks_usage: bool
+) -> None:
+    body = json.dumps({"model": "gpt-4o", "messages": QUESTION, "stream": True}).encode()
+    target = f"/by-query/chat/completions?deployment=gpt-4o&pinned={pinned}"
+    response = raw_request(templated.port, post(body, target=target))
+    assert response.status == 200, response.body
+    (seen,) = mock.requests()
+    assert seen["query"]["api-version"] == pinned
+    assert ("stream_options" in json.loads(seen["body"])) is asks_usage

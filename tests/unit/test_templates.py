@@ -6,6 +6,7 @@ import pytest
 
 from aigw.config import ConfigError
 from aigw.config.loader import parse_route_file
+from aigw.metrics import METRICS
 from aigw.routing import parse_template
 from aigw.templates import (
     Template,
@@ -16,6 +17,13 @@ from aigw.templates import (
     path_captures,
     value_problem,
 )
+from aigw.templates.resolve import (
+    MAX_MODEL_LABELS,
+    OTHER_MODEL_LABEL,
+    TargetResolver,
+    compile_resolver,
+)
+from tests.unit.test_chain import exchange
 
 KONG_PATH = "~/openai/deployments/(?<azure_deployment>[^#?/]+)/chat/completions$"
 
@@ -172,3 +180,40 @@ def test_templates_are_not_read_in_other_fields() -> None:
     )
     file = parse_route_file("t.yaml", text.encode(), {})
     assert file.proxy.targets[0].auth.header_value == "k$(headers.x)"
+
+
+def _resolver(deployment: str) -> TargetResolver:
+    text = _route("$(headers.x-deployment)", deployment, path="/r/{azure_deployment}")
+    target = parse_route_file("t.yaml", text.encode(), {}).proxy.targets[0]
+    resolver = compile_resolver("templated-unit", target, "http://127.0.0.1:1")
+    assert resolver is not None
+    return resolver
+
+
+def test_metric_labels_of_a_templated_route_are_capped() -> None:
+    resolver = _resolver("$(headers.x-deployment)")
+    models = set()
+    for index in range(MAX_MODEL_LABELS + 8):
+        name = f"deployment-{index}"
+        resolved = resolver(exchange(headers={"x-deployment": name}))
+        assert resolved.target.model == name
+        assert resolved.target.fixed_path == f"/openai/deployments/{name}/chat/completions"
+        models.add(resolved.metrics)
+    # One RouteMetrics per label: the first MAX_MODEL_LABELS models, then one shared rest.
+    assert len(models) == MAX_MODEL_LABELS + 1
+    labels = {key[1] for key in METRICS.tokens if key[0] == "templated-unit"}
+    assert OTHER_MODEL_LABEL in labels and len(labels) == MAX_MODEL_LABELS + 1
+
+
+def test_a_resolved_target_is_reused_not_rebuilt() -> None:
+    resolver = _resolver("$(uri_captures.azure_deployment)")
+    first = exchange(headers={"x-deployment": "gpt-4o"})
+    first.params = {"azure_deployment": "gpt-4o"}
+    again = exchange(headers={"x-deployment": "gpt-4o"})
+    again.params = {"azure_deployment": "gpt-4o"}
+    assert resolver(first) is resolver(again)
+
+
+def test_a_non_templated_route_gets_no_resolver() -> None:
+    target = parse_route_file("t.yaml", _route("gpt-4o", "gpt-4o").encode(), {}).proxy.targets[0]
+    assert compile_resolver("static", target, None) is None

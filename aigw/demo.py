@@ -54,7 +54,9 @@ async def run_demo(settings: ServeSettings, *, once: bool) -> int:
     Stops like ``aigw serve``: a port that cannot be bound or a config
     directory that cannot be read is one ``startup_failed`` line and exit 2;
     SIGINT (Ctrl-C) and SIGTERM stop it cleanly ("stopping", "stopped", exit 0)
-    at any point, including while the mock starts or the script runs.
+    at any point, including while the mock starts or the script runs. A
+    failing script (a route missing from ``conf_dir``) is one
+    ``demo_script_failed`` line and exit 1.
     """
     from aigw.testing.azure_mock import MockServer
 
@@ -67,9 +69,10 @@ async def run_demo(settings: ServeSettings, *, once: bool) -> int:
     try:
         async with MockServer() as mock:
             _log.info("demo_mock_started", url=mock.url)
-            env = dict(os.environ)
-            env.setdefault("AZURE_OPENAI_KEY", mock.config.api_key)
-            env.setdefault("AZURE_INSTANCE", "demo")
+            # The mock's own key, even when the shell exports a real one for
+            # `aigw serve`: the mock would answer every request with a 401.
+            env = {**os.environ, "AZURE_OPENAI_KEY": mock.config.api_key}
+            env.setdefault("AZURE_INSTANCE", "demo")  # unused: every route goes to the mock
             server = Server(dataclasses.replace(settings, azure_base_url=mock.url), env)
             try:
                 await server.start()
@@ -83,20 +86,24 @@ async def run_demo(settings: ServeSettings, *, once: bool) -> int:
                 await server.stop()
                 return 2
             try:
-                await _demonstrate(server, settings, mock.url, stop, once=once)
+                return await _demonstrate(server, settings, mock.url, stop, once=once)
             finally:
                 _log.info("stopping", drain_timeout=settings.listener.shutdown_timeout)
                 await server.stop()
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
-    return 0
 
 
 async def _demonstrate(
     server: Server, settings: ServeSettings, mock_url: str, stop: asyncio.Event, *, once: bool
-) -> None:
-    """The seed script through the gateway, then serving until *stop* unless *once*."""
+) -> int:
+    """The seed script through the gateway, then serving until *stop* unless *once*.
+
+    Returns the exit code: 0, or 1 when the script failed.
+    """
+    from openai import OpenAIError
+
     endpoint = f"http://{settings.listener.host}:{server.port}"
     script = asyncio.ensure_future(asyncio.to_thread(run_seed_script, endpoint))
     stopped = asyncio.ensure_future(stop.wait())
@@ -106,8 +113,13 @@ async def _demonstrate(
             # The script's thread cannot be cancelled; it fails fast once the
             # gateway stops, and nobody is waiting for its lines any more.
             script.add_done_callback(_discard_result)
-            return
-        for line in script.result():
+            return 0
+        try:
+            lines = script.result()
+        except OpenAIError as exc:
+            _log.error("demo_script_failed", error=f"{type(exc).__name__}: {exc}")
+            return 1
+        for line in lines:
             print(line, flush=True)
         if not once:
             print(
@@ -116,6 +128,7 @@ async def _demonstrate(
                 flush=True,
             )
             await stopped
+        return 0
     finally:
         stopped.cancel()
 

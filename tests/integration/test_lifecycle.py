@@ -317,15 +317,13 @@ def test_workers_share_the_port_and_reload_on_their_own(
 class DemoProcess:
     """``aigw demo`` in a subprocess, as ``make demo`` runs it, with its output in a file."""
 
-    def __init__(self, tmp_path: Path, port: int) -> None:
+    def __init__(self, tmp_path: Path, port: int, *extra: str, env: dict[str, str]) -> None:
         self.output = tmp_path / "demo.out"
-        # The demo points the routes at its own mock unless these are set.
-        env = {k: v for k, v in os.environ.items() if k not in GATEWAY_ENV}
         with open(self.output, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "aigw", "demo", "--listen", f"127.0.0.1:{port}",
-                 "--admin-listen", "off"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                 "--admin-listen", "off", *extra],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **env},
             )  # fmt: skip
 
     def text(self) -> str:
@@ -344,7 +342,7 @@ def test_demo_on_a_busy_port_is_one_error_line_and_exit_2(tmp_path: Path) -> Non
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        demo = DemoProcess(tmp_path, busy.getsockname()[1])
+        demo = DemoProcess(tmp_path, busy.getsockname()[1], env={})
         try:
             assert demo.proc.wait(30) == 2
         finally:
@@ -364,7 +362,7 @@ def test_demo_stops_cleanly_on_ctrl_c_and_sigterm(
     tmp_path: Path, sig: signal.Signals, moment: str
 ) -> None:
     """Ctrl-C or SIGTERM while serving on, or while the SDK script still runs."""
-    demo = DemoProcess(tmp_path, free_port())
+    demo = DemoProcess(tmp_path, free_port(), env={})
     try:
         if moment == "serving":
             wait_until(lambda: "press Ctrl-C to stop" in demo.text(), timeout=30)
@@ -377,3 +375,29 @@ def test_demo_stops_cleanly_on_ctrl_c_and_sigterm(
     text = demo.text()
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert demo.events()[-2:] == ["stopping", "stopped"], text
+
+
+def test_demo_uses_the_mocks_key_even_when_a_real_one_is_exported(tmp_path: Path) -> None:
+    """A shell set up for ``aigw serve`` against Azure: the demo still talks to its mock."""
+    env = {"AZURE_OPENAI_KEY": "a-real-azure-key", "AZURE_INSTANCE": "my-resource"}
+    demo = DemoProcess(tmp_path, free_port(), "--once", env=env)
+    try:
+        assert demo.proc.wait(30) == 0, demo.text()
+    finally:
+        demo.close()
+    assert "Requested: gpt-4.1-mini, Got: gpt-4.1-mini-2025-04-14" in demo.text()
+
+
+def test_demo_script_failure_is_one_error_line_and_exit_1(tmp_path: Path, conf: Path) -> None:
+    """A conf dir without the gpt-4.1-mini route: the SDK script's second call gets a 404."""
+    demo = DemoProcess(tmp_path, free_port(), "--once", "--conf-dir", str(conf), env={})
+    try:
+        assert demo.proc.wait(30) == 1
+    finally:
+        demo.close()
+    text = demo.text()
+    assert "Traceback" not in text, text
+    failed = [json.loads(line) for line in text.splitlines() if "demo_script_failed" in line]
+    assert len(failed) == 1, text
+    assert failed[0]["error"].startswith("NotFoundError: ")
+    assert demo.events()[-2:] == ["stopping", "stopped"]

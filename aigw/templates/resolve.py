@@ -21,7 +21,7 @@ from aigw.errors import BadRequest
 from aigw.metrics import METRICS, RouteMetrics
 from aigw.templates.parse import Template, Variable, is_templated, parse
 from aigw.templates.values import value_problem
-from aigw.upstream.target import UpstreamTarget, compile_target
+from aigw.upstream.target import UpstreamTarget, compile_target, valid_api_version
 
 __all__ = [
     "MAX_MODEL_LABELS",
@@ -136,6 +136,15 @@ class TargetResolver:
     def _resolve(self, key: tuple[str, ...]) -> Resolved:
         config = self._config
         rendered = dict(zip((field for field, _ in self._fields), key, strict=True))
+        version = rendered.get("azure_api_version")
+        if version is not None and not valid_api_version(version):
+            # Only on a cache miss: a refused version is never cached.
+            raise BadRequest(
+                "invalid_template_value",
+                "the resolved model.options.azure_api_version is not an Azure OpenAI API "
+                "version (expected YYYY-MM-DD, YYYY-MM-DD-preview, v1 or preview)",
+                param=_first_param(self._fields, "azure_api_version"),
+            )
         name = rendered.pop("name", config.model.name)
         was = config.model.options
         options = replace(
@@ -166,6 +175,11 @@ class TargetResolver:
                 metrics = METRICS.for_route(self._route, label)
                 self._metrics[label] = metrics
         return metrics
+
+
+def _first_param(fields: tuple[tuple[str, Template], ...], field: str) -> str | None:
+    template = dict(fields)[field]
+    return template.variables[0].param if template.variables else None
 
 
 def _lookup(variable: Variable, ex: Exchange) -> str | None:

@@ -323,3 +323,8 @@ def test_a_templated_api_version_decides_whether_a_stream_asks_for_usage(
     (seen,) = mock.requests()
     assert seen["query"]["api-version"] == pinned
     assert ("stream_options" in json.loads(seen["body"])) is asks_usage
+
+
+def test_a_templated_api_version_must_be_one(templated: GatewayProcess, mock: MockProcess) -> None:
+    response = _post(templated, "/by-query/chat/completions?deployment=gpt-4o&pinned=latest-ish")
+    _assert_refused(response, "query_params.pinned", mock)

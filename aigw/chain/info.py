@@ -15,8 +15,10 @@ class RouteInfo:
         name: ``route.name`` from the config file.
         source: The config file the route came from.
         provider: ``model.provider``.
-        model: The configured ``model.name`` (None for pass-through).
-        deployment: The Azure deployment id, when known.
+        model: The configured ``model.name`` (None for pass-through, and when
+            templated: each request's is on ``ex.resolved``).
+        deployment: The Azure deployment id, when known at load (None when
+            templated, as ``model``).
         route_type: ``llm/v1/chat`` and friends, or ``preserve``.
         log_statistics: Log token usage and model fields.
         log_payloads: Log request and response bodies (off unless configured).

@@ -10,7 +10,9 @@ metric families when ``/metrics`` is scraped.
 
 Series are owned by ``Metrics`` and keyed by their label values, so a route
 recompiled under the same name on a hot reload keeps counting from its old
-totals, as prometheus_client's ``labels()`` children did. The series are
+totals, as prometheus_client's ``labels()`` children did. A route gone from the
+serving table has its series dropped (``Metrics.retain``) once its last
+in-flight request has ended, so deleted routes do not stay exported forever. The series are
 resolved once per route when its chain is compiled (``RouteMetrics``); per
 request the access-log stage only bumps pre-bound accumulators, plus one dict
 lookup for the status code.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import functools
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
 
 import prometheus_client.metrics
@@ -49,10 +51,12 @@ from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "METRICS",
+    "UNMATCHED_ROUTE",
     "BodyBudgetSeries",
     "HistogramSeries",
     "ListenerSeries",
     "Metrics",
+    "RouteActivity",
     "RouteMetrics",
     "StreamsInFlight",
 ]
@@ -117,7 +121,11 @@ _BODY_EVICTIONS = (
     "slowest bodies still arriving, or a body that did not fit.",
 )
 
+UNMATCHED_ROUTE = "-"
+"""The route label of requests that matched no route (their series always stay)."""
+
 _K = TypeVar("_K")
+_Labels = TypeVar("_Labels", bound=tuple[str, ...])
 _S = TypeVar("_S")
 
 
@@ -173,6 +181,17 @@ class StreamsInFlight:
         self.value -= 1
 
 
+class RouteActivity:
+    """A route's requests in progress (all its compiled versions), and whether
+    the serving table still has the route."""
+
+    __slots__ = ("requests", "retired")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retired = False
+
+
 class ListenerSeries:
     """One listener's connection series: open now, its limit, times the limit was hit, reclaims."""
 
@@ -224,6 +243,7 @@ class Metrics:
         self.tokens: dict[tuple[str, str, str], CounterSeries] = {}  # route, model, kind
         self.upstream_errors: dict[tuple[str, str], CounterSeries] = {}  # route, kind
         self.streams_in_flight: dict[str, StreamsInFlight] = {}  # route
+        self.activity: dict[str, RouteActivity] = {}  # route; not exported
         self.listeners: dict[str, ListenerSeries] = {}  # listener name
         self.body_budget: BodyBudgetSeries | None = None
         # Registered first: the families come out in the order they always did.
@@ -251,6 +271,35 @@ class Metrics:
         the totals carry on.
         """
         return RouteMetrics(self, route, model or "-")
+
+    def retain(self, routes: Iterable[str]) -> None:
+        """Keeps the series of *routes* (the table now serving) and drops the others'.
+
+        A route no longer served whose requests are still in progress (a long
+        stream on the previous table) is only marked: its series go when its
+        last request ends. The unmatched-request series (route ``-``) always stay.
+        """
+        keep = {*routes, UNMATCHED_ROUTE}
+        for route, activity in list(self.activity.items()):
+            if route in keep:
+                activity.retired = False
+            elif activity.requests:
+                activity.retired = True
+            else:
+                self._drop(route)
+
+    def _drop(self, route: str) -> None:
+        for store in (self.latency, self.upstream_latency, self.ttft, self.streams_in_flight):
+            store.pop(route, None)
+        self.activity.pop(route, None)
+        _drop_keys(self.requests, route)
+        _drop_keys(self.tokens, route)
+        _drop_keys(self.upstream_errors, route)
+
+    def _idle(self, route: str, activity: RouteActivity) -> None:
+        """*route*'s last request in progress ended; drop its series if it is no longer served."""
+        if activity.retired and self.activity.get(route) is activity:
+            self._drop(route)
 
     def for_listener(self, name: str, limit: int) -> ListenerSeries:
         """Fresh connection series for a listener starting under *name*.
@@ -284,6 +333,7 @@ class RouteMetrics:
     """One route's pre-bound series."""
 
     __slots__ = (
+        "_activity",
         "_errors",
         "_metrics",
         "_model",
@@ -312,6 +362,18 @@ class RouteMetrics:
             metrics.tokens, (route, model, "completion"), CounterSeries
         )
         self.streams_in_flight = _series(metrics.streams_in_flight, route, StreamsInFlight)
+        self._activity = _series(metrics.activity, route, RouteActivity)
+
+    def enter(self) -> None:
+        """A request on this route started."""
+        self._activity.requests += 1
+
+    def leave(self) -> None:
+        """A request on this route ended (after it was counted)."""
+        activity = self._activity
+        activity.requests -= 1
+        if not activity.requests and activity.retired:
+            self._metrics._idle(self._route, activity)
 
     def count(self, status: int) -> None:
         """Counts one answered request."""
@@ -328,6 +390,12 @@ class RouteMetrics:
             counter = self._metrics.upstream_error_counter(self._route, kind)
             self._errors[kind] = counter
         counter.value += 1
+
+
+def _drop_keys(store: dict[_Labels, CounterSeries], route: str) -> None:
+    """Removes the series of *store* whose first label (the route) is *route*."""
+    for key in [key for key in store if key[0] == route]:
+        del store[key]
 
 
 def _latency_histogram() -> HistogramSeries:

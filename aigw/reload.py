@@ -383,6 +383,7 @@ class Reloader:
             METRICS.config_generation.set(generation)
             METRICS.config_rejected_files.set(len(refused))
             METRICS.routes.set(len(table.routes))
+            METRICS.retain(route.name for route in table.routes)
             _log_report(report, self.files())
 
         if publish:

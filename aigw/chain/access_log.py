@@ -66,6 +66,9 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
         # reading (the send deadline) or a shutdown cut it, rather than the
         # client went away.
         connection = client_connection(ex.request)
+        # Counted in flight until the line is written: a deleted route's
+        # series are dropped only once its last request has ended.
+        metrics.enter()
         try:
             response = await next_(ex)
             status = response.status
@@ -88,6 +91,7 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
             else:  # a templated route: its model and deployment are this request's
                 _emit(ex, info, _resolved_fields(static, resolved), status)
                 _count(ex, resolved.metrics, status)
+            metrics.leave()
 
     return stage
 

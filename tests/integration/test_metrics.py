@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import GatewayProcess, MockProcess
+from tests.integration.conftest import _chat
+from tests.integration.harness import GatewayProcess, MockProcess, wait_until
+from tests.integration.test_reload import ReloadGateway
 from tests.integration.test_sdk import QUESTION, sync_client
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -61,3 +64,41 @@ def test_counters_move_with_traffic(gateway: GatewayProcess, mock: MockProcess) 
     assert value(after, "aigw_config_generation") >= 1
     assert value(after, "aigw_config_rejected_files") == 2  # typo.yaml and noenv.yaml
     assert value(after, "aigw_routes") > 0
+
+
+def routes_exported(gateway: GatewayProcess) -> set[str]:
+    return {
+        dict(labels)["route"]
+        for _, labels in scrape(gateway)
+        if ("route", "-") not in labels and "route" in dict(labels)
+    }
+
+
+def test_a_deleted_route_leaves_metrics_once_its_last_stream_ends(
+    tmp_path: Path, mock: MockProcess
+) -> None:
+    gw = ReloadGateway(tmp_path, mock)
+    try:
+        gw.write("idle.yaml", _chat("idle"))
+        gw.write("busy.yaml", _chat("busy", deployment="gpt-4.1-mini"))
+        gw.start()
+        gw.chat("idle")
+        # The busy route's stream takes a while: 200 ms between tokens.
+        mock.fault("delay", deployment="gpt-4.1-mini", token_delay_ms=200, count=1)
+        stream = gw.client.chat.completions.create(model="busy", messages=QUESTION, stream=True)
+        chunks = iter(stream)
+        next(chunks)  # the stream is being relayed
+        assert routes_exported(gw.proc) == {"idle", "busy"}
+        generation = gw.generation()
+        (gw.conf / "idle.yaml").unlink()
+        (gw.conf / "busy.yaml").unlink()
+        gw.wait_status(lambda status: status["generation"] > generation and status["routes"] == 0)
+        # The idle route's series are gone; the busy one is still streaming.
+        assert routes_exported(gw.proc) == {"busy"}
+        samples = scrape(gw.proc)
+        assert value(samples, "aigw_streams_in_flight", route="busy") == 1
+        assert len(list(chunks)) > 1
+        stream.close()
+        wait_until(lambda: routes_exported(gw.proc) == set())
+    finally:
+        gw.stop()

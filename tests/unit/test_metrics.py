@@ -302,3 +302,61 @@ def test_listener_started_again_keeps_its_limit_reached_total() -> None:
     assert samples[("aigw_max_client_connections", labels(listener="proxy"))] == 30
     assert samples[("aigw_connection_limit_reached_total", labels(listener="proxy"))] == 3
     assert second.limit_reached is first.limit_reached
+
+
+def routes_exported(registry: CollectorRegistry) -> set[str]:
+    return {dict(key)["route"] for _, key in scrape(registry) if "route" in dict(key)}
+
+
+def test_a_route_gone_from_the_table_loses_its_series_when_idle() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    kept, gone = metrics.for_route("kept", "gpt-4o"), metrics.for_route("gone", "gpt-4o")
+    metrics.for_route("-", None)  # the unmatched-request series
+    for route in (kept, gone):
+        route.count(200)
+        route.upstream_error("upstream_reset")
+        route.prompt_tokens.inc(3)
+    assert routes_exported(registry) == {"kept", "gone", "-"}
+    metrics.retain(["kept"])
+    assert routes_exported(registry) == {"kept", "-"}
+    # Back in a later table: exported again, from zero.
+    back = metrics.for_route("gone", "gpt-4o")
+    metrics.retain(["kept", "gone"])
+    assert value_of(scrape(registry), "aigw_requests_total", route="gone") == 0
+    back.count(200)
+    assert value_of(scrape(registry), "aigw_requests_total", route="gone") == 1
+
+
+def value_of(samples: dict[tuple[str, Labels], float], name: str, route: str) -> float:
+    return sum(v for (n, key), v in samples.items() if n == name and dict(key)["route"] == route)
+
+
+def test_a_route_with_requests_in_progress_keeps_its_series_until_the_last_ends() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    old_version = metrics.for_route("r", "gpt-4o")
+    old_version.enter()
+    old_version.enter()
+    metrics.retain([])  # the route's file was deleted mid-stream
+    assert "r" in routes_exported(registry)
+    old_version.count(200)
+    old_version.leave()
+    assert "r" in routes_exported(registry)
+    old_version.count(200)
+    old_version.leave()
+    assert "r" not in routes_exported(registry)
+
+
+def test_a_retired_route_that_comes_back_before_going_idle_is_kept() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    old_version = metrics.for_route("r", "gpt-4o")
+    old_version.enter()
+    metrics.retain([])
+    new_version = metrics.for_route("r", "gpt-4o")  # the file is back
+    metrics.retain(["r"])
+    old_version.count(200)
+    old_version.leave()
+    new_version.count(200)
+    assert value_of(scrape(registry), "aigw_requests_total", route="r") == 2

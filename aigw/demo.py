@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import os
 import signal
 from typing import Final
 
-from aigw.config.errors import ConfigError
 from aigw.logs import get_logger
-from aigw.server import Server, ServeSettings
+from aigw.server import Server, ServeSettings, start_or_explain
 
 __all__ = ["SEED_MODELS", "run_demo", "run_seed_script"]
 
@@ -25,10 +23,6 @@ _log = get_logger("aigw.demo")
 SEED_MODELS = ("gpt-4o", "gpt-4.1-mini")
 
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
-_BUSY_HINT: Final = (
-    " (is another aigw demo or aigw serve running? stop it, or pass "
-    "--listen 127.0.0.1:PORT and --admin-listen 127.0.0.1:PORT or off)"
-)
 
 
 def run_seed_script(endpoint: str) -> list[str]:
@@ -74,16 +68,7 @@ async def run_demo(settings: ServeSettings, *, once: bool) -> int:
             env = {**os.environ, "AZURE_OPENAI_KEY": mock.config.api_key}
             env.setdefault("AZURE_INSTANCE", "demo")  # unused: every route goes to the mock
             server = Server(dataclasses.replace(settings, azure_base_url=mock.url), env)
-            try:
-                await server.start()
-            except ConfigError as exc:
-                _log.error("startup_failed", reason=str(exc))
-                await server.stop()
-                return 2
-            except OSError as exc:
-                hint = _BUSY_HINT if exc.errno == errno.EADDRINUSE else ""
-                _log.error("startup_failed", reason=f"cannot listen: {exc}{hint}")
-                await server.stop()
+            if not await start_or_explain(server):
                 return 2
             try:
                 return await _demonstrate(server, settings, mock.url, stop, once=once)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 from collections.abc import Coroutine, Mapping
@@ -218,6 +219,32 @@ class Server:
         _log.info("stopped")
 
 
+_BUSY_HINT = (
+    " (is another aigw demo or aigw serve running? stop it, or pass "
+    "--listen 127.0.0.1:PORT and --admin-listen 127.0.0.1:PORT or off)"
+)
+
+
+async def start_or_explain(server: Server) -> bool:
+    """Starts *server*; on a config or bind failure logs one ``startup_failed`` line.
+
+    Returns False (the server stopped again) when it could not start, so that
+    ``serve`` and ``demo`` both end with exit code 2 and a reason, never a
+    traceback.
+    """
+    try:
+        await server.start()
+    except ConfigError as exc:
+        _log.error("startup_failed", reason=str(exc))
+    except OSError as exc:
+        hint = _BUSY_HINT if exc.errno == errno.EADDRINUSE else ""
+        _log.error("startup_failed", reason=f"cannot listen: {exc}{hint}")
+    else:
+        return True
+    await server.stop()
+    return False
+
+
 async def serve(
     settings: ServeSettings, notifier: Notifier | None = None, log_file: LogFile | None = None
 ) -> int:
@@ -236,15 +263,7 @@ async def serve(
     pinging = asyncio.Event()
     watchdog = loop.create_task(notifier.run_watchdog(pinging), name="watchdog")
     try:
-        try:
-            await server.start()
-        except ConfigError as exc:
-            _log.error("startup_failed", reason=str(exc))
-            await server.stop()
-            return 2
-        except OSError as exc:
-            _log.error("startup_failed", reason=f"cannot listen: {exc}")
-            await server.stop()
+        if not await start_or_explain(server):
             return 2
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

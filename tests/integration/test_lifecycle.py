@@ -356,6 +356,26 @@ def test_demo_on_a_busy_port_is_one_error_line_and_exit_2(tmp_path: Path) -> Non
     assert "--listen" in failed[0]["reason"]  # what to do about it
 
 
+def test_serve_on_a_busy_port_says_what_to_do_and_exits_2(tmp_path: Path) -> None:
+    # The same start-up path as the demo's (aigw.server.start_or_explain).
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "aigw", "serve", "--conf-dir", str(conf),
+             "--listen", f"127.0.0.1:{busy.getsockname()[1]}", "--admin-listen", "off"],
+            capture_output=True, text=True, cwd=REPO, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    failed = [json.loads(line) for line in result.stdout.splitlines() if "startup_failed" in line]
+    assert len(failed) == 1, result.stdout
+    assert "address already in use" in failed[0]["reason"]
+    assert "--listen" in failed[0]["reason"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("moment", ["serving", "listening"])
 def test_demo_stops_cleanly_on_ctrl_c_and_sigterm(

@@ -191,7 +191,7 @@ def _add_serve_options(cmd: argparse.ArgumentParser, *, default_listen: str) -> 
         default=limits.max_buffered_request_bytes,
         metavar="BYTES",
         help="request-body bytes a worker holds at once, all requests together; past it the "
-        "slowest body still arriving gets a 503 (server_busy) and its connection closes",
+        "body that has stalled the longest gets a 503 (server_busy) and its connection closes",
     )
 
 

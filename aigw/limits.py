@@ -33,7 +33,7 @@ class Limits:
             stream with an error event.
         max_buffered_request_bytes: Request-body bytes one worker holds at
             once, all requests together (``aigw.chain.body_budget``); past it
-            the slowest body still arriving is answered 503 and dropped.
+            the body stalled longest is answered 503 and dropped.
     """
 
     client_body_timeout: float = 60.0

@@ -118,7 +118,7 @@ _BODY_BUFFER_LIMIT = (
 _BODY_EVICTIONS = (
     "aigw_request_body_evictions",
     "Requests answered 503 server_busy because the request-body budget was full: the "
-    "slowest bodies still arriving, or a body that did not fit.",
+    "bodies stalled longest, or a body that did not fit.",
 )
 
 UNMATCHED_ROUTE = "-"

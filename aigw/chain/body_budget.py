@@ -10,19 +10,22 @@ body byte the gateway holds is counted against one per-worker budget
 until its request ends (``ex.client_body`` keeps it alive while the upstream
 answers, for the whole of a stream).
 
-When a read would cross the budget, bytes are reclaimed from the body still
-arriving that is most likely an attacker's, rather than refusing whoever
+When a read would cross the budget, bytes are reclaimed from the bodies still
+arriving that look most like an attacker's, rather than refusing whoever
 happens to read next:
 
-* The victim is the body arriving the *slowest*: fewest bytes per second over
-  its life so far, the time since its last byte included. A stalled body's
-  rate falls as 1/t from the moment it stops, a dripping one is low from the
-  start, while a fast upload, and any body that arrived with its head, stays
-  high. It needs nothing per read but the byte count already kept.
+* The victim is the body that has gone *longest without a byte*, and only a
+  body idle for at least ``_MIN_IDLE_S``: an attack that holds memory has to
+  stop sending (or sending much) to hold it cheaply, while a legitimate upload
+  is read continuously and a body that arrived with its head is never in the
+  running. Measured first as bytes per second over a body's life, this picked
+  badly under load: attackers that had sent 4 MiB in a burst a moment before
+  "averaged" faster than a 1 MiB upload still arriving, which was refused.
 * Bodies that have fully arrived are never evicted: their requests are being
   forwarded or streamed, and cutting one would fail work already paid for.
-* If the reader itself is the slowest, it is the one refused; so is a body
-  that would not fit even once every body still arriving were gone.
+* Nothing is evicted in vain: if the idle bodies together would not make room,
+  the reader itself is refused (it is the one asking for more); so is a body
+  that arrives whole when no idle body can make room.
 
 The evicted or refused request gets a 503 ``server_busy`` with
 ``Retry-After``, not a 408: the client broke no deadline, the gateway ran out
@@ -30,9 +33,9 @@ of room, and a retry a moment later may well fit (the openai SDK retries a 503
 and honours ``Retry-After``). Its connection closes, since the rest of its
 body will not be read. Its access-log line has the outcome ``body_buffer_full``.
 
-The cost of fairness is that a genuinely slow client can lose to a body that
-stalled a moment ago (a 4 MiB body stalled for 2 s still "averages" 2 MB/s);
-it is told to retry, and the body deadlines end the stall soon after.
+The cost: a genuinely slow client that pauses longer than any attacker when
+the budget is full is the one told to retry; the body deadlines end every
+stall soon after.
 
 Counted: the body bytes as they came. A route that rewrites the JSON also
 holds the parsed payload and the rewritten copy, each about the body's size,
@@ -67,8 +70,9 @@ RETRY_AFTER_S = 1
 """What a refused client is told to wait: memory frees as soon as bodies finish
 or deadlines pass, and a fast retry is what a legitimate client needs."""
 
-_MIN_ELAPSED_S = 0.001
-"""Floor of a body's age when computing its rate (a body read this instant)."""
+_MIN_IDLE_S = 0.05
+"""A body that read bytes more recently than this is arriving, not stalled:
+never evicted (a reader's next read is microseconds to milliseconds away)."""
 
 
 class BodyInFlight:
@@ -76,21 +80,17 @@ class BodyInFlight:
 
     Attributes:
         held: Bytes reserved for it so far.
-        started: When its reading began (``time.monotonic``).
+        last_read: When it last brought bytes (``time.monotonic``).
         evicted: Set when the budget took its bytes back; its reader answers 503.
     """
 
-    __slots__ = ("_stop", "evicted", "held", "started")
+    __slots__ = ("_stop", "evicted", "held", "last_read")
 
     def __init__(self, stop: Callable[[], None]) -> None:
         self._stop = stop
         self.held = 0
-        self.started = time.monotonic()
+        self.last_read = time.monotonic()
         self.evicted = False
-
-    def rate(self, now: float, extra: int = 0) -> float:
-        """Bytes per second over its life up to *now*, counting *extra* just-read bytes."""
-        return (self.held + extra) / max(now - self.started, _MIN_ELAPSED_S)
 
     def evict(self) -> int:
         """Marks it evicted, wakes its reader and returns the bytes it held."""
@@ -132,7 +132,7 @@ class BodyBudget:
                 still arriving.
         """
         if self.held + size > self.limit:
-            self._reclaim(size, None)
+            self._reclaim(size, None, time.monotonic())
         self.held += size
 
     def release(self, size: int) -> None:
@@ -151,11 +151,12 @@ class BodyBudget:
         The caller keeps ``body.held + size`` within ``limit``.
 
         Raises:
-            ServiceUnavailable: *body* is arriving slower than the bodies it
-                would have to evict; its bytes stay held until ``abandon``.
+            ServiceUnavailable: the bodies idle long enough to evict would not
+                make room; *body*'s bytes stay held until ``abandon``.
         """
+        body.last_read = now = time.monotonic()
         if self.held + size > self.limit:
-            self._reclaim(size, body)
+            self._reclaim(size, body, now)
         self.held += size
         body.held += size
 
@@ -169,27 +170,25 @@ class BodyBudget:
         self.held -= body.held
         body.held = 0
 
-    def _reclaim(self, size: int, reader: BodyInFlight | None) -> None:
-        """Evicts bodies arriving slower than *reader* until *size* more bytes fit.
+    def _reclaim(self, size: int, reader: BodyInFlight | None, now: float) -> None:
+        """Evicts the bodies idle longest until *size* more bytes fit.
 
-        *reader* None is a body that arrived whole with its head: every body
-        still arriving is slower. Nothing is evicted in vain: if all the slower
-        bodies together would not make room, only the reader is refused.
+        Only bodies idle for ``_MIN_IDLE_S`` or more qualify, never *reader*
+        (None: a body that arrived whole with its head). Nothing is evicted in
+        vain: if all of them together would not make room, the reader is
+        refused instead.
         """
-        now = time.monotonic()
-        floor = float("inf") if reader is None else reader.rate(now, size)
-        slower = sorted(
-            (rate, id(body), body)
+        stalled_since = now - _MIN_IDLE_S
+        idle = sorted(
+            (body.last_read, id(body), body)
             for body in self._arriving
-            if body is not reader and (rate := body.rate(now)) < floor
+            if body is not reader and body.last_read <= stalled_since
         )
         missing = self.held + size - self.limit
-        if sum(body.held for _, _, body in slower) < missing:
+        if sum(body.held for _, _, body in idle) < missing:
             self.evictions.inc()
-            if reader is None:
-                raise _busy("the gateway's buffer for request bodies is full")
-            raise evicted_error()
-        for _, _, body in slower:
+            raise _busy("the gateway's buffer for request bodies is full")
+        for _, _, body in idle:
             self._arriving.discard(body)
             freed = body.evict()
             self.held -= freed
@@ -200,9 +199,9 @@ class BodyBudget:
 
 
 def evicted_error() -> ServiceUnavailable:
-    """The answer to a body refused because it was arriving the slowest."""
+    """The answer to a body evicted because it had sent nothing for longest."""
     return _busy(
-        "the gateway's buffer for request bodies is full and this body was arriving the slowest"
+        "the gateway's buffer for request bodies is full and this body had stalled the longest"
     )
 
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -228,6 +228,17 @@ buffers (30 x up to 384 KiB), a legitimate body being joined, allocator slack.
 Measured: 37 MiB in all for the 32 MiB budget (123 MiB without a budget)."""
 
 
+def stopped_growing(gateway: GatewayProcess) -> Callable[[], bool]:
+    """A poll that is true once the worker's buffered body bytes read the same twice in a row."""
+    seen: list[float] = []
+
+    def poll() -> bool:
+        seen.append(metric(gateway, "aigw_request_body_buffered_bytes"))
+        return len(seen) > 1 and seen[-1] == seen[-2]
+
+    return poll
+
+
 def test_stalled_bodies_hold_no_more_than_the_body_budget(
     upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
@@ -253,6 +264,10 @@ def test_stalled_bodies_hold_no_more_than_the_body_budget(
                         )
                     except OSError:  # evicted before its last byte was accepted
                         cut_while_sending += 1
+                # The attack holds memory once its bodies have *stalled*: until
+                # the gateway has read what the kernel buffered for them they
+                # are still arriving, as fast as any upload.
+                wait_until(stopped_growing(gateway), timeout=10, interval=0.2)
                 # During the attack: a fast 1 MiB upload and a small chat request.
                 upload = json.dumps({"messages": [{"role": "user", "content": "x" * MiB}]})
                 body = upload.encode()

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aigw.chain.body_budget import BodyBudget, BodyInFlight
+from aigw.chain.body_budget import BodyBudget, BodyInFlight, evicted_error
 from aigw.errors import ServiceUnavailable
 from aigw.metrics import Metrics
 
@@ -19,11 +19,11 @@ class Stops:
     def __init__(self) -> None:
         self.stopped: list[str] = []
 
-    def arriving(self, budget: BodyBudget, name: str, held: int, age: float) -> BodyInFlight:
-        """A body in flight that has read *held* bytes over the last *age* seconds."""
+    def arriving(self, budget: BodyBudget, name: str, held: int, idle: float) -> BodyInFlight:
+        """A body in flight that has read *held* bytes and nothing for *idle* seconds since."""
         body = budget.start(lambda: self.stopped.append(name))
         budget.take(body, held)
-        body.started -= age
+        body.last_read -= idle
         return body
 
 
@@ -44,63 +44,60 @@ def test_a_body_that_arrived_whole_costs_a_reserve_and_a_release() -> None:
     assert budget.held == 0 and budget.evictions.value == 0
 
 
-def test_the_slowest_arriving_body_is_evicted_for_a_whole_one() -> None:
+def test_the_body_idle_longest_is_evicted_for_a_whole_one() -> None:
     budget, stops = BodyBudget(100), Stops()
-    # Same bytes, different ages: 40 B over 10 s is the slowest.
-    fast = stops.arriving(budget, "fast", 40, age=0.1)
-    slow = stops.arriving(budget, "slow", 40, age=10)
+    recent = stops.arriving(budget, "recent", 40, idle=0.1)
+    stalled = stops.arriving(budget, "stalled", 40, idle=10)
     budget.reserve(30)  # 110 > 100: someone must go
-    assert stops.stopped == ["slow"]
-    assert slow.evicted and slow.held == 0 and not fast.evicted
+    assert stops.stopped == ["stalled"]
+    assert stalled.evicted and stalled.held == 0 and not recent.evicted
     assert budget.held == 70 and budget.evictions.value == 1
     # The evicted body's own cleanup frees nothing twice.
-    budget.abandon(slow)
+    budget.abandon(stalled)
     assert budget.held == 70
 
 
-def test_a_stalled_body_loses_to_a_steady_slower_one_over_time() -> None:
+def test_a_burst_then_a_stall_loses_to_an_upload_still_arriving() -> None:
+    # What rate-over-life got wrong under load: 4 KiB sent in a burst then a
+    # short stall "averages" faster than an upload being read right now.
     budget, stops = BodyBudget(100), Stops()
-    # 60 B in 2 s (30 B/s, stalled since) against 30 B in 0.5 s (60 B/s).
-    stops.arriving(budget, "stalled", 60, age=2)
-    stops.arriving(budget, "steady", 30, age=0.5)
-    budget.reserve(20)
-    assert stops.stopped == ["stalled"]
+    stops.arriving(budget, "burst", 60, idle=0.2)
+    upload = stops.arriving(budget, "upload", 30, idle=0)
+    budget.take(upload, 20)
+    assert stops.stopped == ["burst"]
+    assert upload.held == 50 and budget.held == 50
 
 
-def test_evicts_only_as_many_as_needed_slowest_first() -> None:
+def test_evicts_only_as_many_as_needed_longest_idle_first() -> None:
     budget, stops = BodyBudget(100), Stops()
-    for name, age in (("a", 4), ("b", 3), ("c", 2), ("d", 1)):
-        stops.arriving(budget, name, 25, age=age)
+    for name, idle in (("c", 2), ("a", 4), ("d", 1), ("b", 3)):
+        stops.arriving(budget, name, 25, idle=idle)
     budget.reserve(45)  # needs 45 of the 100 back: two bodies of 25
     assert stops.stopped == ["a", "b"]
     assert budget.held == 95 and budget.evictions.value == 2
 
 
-def test_the_reader_that_is_slowest_is_the_one_refused() -> None:
+def test_a_body_still_arriving_is_never_evicted() -> None:
     budget, stops = BodyBudget(100), Stops()
-    stops.arriving(budget, "quick", 50, age=0.1)
-    reader = stops.arriving(budget, "reader", 40, age=10)
+    stops.arriving(budget, "arriving", 50, idle=0.001)  # read a moment ago
+    reader = stops.arriving(budget, "reader", 40, idle=0)
     with pytest.raises(ServiceUnavailable) as info:
         budget.take(reader, 20)
     assert_busy(info.value)
-    assert "arriving the slowest" in info.value.message
+    assert "buffer for request bodies is full" in info.value.message
     assert stops.stopped == [] and budget.evictions.value == 1
     budget.abandon(reader)
     assert budget.held == 50
 
 
-def test_a_faster_reader_evicts_a_slower_one() -> None:
-    budget, stops = BodyBudget(100), Stops()
-    stops.arriving(budget, "slow", 60, age=10)
-    reader = stops.arriving(budget, "reader", 30, age=0.1)
-    budget.take(reader, 20)
-    assert stops.stopped == ["slow"]
-    assert reader.held == 50 and budget.held == 50
+def test_an_evicted_body_is_told_it_stalled_the_longest() -> None:
+    assert "stalled the longest" in evicted_error().message
+    assert_busy(evicted_error())
 
 
 def test_nothing_is_evicted_in_vain() -> None:
     budget, stops = BodyBudget(100), Stops()
-    stops.arriving(budget, "slow", 10, age=10)
+    stops.arriving(budget, "slow", 10, idle=10)
     budget.reserve(85)  # a whole body: not evictable
     with pytest.raises(ServiceUnavailable) as info:
         budget.reserve(20)  # evicting "slow" frees 10 of the 15 missing
@@ -111,7 +108,7 @@ def test_nothing_is_evicted_in_vain() -> None:
 
 def test_finished_bodies_are_never_evicted() -> None:
     budget, stops = BodyBudget(100), Stops()
-    done = stops.arriving(budget, "done", 80, age=100)
+    done = stops.arriving(budget, "done", 80, idle=100)
     budget.finish(done)
     with pytest.raises(ServiceUnavailable, match="buffer for request bodies is full"):
         budget.reserve(30)
@@ -130,7 +127,7 @@ def test_exported_as_bytes_held_limit_and_evictions() -> None:
     metrics = Metrics(registry)
     budget, stops = BodyBudget(100), Stops()
     metrics.watch_body_budget(budget)
-    stops.arriving(budget, "slow", 70, age=10)
+    stops.arriving(budget, "slow", 70, idle=10)
     budget.reserve(50)
 
     def sample(name: str) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports_in_a_row(count: int) -> int:
+    """The first of *count* consecutive free ports (worker i's admin port is the base + i).
+
+    A free port's neighbour is often taken by the outgoing connection of some
+    other test process: a worker that cannot bind its admin port never
+    becomes ready.
+    """
+    for _ in range(100):
+        base = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise AssertionError(f"no {count} consecutive free ports")
 
 
 @pytest.fixture
@@ -265,7 +286,7 @@ def test_log_file_is_reopened_on_sigusr1(conf: Path, mock: MockProcess, tmp_path
 def test_workers_share_the_port_and_reload_on_their_own(
     conf: Path, mock: MockProcess, notify: NotifySocket
 ) -> None:
-    port, admin = free_port(), free_port()
+    port, admin = free_port(), free_ports_in_a_row(2)
     env = {**GATEWAY_ENV, "NOTIFY_SOCKET": str(notify.path)}
     gateway = GatewayProcess(
         conf,
@@ -279,7 +300,10 @@ def test_workers_share_the_port_and_reload_on_their_own(
         listen=f"127.0.0.1:{port}",
     )
     try:
-        ready = wait_until(lambda: notify.seen("READY", "1"), timeout=20)
+        try:
+            ready = wait_until(lambda: notify.seen("READY", "1"), timeout=20)
+        except AssertionError:
+            raise AssertionError(f"not ready; the gateway said:\n{gateway.raw_log()}") from None
         assert ready[0]["STATUS"].startswith("2 workers ready")
 
         def status(index: int) -> dict[str, Any]:

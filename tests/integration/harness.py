@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GatewayProcess", "MockProcess", "wait_until"]
+__all__ = ["GatewayProcess", "MockProcess", "run_check", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,6 +28,18 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def run_check(conf_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``aigw check --conf-dir CONF_DIR`` in a subprocess with *env*; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "aigw", "check", "--conf-dir", str(conf_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=30,
+    )
 
 
 class MockProcess:

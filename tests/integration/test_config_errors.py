@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
 
 from tests.integration.conftest import GATEWAY_ENV
-from tests.integration.harness import REPO, GatewayProcess
+from tests.integration.harness import REPO, GatewayProcess, run_check
 from tests.integration.test_sdk import QUESTION, sync_client
 
 
@@ -29,21 +27,10 @@ def test_broken_files_are_rejected_and_the_rest_serve(gateway: GatewayProcess) -
         raise AssertionError("a rejected file must not serve")
 
 
-def _check(conf_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aigw", "check", "--conf-dir", str(conf_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=30,
-    )
-
-
 def test_check_prints_the_route_table_and_exits_0(tmp_path: Path) -> None:
     import os
 
-    result = _check(REPO / "conf.d", {**os.environ, **GATEWAY_ENV})
+    result = run_check(REPO / "conf.d", {**os.environ, **GATEWAY_ENV})
     assert result.returncode == 0, result.stderr
     assert "2 route(s) accepted, 0 file(s) rejected" in result.stdout
     assert "POST /openai/deployments/gpt-4o/chat/completions" in result.stdout
@@ -57,7 +44,7 @@ def test_check_prints_the_route_table_and_exits_0(tmp_path: Path) -> None:
 def test_check_lists_every_error_and_exits_1(conf_dir: Path) -> None:
     import os
 
-    result = _check(conf_dir, {**os.environ, **GATEWAY_ENV})
+    result = run_check(conf_dir, {**os.environ, **GATEWAY_ENV})
     assert result.returncode == 1
     errors = result.stderr.splitlines()
     assert any("typo.yaml" in e and "header_vaule" in e for e in errors)
@@ -68,7 +55,7 @@ def test_missing_env_var_is_reported_not_fatal(tmp_path: Path) -> None:
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in GATEWAY_ENV}
-    result = _check(REPO / "conf.d", env)
+    result = run_check(REPO / "conf.d", env)
     assert result.returncode == 1
     assert "AZURE_OPENAI_KEY" in result.stderr and "AZURE_INSTANCE" in result.stderr
 

@@ -14,8 +14,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,7 +26,7 @@ import pytest
 from openai import AzureOpenAI
 
 from tests.integration.conftest import GATEWAY_ENV, _chat, route_yaml
-from tests.integration.harness import REPO, GatewayProcess, MockProcess, wait_until
+from tests.integration.harness import GatewayProcess, MockProcess, run_check, wait_until
 from tests.integration.test_sdk import QUESTION, sync_client
 
 BOUND_S = 3.0
@@ -520,14 +518,7 @@ def test_check_reports_a_path_conflict(tmp_path: Path) -> None:
     """``aigw check`` shares the reload code: same winner, same message, exit 1."""
     (tmp_path / "m.yaml").write_text(shared_route("incumbent", "gpt-4o"))
     (tmp_path / "z.yaml").write_text(shared_route("newcomer", "gpt-4.1-mini"))
-    result = subprocess.run(
-        [sys.executable, "-m", "aigw", "check", "--conf-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **GATEWAY_ENV},
-        cwd=REPO,
-        timeout=30,
-    )
+    result = run_check(tmp_path, {**os.environ, **GATEWAY_ENV})
     assert result.returncode == 1
     assert "1 route(s) accepted, 1 file(s) rejected" in result.stdout
     assert f"incumbent  ({tmp_path / 'm.yaml'})" in result.stdout

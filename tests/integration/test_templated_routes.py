@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.integration.conftest import GATEWAY_ENV
-from tests.integration.harness import REPO, GatewayProcess, MockProcess
+from tests.integration.harness import GatewayProcess, MockProcess, run_check
 from tests.integration.rawnet import RawResponse, error_of, post, raw_request
 from tests.integration.test_sdk import QUESTION, sync_client
 
@@ -292,14 +290,7 @@ def test_check_reports_template_errors_with_file_line_and_key(tmp_path: Path) ->
         'azure_deployment_id: "$(uri_captures.deployment)"',
     )
     (tmp_path / "kong.yaml").write_text(broken)
-    result = subprocess.run(
-        [sys.executable, "-m", "aigw", "check", "--conf-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **GATEWAY_ENV},
-        cwd=REPO,
-        timeout=30,
-    )
+    result = run_check(tmp_path, {**os.environ, **GATEWAY_ENV})
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     file = tmp_path / "kong.yaml"

@@ -34,6 +34,7 @@ from typing import ClassVar
 __all__ = [
     "BadRequest",
     "ExpectationFailed",
+    "Forbidden",
     "GatewayError",
     "HeaderFieldsTooLarge",
     "InternalError",
@@ -42,6 +43,8 @@ __all__ = [
     "RequestTimeout",
     "RouteNotFound",
     "ServiceUnavailable",
+    "TooManyRequests",
+    "Unauthorized",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "VersionNotSupported",
@@ -108,6 +111,27 @@ class MethodNotAllowed(GatewayError):
 
     status = 405
     error_type = "invalid_request_error"
+
+
+class Unauthorized(GatewayError):
+    """The route needs a consumer key and the request has none, or an unknown one (401)."""
+
+    status = 401
+    error_type = "invalid_request_error"
+
+
+class Forbidden(GatewayError):
+    """The consumer is known but not allowed on this route (403)."""
+
+    status = 403
+    error_type = "invalid_request_error"
+
+
+class TooManyRequests(GatewayError):
+    """The caller's token quota is spent for now (429); ``Retry-After`` says until when."""
+
+    status = 429
+    error_type = "rate_limit_error"
 
 
 class RequestTimeout(GatewayError):

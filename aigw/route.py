@@ -17,9 +17,12 @@ from aigw.chain.errors import error_responses
 from aigw.chain.exchange import Handler
 from aigw.chain.info import RouteInfo
 from aigw.chain.request_id import request_id
-from aigw.config.model import RouteFile
+from aigw.config.model import AccessPlugins, RouteFile
+from aigw.consumers.acl import acl
+from aigw.consumers.key_auth import key_auth
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import METRICS
+from aigw.quotas import QuotaRegistry
 from aigw.templates import is_templated
 from aigw.templates.resolve import compile_resolver, resolve_stage
 from aigw.upstream.relay import make_relay
@@ -66,10 +69,28 @@ def compile_chain(stages: Sequence[Stage], terminal: Handler) -> Handler:
     return handler
 
 
+_NO_PLUGINS = AccessPlugins()
+
+
 def compile_route(
-    file: RouteFile, *, azure_base_url: str | None = None, limits: Limits = DEFAULT_LIMITS
+    file: RouteFile,
+    *,
+    azure_base_url: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    global_plugins: AccessPlugins = _NO_PLUGINS,
+    quotas: QuotaRegistry | None = None,
 ) -> CompiledRoute:
-    """Builds the target and the chain for one route file, bound to the process's *limits*."""
+    """Builds the target and the chain for one route file.
+
+    Args:
+        file: The validated route file.
+        azure_base_url: Serve-time override of the Azure origin.
+        limits: The process's time and size bounds.
+        global_plugins: Plugins of conf.d's global plugins file; the route's own plugin
+            of the same name replaces one.
+        quotas: The process's quota state (token limits keep counting across reloads);
+            required when the route has a token limit.
+    """
     proxy = file.proxy
     target_config = proxy.targets[0]
     options = target_config.model.options
@@ -97,10 +118,21 @@ def compile_route(
     if resolver is not None:
         # Before the body is read: the body check compares with the resolved model.
         stages.append(("resolve_target", partial(resolve_stage, resolver)))
-    stages += [
-        ("body_checks", partial(body_checks, proxy, target_config, limits)),
-        ("credentials", partial(credentials, target_config.auth)),
-    ]
+    plugins = file.plugins.over(global_plugins)
+    # Strangers are refused before their body is read.
+    if plugins.key_auth is not None:
+        stages.append(("key_auth", partial(key_auth, plugins.key_auth)))
+    if plugins.acl is not None:
+        stages.append(("acl", partial(acl, info.name, plugins.acl)))
+    stages.append(("body_checks", partial(body_checks, proxy, target_config, limits)))
+    limit = plugins.token_limit
+    if limit is not None:
+        if quotas is None:
+            raise ValueError(f"route {info.name} has a token limit and no quota registry")
+        # A route's own limit counts for that route; a global one across all routes.
+        namespace = limit.namespace or (info.name if file.plugins.token_limit else "global")
+        stages.append(("token_limit", partial(quotas.stage, info, limit, namespace)))
+    stages.append(("credentials", partial(credentials, target_config.auth)))
     terminal = make_relay(
         target,
         require_done=target_config.route_type in _DONE_TERMINATED,

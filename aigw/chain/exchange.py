@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from aigw.chain.body_budget import BodyBudget
+from aigw.consumers.index import EMPTY_CONSUMERS, Consumer, ConsumerIndex
 from aigw.upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:
@@ -46,6 +47,13 @@ class Exchange:
     # A templated route's target for this request (aigw.templates); None on
     # every other route, whose target is bound into its chain at load.
     resolved: Resolved | None = None
+    # The consumers of the table this request started on (set by the gateway
+    # with the table, read once); who the caller is, once ``key_auth`` knows.
+    consumers: ConsumerIndex = EMPTY_CONSUMERS
+    consumer: Consumer | None = None
+    credential_id: str | None = None
+    # Headers every answer carries, relayed or aigw's own (``x-ratelimit-*``).
+    response_headers: tuple[tuple[str, str], ...] = ()
 
     # Request body: what the client sent, and what goes upstream (differs only
     # when aigw rewrote the JSON: defaults, include_usage, body-param auth).

@@ -11,22 +11,39 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "AccessPlugins",
+    "AclConfig",
     "AiProxyAdvancedConfig",
     "AuthConfig",
+    "ConfFile",
+    "ConsumerConfig",
+    "ConsumerFile",
+    "GlobalPluginsFile",
+    "KeyAuthConfig",
+    "KeyCredential",
+    "LimitIdentifier",
     "LoggingConfig",
     "ModelConfig",
     "ModelOptions",
     "ParamLocation",
+    "ProviderLimit",
+    "RedisConfig",
     "RouteConfig",
     "RouteFile",
     "RouteType",
     "StreamingMode",
     "TargetConfig",
+    "TokenLimitConfig",
+    "TokensCountStrategy",
+    "WindowType",
 ]
 
 RouteType = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings", "preserve"]
 StreamingMode = Literal["allow", "deny", "always"]
 ParamLocation = Literal["query", "body"]
+LimitIdentifier = Literal["consumer", "credential", "ip", "header"]
+WindowType = Literal["sliding", "fixed"]
+TokensCountStrategy = Literal["total_tokens", "prompt_tokens", "completion_tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +190,199 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyAuthConfig:
+    """The ``key-auth`` plugin: who is calling, from a consumer key.
+
+    Attributes:
+        key_names: Header (and query parameter) names that may carry the key, tried in
+            order. ``authorization`` takes ``Bearer <key>``; any other name the bare key.
+        key_in_header: Look for the key in the request headers.
+        key_in_query: Look for the key in the query string (off by default: query strings
+            end up in other proxies' logs).
+    """
+
+    key_names: tuple[str, ...] = ("apikey",)
+    key_in_header: bool = True
+    key_in_query: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AclConfig:
+    """The ``acl`` plugin: which consumer groups may use the route.
+
+    Exactly one of ``allow`` and ``deny`` is set (Kong's rule).
+
+    Attributes:
+        allow: Groups allowed; a consumer in none of them is refused.
+        deny: Groups refused; every other authenticated consumer is allowed.
+    """
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """``ai-rate-limiting-advanced``'s ``config.redis``: where shared counters live.
+
+    Attributes:
+        host: Redis host.
+        port: Redis port.
+        database: Database number.
+        username: ACL user name (Redis 6+).
+        password: The password; excluded from ``repr``.
+        timeout: Milliseconds for connecting and for each round trip (Kong's default 2000).
+        ssl: Speak TLS to Redis.
+        ssl_verify: Verify the server certificate (with ``ssl``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    database: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # secret
+    timeout: int = 2000  # ms
+    ssl: bool = False
+    ssl_verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLimit:
+    """One entry of ``llm_providers``: token limits per window for one provider.
+
+    Attributes:
+        name: The provider (``azure``).
+        limit: Tokens allowed per window, one per ``window_size``.
+        window_size: Window lengths in seconds, as many as ``limit``.
+    """
+
+    name: str
+    limit: tuple[int, ...]
+    window_size: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLimitConfig:
+    """The ``ai-rate-limiting-advanced`` plugin: token quotas per window.
+
+    Attributes:
+        llm_providers: Limits per provider; aigw's routes are all ``azure``.
+        identifier: Whose tokens are counted: the consumer, the credential (key), the
+            client IP, or a header's value.
+        header_name: The header, for ``identifier: header``.
+        strategy: ``local`` (in this process) or ``redis`` (shared by every process
+            on the same Redis).
+        window_type: ``sliding`` (Kong's weighted two-window estimate) or ``fixed``.
+        tokens_count_strategy: Which usage field is charged.
+        redis: Where the counters live, for ``strategy: redis``.
+        namespace: Counters with the same namespace are shared; by default a route's
+            plugin counts for that route alone and a global plugin across all routes.
+        fail_closed: Answer 503 when Redis cannot be reached, instead of counting locally.
+        estimate_prompt: Admission also counts an estimate of the prompt plus the
+            request's ``max_tokens``, settled against the real usage afterwards.
+        hide_client_headers: Leave out the ``x-ratelimit-*`` headers.
+        error_message: The message of the 429 answer.
+    """
+
+    llm_providers: tuple[ProviderLimit, ...]
+    identifier: LimitIdentifier = "consumer"
+    header_name: str | None = None
+    strategy: Literal["local", "redis"] = "local"
+    window_type: WindowType = "sliding"
+    tokens_count_strategy: TokensCountStrategy = "total_tokens"
+    redis: RedisConfig | None = None
+    namespace: str | None = None
+    fail_closed: bool = False
+    estimate_prompt: bool = False
+    hide_client_headers: bool = False
+    error_message: str = "token rate limit exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPlugins:
+    """The plugins that decide who may spend what, on one route or globally.
+
+    Attributes:
+        key_auth: ``key-auth``, or None.
+        acl: ``acl``, or None.
+        token_limit: ``ai-rate-limiting-advanced``, or None.
+    """
+
+    key_auth: KeyAuthConfig | None = None
+    acl: AclConfig | None = None
+    token_limit: TokenLimitConfig | None = None
+
+    def over(self, defaults: AccessPlugins) -> AccessPlugins:
+        """These plugins, each falling back to *defaults*' of the same name (Kong's rule
+        for a route's plugin over a global one)."""
+        return AccessPlugins(
+            key_auth=self.key_auth or defaults.key_auth,
+            acl=self.acl or defaults.acl,
+            token_limit=self.token_limit or defaults.token_limit,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCredential:
+    """One ``keyauth_credentials`` entry, kept only as a digest.
+
+    Attributes:
+        digest: sha256 of the key (from ``key``, hashed at load, or ``key_hash``).
+        id: A stable, non-reversible id for logs and per-credential quotas.
+    """
+
+    digest: bytes = field(repr=False)
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    """The ``consumer`` section of a consumer file.
+
+    Attributes:
+        username: Unique across conf.d; logged and used as a metrics label.
+        custom_id: Free identifier of the caller's own (Kong's ``custom_id``).
+        keyauth_credentials: The keys that authenticate as this consumer.
+        acls: The groups the consumer belongs to.
+    """
+
+    username: str
+    keyauth_credentials: tuple[KeyCredential, ...]
+    acls: tuple[str, ...] = ()
+    custom_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerFile:
+    """One validated consumer file from conf.d.
+
+    Attributes:
+        source: The file path as given.
+        digest: sha256 hex of the raw file bytes.
+        consumer: The consumer.
+    """
+
+    source: str
+    digest: str
+    consumer: ConsumerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalPluginsFile:
+    """A conf.d file with ``plugins`` and no ``route``: plugins for every route.
+
+    Attributes:
+        source: The file path as given.
+        digest: sha256 hex of the raw file bytes.
+        plugins: The plugins.
+    """
+
+    source: str
+    digest: str
+    plugins: AccessPlugins
+
+
+@dataclass(frozen=True, slots=True)
 class RouteFile:
     """One validated file from conf.d.
 
@@ -181,9 +391,15 @@ class RouteFile:
         digest: sha256 hex of the raw file bytes; hot reload skips files whose digest is unchanged.
         route: The route.
         proxy: The ``ai-proxy-advanced`` plugin config.
+        plugins: The route's own access plugins (global ones are merged at compile time).
     """
 
     source: str  # the file path as given (for messages)
     digest: str  # sha256 hex of the raw file bytes (hot reload uses it to skip unchanged files)
     route: RouteConfig
     proxy: AiProxyAdvancedConfig
+    plugins: AccessPlugins = AccessPlugins()
+
+
+ConfFile = RouteFile | ConsumerFile | GlobalPluginsFile
+"""Any file conf.d holds."""

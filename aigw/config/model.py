@@ -354,17 +354,18 @@ class ConsumerConfig:
 
 @dataclass(frozen=True, slots=True)
 class ConsumerFile:
-    """One validated consumer file from conf.d.
+    """One validated consumer file from conf.d: ``consumer:`` (one) or ``consumers:`` (a list,
+    as decK writes them, for teams that keep thousands in one file).
 
     Attributes:
         source: The file path as given.
         digest: sha256 hex of the raw file bytes.
-        consumer: The consumer.
+        consumers: The consumers, in file order.
     """
 
     source: str
     digest: str
-    consumer: ConsumerConfig
+    consumers: tuple[ConsumerConfig, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,18 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["EMPTY_CONSUMERS", "Consumer", "ConsumerIndex", "key_digest"]
+__all__ = ["EMPTY_CONSUMERS", "Consumer", "ConsumerIndex", "credential_id", "key_digest"]
 
 
 def key_digest(key: str) -> bytes:
     """sha256 of a key as UTF-8: how keys are stored and looked up."""
     return hashlib.sha256(key.encode()).digest()
+
+
+def credential_id(digest: bytes) -> str:
+    """A short id for the credential whose key hashes to *digest*, for logs and
+    per-credential quotas: a hash of the digest, so it reveals nothing usable."""
+    return hashlib.sha256(b"aigw-credential:" + digest).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint typecheck unit clean
+.PHONY: demo serve test lint typecheck unit clean redis-server
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,7 +26,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# The token-quota tests run against a real redis-server (Debian package), started
+# by the test fixtures on a free port; installed here when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing the Debian package (apt-get install redis-server)"; \
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null \
+	    || { $$SUDO apt-get update -q >/dev/null && \
+	         $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null; } \
+	    || { echo "error: could not install redis-server; install it with: sudo apt-get install redis-server" >&2; exit 1; }; \
+	  systemctl disable --now redis-server >/dev/null 2>&1 || true; }
+
+test: lint typecheck redis-server
 	$(BIN)/pytest
 
 clean:

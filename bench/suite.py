@@ -18,7 +18,11 @@ update`` only if that fails) and runs everything on 127.0.0.1 on free ports:
 5. ``attacks``: issue 9's memory and connection attacks against aigw and nginx
    while a normal client measures latency (``scenario_attacks.py``, ``attacks.py``,
    ``attack_upstream.py``), 2 rounds of 10 s phases (1 round with ``--quick``),
-   about 5 minutes.
+   about 5 minutes;
+6. ``access``: CPU per request of a plain route, of the same route with
+   key-auth + acl + a local token limit (1,000 consumers in conf.d), and with the
+   token limit in a ``redis-server`` started on a free port (``scenario_access.py``;
+   installs the Debian package ``redis-server`` when missing).
 
 Targets side by side: direct (the upstream alone), nginx reverse proxy, bare
 aiohttp proxy (and on uvloop), aigw 1 worker and ``--workers 2`` (reported as
@@ -54,7 +58,7 @@ from typing import Any, NoReturn
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-SCENARIOS = ("proxy", "streams", "routes", "reload", "attacks")
+SCENARIOS = ("proxy", "streams", "routes", "reload", "attacks", "access")
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 
 
@@ -99,6 +103,19 @@ def ensure_tools(notes: list[str]) -> None:
         notes.append(
             "nginx's echo module is missing: the 20 ms and SSE upstreams are the Python mock."
         )
+
+
+def ensure_redis() -> None:
+    """Installs Debian's redis-server when missing (the ``access`` scenario starts one)."""
+    import scenario_access
+
+    if scenario_access.redis_server_exe() is not None:
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("missing redis-server; run as root or apt-get install redis-server")
+    print("installing redis-server ...", file=sys.stderr)
+    if not _apt_install(["redis-server"]):
+        raise SystemExit("apt-get install redis-server failed")
 
 
 def _raise_nofile() -> None:
@@ -179,8 +196,17 @@ def _render(paths: list[Path]) -> int:
             for row in rows:  # the JSON stores NaN as null
                 row.update({k: math.nan for k, v in row.items() if v is None})
         point["summary"] = scenario_proxy.summarise_point(point["runs"])
-    print(report.render(merged))
+    print(_with_access(report.render(merged), merged))
     return 0
+
+
+def _with_access(text: str, results: dict[str, Any]) -> str:
+    """The report with the access scenario's section (rendered by its own module) added."""
+    if "access" not in results:
+        return text
+    import scenario_access
+
+    return text + "\n" + "\n".join(scenario_access.render(results["access"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
     notes: list[str] = []
     ensure_tools(notes)
+    if "access" in (args.only or SCENARIOS):
+        ensure_redis()
     _raise_nofile()
     try:
         uvloop_version = version("uvloop")
@@ -248,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.only or list(SCENARIOS)
     try:
         upstream = None
-        if {"proxy", "streams", "reload"} & set(selected):
+        if {"proxy", "streams", "reload", "access"} & set(selected):
             upstream = tg.start_nginx_upstream(procs, workdir / "upstream")
             say(f"upstream: nginx fixed body on {upstream.url} (echo: {upstream.extra['echo']})")
         for name in SCENARIOS:
@@ -275,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                     # Its own defaults: 6 phases x 2 proxies per round keep 2 rounds ~5 min.
                     rounds = args.rounds or (1 if quick else 2)
                     results[name] = scenario_attacks.run(ctx, rounds=rounds, seconds=10.0)
+                elif name == "access":
+                    import scenario_access
+
+                    assert upstream is not None
+                    results[name] = scenario_access.run(ctx, upstream)
                 else:
                     import scenario_reload
 
@@ -292,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     meta["loadavg_end"] = _loadavg()
-    text = report.render(results)
+    text = _with_access(report.render(results), results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(_clean(results), indent=1) + "\n")
     args.json.with_suffix(".md").write_text(text + "\n")

@@ -1,0 +1,387 @@
+"""Scenario 6 (issue 11): what consumer keys, ACLs and token quotas cost per request.
+
+Three ``aigw serve`` processes (1 worker each) in front of the suite's fixed-body
+nginx upstream (its answer carries ``usage``: 20 total tokens, so the limiter
+charges every request), measured at the proxy scenario's c=32 point in
+alternating rounds (ABC, CBA, ...):
+
+* ``plain``: the route as every other scenario writes it, no access plugins (the
+  baseline);
+* ``local``: the same route file plus ``key-auth`` (``key_names: [api-key,
+  authorization]``), ``acl`` (``allow: [chat]``) and ``ai-rate-limiting-advanced``
+  (``identifier: consumer``, ``strategy: local``, sliding windows of 60 s and
+  1 day with limits no run can reach); conf.d also holds a ``consumers:`` file of
+  1,000 consumers, the client's key being one in the middle of it;
+* ``redis``: as ``local`` with ``strategy: redis`` against a ``redis-server``
+  started here on a free port (no persistence).
+
+Every target gets the very same wrk script: the suite's client sends
+``api-key: client-key-not-for-upstream``, which the plain route replaces with the
+upstream key, and which the consumers file gives to one consumer. Per run: the
+aigw process's CPU time per request served (user + sys from /proc, as in the
+proxy scenario), requests/s and latency; per round, each target's figures are
+paired with the same round's ``plain`` run (ratios and added latency), then the
+median is taken. A run with any non-2xx answer (a 401 or a 429 would make the
+run cheaper, not dearer) fails the scenario.
+
+Proof that the plugins worked: after the rounds, one request per target reads
+the ``x-ratelimit-*`` headers (present on ``local`` and ``redis``, remaining
+below the limit, i.e. charged), and a request with an unknown key must be
+refused with 401. For ``redis``: the redis-server's own CPU per request and the
+commands it ran per request (``INFO commandstats``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import math
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import targets as tg
+from context import Context, say
+from measure import cpu_seconds, free_port, median
+from scenario_proxy import POINTS, _run_point, _warm_up, summarise_point
+
+__all__ = ["CONSUMERS", "VARIANTS", "redis_server_exe", "render", "run"]
+
+CONSUMERS = 1000
+"""Consumers in conf.d: key lookup must not depend on how many there are."""
+
+VARIANTS = (
+    ("plain", "plain route (no access plugins)"),
+    ("local", "key-auth + acl + token limit, strategy local"),
+    ("redis", "key-auth + acl + token limit, strategy redis"),
+)
+BASELINE = "plain"
+
+# Limits no run reaches (at ~10k req/s x 20 tokens, 1e12 tokens last 57 days):
+# the limiter admits, counts and charges every request, and never refuses one.
+_LIMITS = (10**12, 10**13)
+_WINDOWS = (60, 86400)
+
+_ACCESS_PLUGINS = """\
+  - name: key-auth
+    config:
+      key_names: [api-key, authorization]
+  - name: acl
+    config:
+      allow: [chat]
+  - name: ai-rate-limiting-advanced
+    config:
+      identifier: consumer
+      strategy: {strategy}
+      window_type: sliding
+      tokens_count_strategy: total_tokens
+      llm_providers:
+        - name: azure
+          limit: [{limits}]
+          window_size: [{windows}]{redis}
+"""
+
+
+def access_plugins(strategy: str, redis_port: int | None = None) -> str:
+    """The plugin entries appended to the route file's ``plugins:`` list."""
+    redis = ""
+    if strategy == "redis":
+        assert redis_port is not None
+        redis = f"\n      redis: {{host: 127.0.0.1, port: {redis_port}, timeout: 50}}"
+    return _ACCESS_PLUGINS.format(
+        strategy=strategy,
+        limits=", ".join(str(n) for n in _LIMITS),
+        windows=", ".join(str(n) for n in _WINDOWS),
+        redis=redis,
+    )
+
+
+def consumers_file(count: int, client_key: str) -> str:
+    """A decK-style ``consumers:`` list; consumer ``count // 2`` holds *client_key*.
+
+    Every other consumer's key is stored as its digest (``key_hash``), the rest in
+    plain text (hashed at load), so both credential forms are in the index.
+    """
+    lines = ["# Benchmark consumers: the client's key is one in the middle.", "consumers:"]
+    for index in range(count):
+        key = client_key if index == count // 2 else f"bench-consumer-key-{index:05d}"
+        lines.append(f"  - username: team-{index:05d}")
+        lines.append("    keyauth_credentials:")
+        if index % 2 and index != count // 2:
+            lines.append(f"      - key_hash: sha256:{hashlib.sha256(key.encode()).hexdigest()}")
+        else:
+            lines.append(f"      - key: {key}")
+        lines.append("    acls:")
+        lines.append("      - group: chat")
+    return "\n".join(lines) + "\n"
+
+
+# -- redis-server ------------------------------------------------------------------------
+
+
+def redis_server_exe() -> str | None:
+    """Path of ``redis-server`` (Debian's package puts it in /usr/bin), or None."""
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+def _redis_command(port: int, *args: str, timeout: float = 2.0) -> bytes:
+    """One command in RESP over a fresh connection; the raw reply (bulk or simple)."""
+    request = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+            if reply.startswith((b"+", b"-", b":")) and reply.endswith(b"\r\n"):
+                return reply
+            if reply.startswith(b"$"):
+                head, _, rest = reply.partition(b"\r\n")
+                if len(rest) >= int(head[1:]) + 2:
+                    return rest[: int(head[1:])]
+    return reply
+
+
+def start_redis(procs: tg.Processes, workdir: Path) -> tg.Target:
+    """``redis-server`` on a free port, no persistence, waited for until it answers PING.
+
+    Raises:
+        RuntimeError: not installed, or not answering within 10 s.
+    """
+    exe = redis_server_exe()
+    if exe is None:
+        raise RuntimeError("redis-server is missing: apt-get install -y redis-server")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = workdir / "redis.log"
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    cmd += ["--dir", str(workdir), "--logfile", str(log), "--daemonize", "no"]
+    proc = procs.spawn(cmd)
+    target = tg.Target(
+        key="redis", name="redis-server", url=f"redis://127.0.0.1:{port}", proc=proc, log=log
+    )
+    target.extra["port"] = port
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if _redis_command(port, "PING") == b"+PONG\r\n":
+                version = _redis_command(port, "INFO", "server").decode()
+                target.extra["version"] = next(
+                    (
+                        ln.split(":", 1)[1].strip()
+                        for ln in version.splitlines()
+                        if ln.startswith("redis_version:")
+                    ),
+                    "?",
+                )
+                return target
+        except OSError:
+            pass
+        time.sleep(0.05)
+    procs.stop(proc)
+    tail = log.read_text(errors="replace")[-1000:] if log.exists() else ""
+    raise RuntimeError(f"redis-server did not start on port {port}:\n{tail}")
+
+
+def _redis_calls(port: int) -> int:
+    """Commands the server has run since start (sum of ``INFO commandstats`` calls)."""
+    total = 0
+    for line in _redis_command(port, "INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_") and not line.startswith(("cmdstat_info", "cmdstat_ping")):
+            total += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
+
+
+# -- targets -----------------------------------------------------------------------------
+
+
+def _start_variant(
+    ctx: Context, upstream: tg.Target, key: str, name: str, redis_port: int | None
+) -> tg.Target:
+    """One ``aigw serve`` with its own conf.d: the suite's route file, plus the plugins."""
+    workdir = ctx.workdir / f"access-{key}"
+    conf = workdir / "conf.d"
+    conf.mkdir(parents=True)
+    route = tg.write_route_file(conf, tg.DEPLOYMENT)
+    if key != BASELINE:
+        # The suite's route file ends with the plugins list: entries appended to it
+        # make the very same route with the access plugins in front.
+        strategy = "redis" if key == "redis" else "local"
+        with route.open("a") as fh:
+            fh.write(access_plugins(strategy, redis_port))
+        (conf / "consumers.yaml").write_text(consumers_file(CONSUMERS, tg.CLIENT_KEY))
+    # The route files are in place: start_aigw writes none (no deployments) and
+    # waits for a 200 with the suite's client headers, i.e. with the consumer key.
+    target = tg.start_aigw(ctx.procs, workdir, upstream.url, workers=1, deployments=())
+    target.key, target.name = key, name
+    return target
+
+
+def _probe(target: tg.Target, api_key: str) -> dict[str, Any]:
+    """One chat request with *api_key*: its status and ``x-ratelimit-*`` headers."""
+    host, port = target.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        headers = {**tg.CLIENT_HEADERS, "api-key": api_key}
+        conn.request("POST", tg.chat_path(), body=tg.request_body().encode(), headers=headers)
+        response = conn.getresponse()
+        response.read()
+        found = {k.lower(): v for k, v in response.getheaders()}
+        return {
+            "status": response.status,
+            **{k: v for k, v in found.items() if k.startswith("x-ratelimit-")},
+        }
+    finally:
+        conn.close()
+
+
+def _check_plugins(live: list[tg.Target]) -> dict[str, Any]:
+    """Proof the plugins ran: quota headers (charged), and a stranger refused."""
+    checks: dict[str, Any] = {}
+    for target in live:
+        good = _probe(target, tg.CLIENT_KEY)
+        stranger = _probe(target, "not-a-consumer-key")
+        checks[target.key] = {"consumer_key": good, "unknown_key_status": stranger["status"]}
+        if target.key == BASELINE:
+            continue
+        limit = good.get("x-ratelimit-limit-tokens")
+        remaining = good.get("x-ratelimit-remaining-tokens")
+        if stranger["status"] != 401:
+            raise RuntimeError(f"{target.key}: unknown key answered {stranger['status']}, not 401")
+        if limit is None or remaining is None or not int(remaining) < int(limit):
+            raise RuntimeError(f"{target.key}: the limiter did not charge: {good}")
+    return checks
+
+
+# -- summary and report ----------------------------------------------------------------
+
+
+def _cpu_us(row: dict[str, Any]) -> float:
+    return float(row["proxy_cores"] / row["rps"] * 1e6) if row["rps"] else math.nan
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Medians per target, and ratios and added latency paired per round with ``plain``."""
+    base = summarise_point(runs)
+    plain = {row["round"]: row for row in runs.get(BASELINE, [])}
+    out: dict[str, dict[str, float]] = {}
+    for key, rows in runs.items():
+        pairs = [(r, plain[r["round"]]) for r in rows if r["round"] in plain]
+        s = base[key]
+        out[key] = {
+            "rps": s["rps"],
+            "p50_ms": s["p50_ms"],
+            "p99_ms": s["p99_ms"],
+            "cpu_us_per_request": s["cpu_us_per_request"],
+            "errors": s["errors"],
+            "rss_peak_mib": s["rss_peak_mib"],
+            "cpu_x_plain": median(_cpu_us(r) / _cpu_us(p) for r, p in pairs),
+            "cpu_added_us": median(_cpu_us(r) - _cpu_us(p) for r, p in pairs),
+            "rps_x_plain": median(r["rps"] / p["rps"] for r, p in pairs if p["rps"]),
+            "added_p50_ms": median((r["p50_us"] - p["p50_us"]) / 1000 for r, p in pairs),
+            "added_p99_ms": median((r["p99_us"] - p["p99_us"]) / 1000 for r, p in pairs),
+        }
+    return out
+
+
+def _fmt(value: float, spec: str, suffix: str = "") -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:{spec}}{suffix}"
+
+
+def render(res: dict[str, Any]) -> list[str]:
+    """The report section (markdown lines)."""
+    out = [
+        "## 6. Consumers and token quotas (issue 11): CPU per request at c=32",
+        "",
+        f"conf.d of `local` and `redis` also holds {res['consumers']:,} consumers; "
+        f"{res['rounds']} alternating rounds of {res['duration']} s; ratios and added "
+        "latency paired per round with `plain`.",
+        "",
+        "| target | req/s | CPU per request | CPU / plain | added CPU | req/s / plain "
+        "| p50 | p99 | added p50 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = dict(VARIANTS)
+    for key, s in res["summary"].items():
+        out.append(
+            f"| {names.get(key, key)} | {_fmt(s['rps'], ',.0f')} "
+            f"| {_fmt(s['cpu_us_per_request'], '.1f', ' µs')} | {_fmt(s['cpu_x_plain'], '.3f')} "
+            f"| {_fmt(s['cpu_added_us'], '+.1f', ' µs')} | {_fmt(s['rps_x_plain'], '.3f')} "
+            f"| {_fmt(s['p50_ms'], '.2f', ' ms')} | {_fmt(s['p99_ms'], '.2f', ' ms')} "
+            f"| {_fmt(s['added_p50_ms'], '+.2f', ' ms')} |"
+        )
+    local = res["summary"].get("local", {}).get("cpu_x_plain", math.nan)
+    verdict = "PASS" if local <= 1.10 else "MISS"
+    out += [
+        "",
+        f"Bar (local within 10 % of plain, CPU per request): **{verdict}** ({local:.3f} of plain).",
+    ]
+    redis = res.get("redis")
+    if redis:
+        out.append(
+            f"redis-server {redis['version']}: {_fmt(redis['cpu_us_per_request'], '.1f', ' µs')} "
+            f"of its own CPU and {_fmt(redis['commands_per_request'], '.2f')} commands per "
+            "request of the `redis` target."
+        )
+    out.append("")
+    return out
+
+
+def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
+    """Starts redis-server and the three aigw, runs the rounds; raw runs and summary."""
+    point = next(p for p in POINTS if p.key == "c32")
+    redis = start_redis(ctx.procs, ctx.workdir / "redis")
+    say(f"scenario access: redis-server {redis.extra['version']} on {redis.url}")
+    live: list[tg.Target] = []
+    try:
+        for key, name in VARIANTS:
+            port = redis.extra["port"] if key == "redis" else None
+            live.append(_start_variant(ctx, upstream, key, name, port))
+        served: dict[str, int] = {}
+        if ctx.warmup:
+            say("scenario access: warm-up")
+            _warm_up(ctx, live, upstream, point, served)
+        calls0, redis_cpu0 = _redis_calls(redis.extra["port"]), cpu_seconds(redis.pid)
+        redis_served0 = served.get("redis", 0)
+        say(f"scenario access: {point.title}, {ctx.rounds} rounds of {ctx.duration} s")
+        runs = _run_point(ctx, point, live, upstream, served)
+        redis_requests = served.get("redis", 0) - redis_served0
+        redis_cpu = cpu_seconds(redis.pid) - redis_cpu0
+        calls = _redis_calls(redis.extra["port"]) - calls0
+        errors = {k: sum(sum(r["errors"].values()) for r in rows) for k, rows in runs.items()}
+        if any(errors.values()):
+            raise RuntimeError(f"non-2xx answers or socket errors during the runs: {errors}")
+        checks = _check_plugins(live)
+        lines = {t.key: tg.count_access_lines(t.log) for t in live}
+    finally:
+        tg.stop_targets(ctx.procs, live)
+        if redis.proc is not None:
+            ctx.procs.stop(redis.proc)
+    return {
+        "consumers": CONSUMERS,
+        "rounds": ctx.rounds,
+        "duration": ctx.duration,
+        "connections": point.connections,
+        "limits": list(_LIMITS),
+        "windows": list(_WINDOWS),
+        "runs": runs,
+        "summary": summarise(runs),
+        "checks": checks,
+        "access_log_lines": lines,
+        "wrk_requests": served,
+        "redis": {
+            "version": redis.extra["version"],
+            "cpu_us_per_request": redis_cpu / redis_requests * 1e6 if redis_requests else math.nan,
+            "commands_per_request": calls / redis_requests if redis_requests else math.nan,
+        },
+    }

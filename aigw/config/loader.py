@@ -1,8 +1,12 @@
-"""Loading route files: bytes -> `RouteFile`, one file, or a whole conf.d directory.
+"""Loading conf.d files: bytes -> `ConfFile`, one file, or a whole conf.d directory.
 
 Pipeline for one file (each step collects issues; the file is rejected if any step found one)::
 
-    bytes -utf-8-> text -read_yaml-> data, positions -interpolate-> data -validate-> RouteFile
+    bytes -utf-8-> text -read_yaml-> data, positions -interpolate-> data -validate-> ConfFile
+
+The root keys decide which validator runs (`aigw.config.schema.file_kind`): ``route`` makes a
+`RouteFile`, ``consumer``/``consumers`` a `ConsumerFile`, ``plugins`` alone a
+`GlobalPluginsFile`.
 
 Value issues of a later step are dropped where an earlier step already reported the key path
 (an unset ``${VAR}`` is not also reported as a bad hostname). All remaining issues are
@@ -17,14 +21,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigw.config.env import interpolate
+from aigw.config.consumer_schema import validate_consumers
+from aigw.config.env import Interpolated, interpolate
 from aigw.config.errors import ConfigDirectoryError, ConfigError, ConfigIssue
 from aigw.config.keypath import ROOT
-from aigw.config.model import RouteFile
-from aigw.config.schema import validate
-from aigw.config.yaml_strict import read_yaml
+from aigw.config.model import ConfFile, ConsumerFile, GlobalPluginsFile, RouteFile
+from aigw.config.plugins_schema import validate_global
+from aigw.config.schema import file_kind, validate
+from aigw.config.yaml_strict import YamlDocument, read_yaml
 
-__all__ = ["DirLoad", "discover", "load_dir", "load_file", "parse_route_file"]
+__all__ = [
+    "DirLoad",
+    "discover",
+    "load_dir",
+    "load_file",
+    "parse_conf_file",
+    "parse_route_file",
+]
 
 _SUFFIXES = (".yaml", ".yml")
 # Most of these never end in .yaml anyway; listed so the intent survives a suffix change.
@@ -37,12 +50,36 @@ class DirLoad:
     """The result of `load_dir`.
 
     Attributes:
-        accepted: Files that loaded, in `discover` order.
+        accepted: Route files that loaded, in `discover` order.
         rejected: One `ConfigError` per file that did not (``error.source`` is the file).
+        consumers: Consumer files that loaded, in `discover` order.
+        global_plugins: Global plugins files that loaded, in `discover` order.
     """
 
     accepted: tuple[RouteFile, ...]
     rejected: tuple[ConfigError, ...]
+    consumers: tuple[ConsumerFile, ...] = ()
+    global_plugins: tuple[GlobalPluginsFile, ...] = ()
+
+
+def parse_conf_file(source: str, data: bytes, env: Mapping[str, str]) -> ConfFile:
+    """Parse and validate the raw bytes of one conf.d file, whatever it holds.
+
+    Args:
+        source: The file name, used in messages and as the result's ``source``.
+        data: The raw file contents.
+        env: Variables for ``${VAR}`` interpolation.
+
+    Returns:
+        A `RouteFile`, `ConsumerFile` or `GlobalPluginsFile`, by the file's root keys.
+
+    Raises:
+        ConfigError: With every issue found in the file.
+    """
+    result = _parse(source, data, env)
+    if isinstance(result, tuple):
+        raise ConfigError(result)
+    return result
 
 
 def parse_route_file(source: str, data: bytes, env: Mapping[str, str]) -> RouteFile:
@@ -57,12 +94,15 @@ def parse_route_file(source: str, data: bytes, env: Mapping[str, str]) -> RouteF
         The validated route file.
 
     Raises:
-        ConfigError: With every issue found in the file.
+        ConfigError: With every issue found in the file, or saying that the file is a valid
+            consumer or global plugins file rather than a route file.
     """
-    result = _parse(source, data, env)
+    result = parse_conf_file(source, data, env)
     if isinstance(result, RouteFile):
         return result
-    raise ConfigError(result)
+    kind = "consumer" if isinstance(result, ConsumerFile) else "global plugins"
+    reason = f"not a route file: this is a {kind} file (it has no `route`)"
+    raise ConfigError((ConfigIssue(source, ROOT, reason),))
 
 
 def load_file(path: Path, env: Mapping[str, str]) -> RouteFile:
@@ -117,10 +157,12 @@ def discover(conf_dir: Path) -> list[Path]:
 
 
 def load_dir(conf_dir: Path, env: Mapping[str, str]) -> DirLoad:
-    """Load every route file in a directory; a bad file never stops the others.
+    """Load every file in a directory; a bad file never stops the others.
 
     Route names must be unique: a file reusing a name already taken by an earlier file (in
-    `discover` order) is rejected.
+    `discover` order) is rejected. Consumer and global plugins files are returned as they
+    parse; what they may not share across files (usernames, keys, global plugin names) is
+    decided by the table builder (`aigw.table`), which sees every file.
 
     Args:
         conf_dir: The directory.
@@ -134,6 +176,8 @@ def load_dir(conf_dir: Path, env: Mapping[str, str]) -> DirLoad:
     """
     accepted: list[RouteFile] = []
     rejected: list[ConfigError] = []
+    consumers: list[ConsumerFile] = []
+    global_plugins: list[GlobalPluginsFile] = []
     owners: dict[str, str] = {}
     for path in discover(conf_dir):
         source = str(path)
@@ -143,8 +187,14 @@ def load_dir(conf_dir: Path, env: Mapping[str, str]) -> DirLoad:
             rejected.append(ConfigError((_read_issue(source, exc),)))
             continue
         result = _parse(source, data, env)
-        if not isinstance(result, RouteFile):
+        if isinstance(result, tuple):
             rejected.append(ConfigError(result))
+            continue
+        if isinstance(result, ConsumerFile):
+            consumers.append(result)
+            continue
+        if isinstance(result, GlobalPluginsFile):
+            global_plugins.append(result)
             continue
         owner = owners.setdefault(result.route.name, source)
         if owner != source:
@@ -152,7 +202,7 @@ def load_dir(conf_dir: Path, env: Mapping[str, str]) -> DirLoad:
             rejected.append(ConfigError((ConfigIssue(source, "route.name", reason),)))
             continue
         accepted.append(result)
-    return DirLoad(tuple(accepted), tuple(rejected))
+    return DirLoad(tuple(accepted), tuple(rejected), tuple(consumers), tuple(global_plugins))
 
 
 def _is_route_file(entry: os.DirEntry[str]) -> bool:
@@ -167,7 +217,13 @@ def _read_issue(source: str, exc: OSError) -> ConfigIssue:
     return ConfigIssue(source, ROOT, f"cannot read file: {exc.strerror or type(exc).__name__}")
 
 
-def _parse(source: str, data: bytes, env: Mapping[str, str]) -> RouteFile | tuple[ConfigIssue, ...]:
+_EMPTY = (
+    "file is empty; expected `route` and `plugins` (a route), `consumer` or `consumers`, "
+    "or `plugins` alone (global plugins)"
+)
+
+
+def _parse(source: str, data: bytes, env: Mapping[str, str]) -> ConfFile | tuple[ConfigIssue, ...]:
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")
@@ -175,22 +231,42 @@ def _parse(source: str, data: bytes, env: Mapping[str, str]) -> RouteFile | tupl
         return (_decode_issue(source, data, exc),)
     doc = read_yaml(text, source)
     if doc.data is None and not doc.issues:
-        return (ConfigIssue(source, ROOT, "file is empty; expected `route` and `plugins`"),)
+        return (ConfigIssue(source, ROOT, _EMPTY),)
     if doc.data is None:  # syntax error: nothing to interpolate or validate
         return doc.issues
     interpolated = interpolate(doc.data, env, file=source, positions=doc.positions)
-    validated = validate(
-        interpolated.data,
-        file=source,
-        positions=doc.positions,
-        sources=interpolated.sources,
-        reported=doc.unusable | interpolated.unusable,
-    )
-    route, proxy = validated.route, validated.proxy
-    if route is not None and proxy is not None and not doc.issues and not interpolated.issues:
-        return RouteFile(source, digest, route, proxy)
-    issues = [*doc.issues, *interpolated.issues, *validated.issues]
-    return tuple(sorted(issues, key=_position))
+    result, issues = _validate(source, digest, doc, interpolated)
+    if result is not None and not doc.issues and not interpolated.issues:
+        return result
+    found = [*doc.issues, *interpolated.issues, *issues]
+    return tuple(sorted(found, key=_position))
+
+
+def _validate(
+    source: str, digest: str, doc: YamlDocument, interpolated: Interpolated
+) -> tuple[ConfFile | None, tuple[ConfigIssue, ...]]:
+    """Run the validator the root keys call for; the file, or None and the issues."""
+    data, positions, sources = interpolated.data, doc.positions, interpolated.sources
+    reported = doc.unusable | interpolated.unusable
+    kind = file_kind(data)
+    if kind == "consumer":
+        consumers = validate_consumers(
+            data, file=source, positions=positions, sources=sources, reported=reported
+        )
+        if consumers.consumers is None:
+            return None, consumers.issues
+        return ConsumerFile(source, digest, consumers.consumers), ()
+    if kind == "plugins":
+        plugins = validate_global(
+            data, file=source, positions=positions, sources=sources, reported=reported
+        )
+        if plugins.plugins is None:
+            return None, plugins.issues
+        return GlobalPluginsFile(source, digest, plugins.plugins), ()
+    route = validate(data, file=source, positions=positions, sources=sources, reported=reported)
+    if route.route is None or route.proxy is None:
+        return None, route.issues
+    return RouteFile(source, digest, route.route, route.proxy, route.plugins), ()
 
 
 def _position(issue: ConfigIssue) -> tuple[bool, int, int]:

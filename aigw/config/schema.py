@@ -7,9 +7,13 @@ than called unknown, so a ported Kong config gets a useful message.
 
 Deliberate limits, each reported in plain words:
 
-- exactly one plugin, ``ai-proxy-advanced`` (plain ``ai-proxy`` nests differently);
+- exactly one ``ai-proxy-advanced`` plugin (plain ``ai-proxy`` nests differently), plus at
+  most one each of the access plugins of `aigw.config.plugins_schema`;
 - exactly one target: no load balancing, one route per deployment as in the reference how-to;
 - only the ``azure`` provider.
+
+`file_kind` tells a route file from a consumer file (`aigw.config.consumer_schema`) and a
+global plugins file (`aigw.config.plugins_schema`) by the root keys.
 
 Null means "not set" for optional fields (Kong/decK behave the same), so ``auth:`` with nothing
 under it is allowed.
@@ -27,6 +31,7 @@ from aigw.config.checker import Checker, backticked
 from aigw.config.errors import ConfigIssue
 from aigw.config.keypath import ROOT, child, item
 from aigw.config.model import (
+    AccessPlugins,
     AiProxyAdvancedConfig,
     AuthConfig,
     LoggingConfig,
@@ -38,6 +43,7 @@ from aigw.config.model import (
     StreamingMode,
     TargetConfig,
 )
+from aigw.config.plugins_schema import ACCESS_PLUGINS, access_plugins, plugin_entries
 from aigw.config.yaml_strict import NodePosition
 
 __all__ = [
@@ -47,7 +53,9 @@ __all__ = [
     "PROVIDERS",
     "ROUTE_TYPES",
     "STREAMING_MODES",
+    "FileKind",
     "Validated",
+    "file_kind",
     "validate",
 ]
 
@@ -55,7 +63,8 @@ ROUTE_TYPES: tuple[RouteType, ...] = get_args(RouteType)
 STREAMING_MODES: tuple[StreamingMode, ...] = get_args(StreamingMode)
 PARAM_LOCATIONS: tuple[ParamLocation, ...] = get_args(ParamLocation)
 PROVIDERS: tuple[Literal["azure"], ...] = ("azure",)
-PLUGINS = ("ai-proxy-advanced",)
+PLUGINS = ("ai-proxy-advanced", *ACCESS_PLUGINS)
+FileKind = Literal["route", "consumer", "plugins"]
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 _MAX_TIMEOUT_MS = 2**31 - 1  # Kong's timeout type
@@ -63,7 +72,6 @@ _ONE_TARGET = "load balancing across several targets is not supported; use one t
 
 _TOP_KEYS = ("route", "plugins")
 _ROUTE_KEYS = ("name", "paths", "methods")
-_PLUGIN_KEYS = ("name", "config")
 _CONFIG_KEYS = (
     "targets",
     "max_request_body_size",
@@ -176,6 +184,9 @@ _CONTROL_BUT_TAB = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP field values 
 _NOT_IN_SEGMENT = re.compile(r"[/?#%\s\x00-\x1f\x7f]")
 
 
+_NO_PLUGINS = AccessPlugins()
+
+
 @dataclass(frozen=True, slots=True)
 class Validated:
     """The result of `validate`: either both configs, or the issues (never both).
@@ -184,11 +195,28 @@ class Validated:
         route: The route, if the data was valid.
         proxy: The plugin config, if the data was valid.
         issues: Every problem found, in document order.
+        plugins: The route's access plugins, if the data was valid.
     """
 
     route: RouteConfig | None
     proxy: AiProxyAdvancedConfig | None
     issues: tuple[ConfigIssue, ...]
+    plugins: AccessPlugins = _NO_PLUGINS
+
+
+def file_kind(data: object) -> FileKind:
+    """What a conf.d document holds, from its root keys.
+
+    ``consumer`` or ``consumers`` make a consumer file (which then refuses ``route`` and
+    ``plugins``); ``plugins`` without ``route`` a global plugins file; anything else is
+    read as a route file, whose messages then say what is missing.
+    """
+    if isinstance(data, dict):
+        if "consumer" in data or "consumers" in data:
+            return "consumer"
+        if "plugins" in data and "route" not in data:
+            return "plugins"
+    return "route"
 
 
 def validate(
@@ -219,11 +247,11 @@ def validate(
     if root is None:
         return Validated(None, None, tuple(c.issues))
     route = _route(c, root)
-    proxy = _plugins(c, root)
+    proxy, plugins = _plugins(c, root)
     c.check_captures(route.paths)
     if c.issues:
         return Validated(None, None, tuple(c.issues))
-    return Validated(route, proxy, ())
+    return Validated(route, proxy, (), plugins)
 
 
 # -- route ----------------------------------------------------------------------------------
@@ -271,32 +299,31 @@ def _methods(c: Checker, value: object) -> tuple[str, ...] | None:
 # -- plugin ---------------------------------------------------------------------------------
 
 
-def _plugins(c: Checker, root: Mapping[str, object]) -> AiProxyAdvancedConfig:
+_AI_PROXY = (
+    "is not supported; write `ai-proxy-advanced` and move `route_type`, "
+    "`auth`, `model` and `logging` into `config.targets[0]`"
+)
+_ONE_PROXY = (
+    f"must hold exactly one plugin named `ai-proxy-advanced`, and at most one each of "
+    f"{backticked(ACCESS_PLUGINS)}"
+)
+
+
+def _plugins(c: Checker, root: Mapping[str, object]) -> tuple[AiProxyAdvancedConfig, AccessPlugins]:
     config = AiProxyAdvancedConfig(targets=())
     if root.get("plugins") is None:
         c.absent(root, ROOT, "plugins")
-        return config
-    entries = c.sequence(root["plugins"], "plugins")
-    if entries == []:
-        c.report("plugins", f"must hold exactly one plugin: {backticked(PLUGINS)}")
-    for index, entry in enumerate(entries or ()):
-        path = item("plugins", index)
-        m = c.mapping(entry, path, _PLUGIN_KEYS, _KONG_PLUGIN)
-        if m is None:
-            continue
-        if m.get("name") == "ai-proxy":
-            reason = (
-                "`ai-proxy` is not supported; write `ai-proxy-advanced` and move `route_type`, "
-                "`auth`, `model` and `logging` into `config.targets[0]`"
-            )
-            c.report(child(path, "name"), reason)
-            continue
-        name = c.text(m, path, "name", required=True, check=_check_plugin_name)
-        if index > 0:
-            c.report(path, "only one plugin per route is supported")
-        elif name is not None and name in PLUGINS:
-            config = _proxy(c, m, path)
-    return config
+        return config, AccessPlugins()
+    value = root["plugins"]
+    entries, complete = plugin_entries(
+        c, value, "plugins", PLUGINS, _KONG_PLUGIN, {"ai-proxy": _AI_PROXY}
+    )
+    proxies = [entry for entry in entries if entry.name == "ai-proxy-advanced"]
+    if value == [] or (complete and not proxies):
+        c.report("plugins", _ONE_PROXY)
+    for entry in proxies:
+        config = _proxy(c, entry.entry, entry.path)
+    return config, access_plugins(c, entries)
 
 
 def _proxy(c: Checker, plugin: Mapping[str, object], plugin_path: str) -> AiProxyAdvancedConfig:
@@ -484,12 +511,6 @@ def _check_route_name(value: str) -> str | None:
     if _ROUTE_NAME.match(value):
         return None
     return "must contain only letters, digits, `.`, `_` and `-`"
-
-
-def _check_plugin_name(value: str) -> str | None:
-    if value in PLUGINS:
-        return None
-    return f"unsupported plugin; supported plugins: {backticked(PLUGINS)}"
 
 
 def _check_azure_instance(value: str) -> str | None:

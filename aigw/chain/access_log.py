@@ -10,6 +10,7 @@ from aiohttp import web
 
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.info import RouteInfo
+from aigw.consumers.metrics import AUTH_FAILURE_REASONS, CONSUMER_METRICS, RouteConsumerMetrics
 from aigw.listener.connection import client_connection, cut_outcome
 from aigw.logs import get_logger, scrubber
 from aigw.metrics import RouteMetrics
@@ -56,6 +57,7 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
     time; per request only the measured values are added.
     """
     static: dict[str, Any] = {"route": info.name, "provider": info.provider}
+    consumer_metrics = CONSUMER_METRICS.for_route(info.name)
     if info.log_statistics:
         static["model"] = info.model
         static["deployment"] = info.deployment
@@ -91,6 +93,7 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
             else:  # a templated route: its model and deployment are this request's
                 _emit(ex, info, _resolved_fields(static, resolved), status)
                 _count(ex, resolved.metrics, status)
+            _count_consumer(ex, consumer_metrics, status)
             metrics.leave()
 
     return stage
@@ -125,6 +128,16 @@ def _count(ex: Exchange, metrics: RouteMetrics, status: int) -> None:
         metrics.upstream_error(outcome)
 
 
+def _count_consumer(ex: Exchange, metrics: RouteConsumerMetrics, status: int) -> None:
+    consumer = ex.consumer
+    if consumer is not None:  # only on a route with key-auth
+        metrics.count(consumer.username, status, ex.usage)
+    if status >= 400:
+        reason = AUTH_FAILURE_REASONS.get(ex.outcome)
+        if reason is not None:
+            metrics.auth_failure(reason)
+
+
 def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) -> None:
     now = perf_counter_ns()
     request = ex.request
@@ -155,6 +168,11 @@ def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) ->
         "user_agent": _user_agent(headers.get("User-Agent")),
         "retry_count": _retry_count(headers.get("x-stainless-retry-count")),
     }
+    consumer = ex.consumer
+    if consumer is not None:
+        # Who, never the key: the username and the credential's derived id.
+        event["consumer"] = consumer.username
+        event["credential"] = ex.credential_id
     if upstream_status is not None:
         event["upstream_status"] = upstream_status
         event["api_version"] = ex.api_version

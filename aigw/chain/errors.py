@@ -15,14 +15,19 @@ _log = get_logger("aigw.errors")
 
 
 def error_response(ex: Exchange, error: GatewayError) -> web.Response:
-    """The JSON response for *error*, carrying the request id."""
+    """The JSON response for *error*, carrying the request id and ``ex.response_headers``."""
     if ex.error is None:  # else a stage logged the detail it kept out of the message
         ex.error = error.message
     if ex.outcome == "ok":
         ex.outcome = error.code
     response = web.Response(status=error.status, body=error.body(), content_type="application/json")
-    response.headers["x-request-id"] = ex.request_id
-    response.headers.update(error.headers)
+    headers = response.headers
+    headers["x-request-id"] = ex.request_id
+    # The answer's own headers (x-ratelimit-* of the token limit) first: the
+    # error's (a 429's retry-after) are more specific.
+    for name, value in ex.response_headers:
+        headers[name] = value
+    headers.update(error.headers)
     if error.close_connection:
         response.force_close()
     ex.bytes_out = response.content_length or 0

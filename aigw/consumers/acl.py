@@ -1,13 +1,65 @@
-"""Chain stage: ``acl`` (placeholder; being written)."""
+"""Chain stage: ``acl``, which consumer groups may use a route (Kong's plugin).
+
+The route's groups are a frozenset built when the route compiles, and the
+allow and deny cases are two different stages, so a request costs one
+``isdisjoint`` of two small frozensets and no allocation.
+"""
 
 from __future__ import annotations
 
-from aigw.chain.exchange import Handler
-from aigw.config.model import AclConfig
+from typing import Final
 
-__all__ = ["acl"]
+from aiohttp import web
+
+from aigw.chain.body_reader import drop_unread_body
+from aigw.chain.exchange import Exchange, Handler
+from aigw.config.model import AclConfig
+from aigw.consumers.key_auth import DENIED_MESSAGE, MISSING_KEY_OUTCOME, unauthorized
+from aigw.errors import Forbidden, GatewayError
+
+__all__ = ["ACCESS_DENIED", "acl"]
+
+ACCESS_DENIED: Final = "access_denied"
+"""``error.code`` of the 403, and the access log's ``outcome``."""
 
 
 def acl(route: str, config: AclConfig, next_: Handler) -> Handler:
-    """Builds the ACL stage for one route."""
-    raise NotImplementedError
+    """Builds the ACL stage for one route.
+
+    A request without a consumer (the route has no key-auth) gets key-auth's
+    401; a consumer outside ``allow``, or in ``deny``, a 403 naming the route
+    (never the groups: they are the operator's business).
+    """
+    allow = frozenset(config.allow)
+    deny = frozenset(config.deny)
+    missing = f"{DENIED_MESSAGE} Route `{route}` identifies no consumer (it has no key-auth)."
+    refused = f"Access denied: this key's consumer is not allowed to use route `{route}`."
+
+    def refuse(ex: Exchange, error: GatewayError) -> GatewayError:
+        if drop_unread_body(ex.request):
+            error.close_connection = True
+        return error
+
+    if allow:
+
+        async def allow_stage(ex: Exchange) -> web.StreamResponse:
+            consumer = ex.consumer
+            if consumer is None:
+                ex.outcome = MISSING_KEY_OUTCOME
+                raise refuse(ex, unauthorized(missing))
+            if allow.isdisjoint(consumer.groups):
+                raise refuse(ex, Forbidden(ACCESS_DENIED, refused))
+            return await next_(ex)
+
+        return allow_stage
+
+    async def deny_stage(ex: Exchange) -> web.StreamResponse:
+        consumer = ex.consumer
+        if consumer is None:
+            ex.outcome = MISSING_KEY_OUTCOME
+            raise refuse(ex, unauthorized(missing))
+        if not deny.isdisjoint(consumer.groups):
+            raise refuse(ex, Forbidden(ACCESS_DENIED, refused))
+        return await next_(ex)
+
+    return deny_stage

@@ -194,11 +194,12 @@ through. Request filters combine with AND; a repeated filter with OR."""
 _EPILOG: Final = """\
 request line columns:
   time  status  method  route  model→served model  latency (up upstream, ttft first token)
-  prompt+completion=total tok  stream  request id  [outcome: error]
+  prompt+completion=total tok  stream  request id  [by consumer]  [outcome: error]
 
 examples:
   journalctl -u aigw -o cat | aigw tail --errors
   aigw tail --journal --status 5xx,429
+  aigw tail --journal --consumer team-search,team-chat --status 401,403
   aigw tail -f /var/log/aigw/aigw.log --route azure-gpt-4o --slow 2000"""
 
 
@@ -272,6 +273,14 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         help="only this configured, deployment or served model (repeatable)",
     )
     filters.add_argument(
+        "--consumer",
+        action="extend",
+        type=_names,
+        metavar="NAME",
+        help="only requests of this consumer (key-auth username): repeatable, or a "
+        "comma-separated list",
+    )
+    filters.add_argument(
         "--requests-only",
         action="store_true",
         help="hide everything but request lines (config events, non-JSON lines)",
@@ -294,6 +303,13 @@ def _status(text: str) -> tuple[StatusRange, ...]:
         return parse_status(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME,NAME,..., got {text!r}")
+    return names
 
 
 def _count(text: str) -> int:

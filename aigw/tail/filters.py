@@ -88,6 +88,8 @@ class Filter:
         stream: True: streamed requests only; False: non-streamed only; None: both.
         models: Show requests whose configured model, deployment or served
             model (``response_model``) is one of these (empty: any).
+        consumers: Show requests identified as one of these consumers
+            (key-auth usernames; empty: any).
         requests_only: Drop everything but request events, including lines
             that are not JSON.
     """
@@ -98,6 +100,7 @@ class Filter:
     errors: bool = False
     stream: bool | None = None
     models: frozenset[str] = frozenset()
+    consumers: frozenset[str] = frozenset()
     requests_only: bool = False
 
     @classmethod
@@ -110,6 +113,7 @@ class Filter:
             errors=args.errors,
             stream=args.stream,
             models=frozenset(args.model or ()),
+            consumers=frozenset(getattr(args, "consumer", None) or ()),
             requests_only=args.requests_only,
         )
 
@@ -141,7 +145,7 @@ class Filter:
             served = {_label(event.get(key)) for key in ("model", "deployment", "response_model")}
             if not served & self.models:
                 return False
-        return True
+        return not self.consumers or _label(event.get("consumer")) in self.consumers
 
 
 def _label(value: object) -> str | None:

@@ -53,7 +53,8 @@ def format_event(event: Mapping[str, Any], *, color: bool, utc: bool = False) ->
     route, configured→served model, latency (upstream, time to first token),
     tokens (prompt+completion=total), a stream marker, the short form of the
     request id (:func:`aigw.short_id.short_request_id`: the part that differs
-    between requests) and, for failures, the outcome and error text. Other
+    between requests), ``by <consumer>`` when key-auth identified the caller
+    and, for failures, the outcome and error text. Other
     events become a time, a tag (``CONFIG``, ``START``, ``STOP``, ``ERROR``...)
     and a summary. Missing fields and values of unexpected types render as
     ``-``; this never raises for any mapping.
@@ -133,6 +134,9 @@ def _format_request(event: Mapping[str, Any], clock: str, paint: _Painter) -> st
         paint.cell("stream" if event.get("stream") is True else "", 6, _CYAN),
         paint(_request_id(event.get("request_id")), _DIM),
     ]
+    consumer = event.get("consumer")
+    if isinstance(consumer, str) and consumer:
+        columns.append(paint(f"by {_text(consumer)}", _CYAN))
     failure = _failure_text(outcome, error)
     if failure:
         # A status under 400 with a failure is a stream cut after its 200: red.

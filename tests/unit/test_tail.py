@@ -887,3 +887,59 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     return parser.parse_args(["tail", *argv])
+
+
+# --------------------------------------------------------------------------
+# Consumers (key-auth): shown on the line, and --consumer
+
+
+def test_the_consumer_is_shown_after_the_request_id() -> None:
+    line = fmt({**PLAIN, "consumer": "team-search", "credential": "0a1b2c3d4e5f"})
+    assert line == fmt(PLAIN) + "  by team-search"
+    assert "0a1b2c3d4e5f" not in line  # the credential id is in the log, not on the line
+    refused = fmt({**PLAIN, "status": 403, "consumer": "loner", "outcome": "access_denied"})
+    assert refused.endswith("by loner  access_denied")
+    assert "by" not in fmt(PLAIN).split()
+
+
+def test_the_consumer_is_escaped_and_coloured() -> None:
+    line = fmt({**PLAIN, "consumer": "a\x1b[2Jb"}, color=True)
+    assert "\x1b[2J" not in line
+    assert "\x1b[36mby a" in line
+
+
+def test_consumer_filter() -> None:
+    search = {**PLAIN, "consumer": "team-search"}
+    chat = {**PLAIN, "consumer": "team-chat"}
+    flt = Filter(consumers=frozenset({"team-search", "ops"}))
+    assert flt.matches(search)
+    assert not flt.matches(chat)
+    assert not flt.matches(PLAIN)  # no consumer: a route without key-auth, or refused
+    assert flt.matches(OTHER["config_reload"])
+    assert Filter().matches(chat)
+    for value in ODD_VALUES:
+        flt.matches({**PLAIN, "consumer": value})
+
+
+def test_consumer_option_is_repeatable_and_takes_a_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(["--consumer", "a", "--consumer", "b, c"])
+    assert Filter.from_args(args).consumers == frozenset({"a", "b", "c"})
+    assert Filter.from_args(parse([])).consumers == frozenset()
+    lines = [
+        request("11111111", consumer="a"),
+        request("22222222", consumer="z"),
+        request("33333333"),
+    ]
+    feed_stdin(monkeypatch, "\n".join(lines) + "\n")
+    assert main(["--consumer", "a,b", "--utc", "--color", "never"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].endswith("by a")
+
+
+def test_empty_consumer_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--consumer", "a,,b"])
+    assert exit_.value.code == 2
+    assert "argument --consumer: expected NAME or NAME,NAME" in capsys.readouterr().err

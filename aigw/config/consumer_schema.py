@@ -128,15 +128,15 @@ def validate_consumers(
         for index, element in enumerate(elements or ()):
             path = item("consumers", index)
             consumer = _consumer(c, element, path, keys)
-            if consumer is None:
-                continue
-            first = usernames.setdefault(consumer.username, path)
-            if first != path:
-                c.report(
-                    child(path, "username"),
-                    f"username `{consumer.username}` is already used by `{first}`",
-                )
-            consumers.append(consumer)
+            # Checked on the raw value so a duplicate is reported even beside other errors.
+            username = element.get("username") if isinstance(element, dict) else None
+            if isinstance(username, str) and username:
+                first = usernames.setdefault(username, path)
+                if first != path:
+                    reason = f"username `{username}` is already used by `{first}`"
+                    c.report(child(path, "username"), reason)
+            if consumer is not None:
+                consumers.append(consumer)
     if c.issues:
         return ValidatedConsumers(None, tuple(c.issues))
     return ValidatedConsumers(tuple(consumers), ())

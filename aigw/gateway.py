@@ -141,5 +141,6 @@ class Gateway:
             pool=self._pool,
             body_budget=self._body_budget,
             generation=table.generation,
+            consumers=table.consumers,
             preset_error=preset_error,
         )

@@ -1,13 +1,16 @@
 """Turning the contents of conf.d into published route tables, safely, again and again.
 
-One code path serves the start-up load, every file-watch event, SIGHUP and
-``aigw check``:
+conf.d holds three kinds of file (route, consumer, global plugins); every kind
+follows the same rules. One code path serves the start-up load, every
+file-watch event, SIGHUP and ``aigw check``:
 
-1. read every route file and hash it; a file whose bytes are unchanged is not
+1. read every file and hash it; a file whose bytes are unchanged is not
    parsed again (and a reload that changes nothing publishes nothing);
 2. parse and validate the changed ones (in a worker thread, off the event loop);
-3. build a complete new table: first the files whose serving version did not
-   change (incumbents keep their paths), then the new versions in lexical
+3. build a complete new table, kind by kind (global plugins, consumers, then
+   routes, which compile with the final global plugins); within a kind, first
+   the files whose serving version did not change (incumbents keep their
+   paths, usernames, keys and plugins), then the new versions in lexical
    order; a new version that is invalid or conflicts is refused and the file
    keeps serving its last known good version, if it has one;
 4. publish the table with one reference assignment, store the newly accepted
@@ -27,32 +30,53 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aigw.config.errors import ConfigDirectoryError, ConfigError, ConfigIssue
-from aigw.config.loader import discover, parse_route_file
-from aigw.config.model import RouteFile
+from aigw.config.loader import discover, parse_conf_file
+from aigw.config.model import AccessPlugins, ConfFile, ConsumerFile, RouteFile
+from aigw.consumers.metrics import retain_consumers
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.lkg import LastKnownGood
 from aigw.logs import get_logger
 from aigw.metrics import METRICS
+from aigw.quotas import QuotaRegistry
 from aigw.route import CompiledRoute, compile_route
-from aigw.table import RouteTable, TableBuilder
+from aigw.table import RouteTable, TableBuilder, plugin_names
 
-__all__ = ["FileState", "ReloadReport", "Reloader"]
+__all__ = ["FileKind", "FileState", "ReloadReport", "Reloader", "file_kind"]
 
 _log = get_logger("aigw.reload")
 
 Trigger = Literal["startup", "watch", "sighup", "check"]
 
+FileKind = Literal["plugins", "consumer", "route"]
+"""What a conf.d file holds."""
+
+_KINDS: tuple[FileKind, ...] = ("plugins", "consumer", "route")
+"""The order in which a build takes each kind: routes compile with the final global plugins."""
+
+
+def file_kind(file: ConfFile) -> FileKind:
+    """The kind of a parsed conf.d file."""
+    if isinstance(file, RouteFile):
+        return "route"
+    if isinstance(file, ConsumerFile):
+        return "consumer"
+    return "plugins"
+
 
 @dataclass(frozen=True, slots=True)
 class FileState:
-    """How one route file stands after the latest reload.
+    """How one conf.d file stands after the latest reload.
 
     Attributes:
         name: File name in conf.d.
         state: ``active`` (its current content serves), ``lkg`` (its current
             content was refused; its last known good version serves) or
             ``rejected`` (refused, and nothing of it serves).
-        route: The route name of the serving version.
+        kind: What the serving version holds (or, for a rejected file, the
+            refused version, when it could be parsed); None when unknown.
+        route: The route name of the serving version, for a route file.
+        consumers: How many consumers the serving version defines, for a consumer file.
+        plugins: The plugin names the serving version defines, for a global plugins file.
         digest: sha256 of the serving version.
         accepted_at: When the serving version was accepted (Unix time).
         error: Why the current content was refused.
@@ -60,7 +84,10 @@ class FileState:
 
     name: str
     state: Literal["active", "lkg", "rejected"]
+    kind: FileKind | None = None
     route: str | None = None
+    consumers: int | None = None
+    plugins: tuple[str, ...] | None = None
     digest: str | None = None
     accepted_at: float | None = None
     error: ConfigError | None = None
@@ -69,7 +96,10 @@ class FileState:
         """The status-endpoint view of this file."""
         return {
             "state": self.state,
+            "kind": self.kind,
             "route": self.route,
+            "consumers": self.consumers,
+            "plugins": list(self.plugins) if self.plugins is not None else None,
             "digest": self.digest,
             "accepted_at": _iso(self.accepted_at),
             "error": [str(issue) for issue in self.error.issues] if self.error else None,
@@ -88,6 +118,7 @@ class ReloadReport:
         changed / removed: File names whose content changed, vanished.
         rejected: The refusals of this reload, one per file.
         routes: Routes in the serving table.
+        consumers: Consumers in the serving table.
         build_ms: Time spent reading, validating and building.
         error: Set when conf.d itself could not be read (nothing changed).
     """
@@ -100,13 +131,14 @@ class ReloadReport:
     removed: tuple[str, ...] = ()
     rejected: tuple[ConfigError, ...] = ()
     routes: int = 0
+    consumers: int = 0
     build_ms: float = 0.0
     error: str | None = None
 
 
 @dataclass(slots=True)
 class _Serving:
-    file: RouteFile
+    file: ConfFile
     raw: bytes
     accepted_at: float
 
@@ -116,7 +148,7 @@ class _Scan:
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
-    parsed: dict[str, tuple[RouteFile, bytes]] = field(default_factory=dict)
+    parsed: dict[str, tuple[ConfFile, bytes]] = field(default_factory=dict)
     refused: dict[str, ConfigError] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)
 
@@ -127,20 +159,26 @@ class _Attempt:
     serving: dict[str, _Serving]
     refused: dict[str, ConfigError]
     accepted: list[str] = field(default_factory=list)
-    blocked: dict[str, tuple[RouteFile, bytes]] = field(default_factory=dict)
+    blocked: dict[str, tuple[ConfFile, bytes]] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    # Refused new versions whose last known good is of a kind taken earlier in
+    # the build: only another attempt, with that version as an incumbent, can
+    # keep it serving.
+    revert: list[str] = field(default_factory=list)
 
 
 class Reloader:
     """Owns the config state of one gateway and publishes its tables.
 
     Args:
-        conf_dir: The route-file directory.
+        conf_dir: The conf.d directory.
         env: Variables for ``${VAR}``.
         publish: Called with each new table (the gateway's ``swap``).
         store: Last-known-good persistence; None disables it.
         azure_base_url: Serve-time override of the Azure origin.
         limits: Time and size bounds bound into every compiled route.
+        quotas: The app's token-quota state, bound into every route with a token
+            limit; a new one when None (``aigw check``, tests).
     """
 
     def __init__(
@@ -152,6 +190,7 @@ class Reloader:
         store: LastKnownGood | None = None,
         azure_base_url: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        quotas: QuotaRegistry | None = None,
     ) -> None:
         self.conf_dir = conf_dir
         self._env = dict(env)
@@ -159,6 +198,7 @@ class Reloader:
         self._store = store
         self._azure_base_url = azure_base_url
         self._limits = limits
+        self.quotas = quotas if quotas is not None else QuotaRegistry()
         self._lock = asyncio.Lock()
         self.generation = 0
         self.table: RouteTable | None = None
@@ -167,9 +207,10 @@ class Reloader:
         self._seen: dict[str, str] = {}  # name -> digest of the content last read
         self._serving: dict[str, _Serving] = {}  # name -> version that serves
         self._refused: dict[str, ConfigError] = {}  # name -> why its content was refused
-        self._compiled: dict[tuple[str, str], CompiledRoute] = {}
-        # name -> a valid version refused only because another file holds its path
-        self._blocked: dict[str, tuple[RouteFile, bytes]] = {}
+        # (source, digest, merged global plugins) -> the route compiled from them
+        self._compiled: dict[tuple[str, str, AccessPlugins], CompiledRoute] = {}
+        # name -> a valid version refused only because another file holds what it claims
+        self._blocked: dict[str, tuple[ConfFile, bytes]] = {}
         self._pending_commit: Callable[[], None] | None = None
 
     # -- entry points -------------------------------------------------------
@@ -183,7 +224,7 @@ class Reloader:
         if self._store is not None:
             for name, raw in self._store.load().items():
                 try:
-                    file = parse_route_file(str(self.conf_dir / name), raw, self._env)
+                    file = parse_conf_file(str(self.conf_dir / name), raw, self._env)
                 except ConfigError:
                     continue  # a stored copy that no longer validates (env changed) is no help
                 self._serving[name] = _Serving(file, raw, accepted_at=0.0)
@@ -200,6 +241,7 @@ class Reloader:
                     published=False,
                     generation=self.generation,
                     routes=len(self.table.routes) if self.table else 0,
+                    consumers=len(self.table.consumers) if self.table else 0,
                     error=exc.issues[0].reason,
                 )
                 _log.error(
@@ -227,14 +269,22 @@ class Reloader:
             serving = self._serving.get(name)
             error = self._refused.get(name)
             if serving is None:
-                states.append(FileState(name=name, state="rejected", error=error))
+                blocked = self._blocked.get(name)
+                kind = file_kind(blocked[0]) if blocked is not None else None
+                states.append(FileState(name=name, state="rejected", kind=kind, error=error))
                 continue
+            file = serving.file
             states.append(
                 FileState(
                     name=name,
                     state="lkg" if error is not None else "active",
-                    route=serving.file.route.name,
-                    digest=serving.file.digest,
+                    kind=file_kind(file),
+                    route=file.route.name if isinstance(file, RouteFile) else None,
+                    consumers=len(file.consumers) if isinstance(file, ConsumerFile) else None,
+                    plugins=None
+                    if isinstance(file, RouteFile | ConsumerFile)
+                    else tuple(plugin_names(file.plugins)),
+                    digest=file.digest,
                     accepted_at=serving.accepted_at or None,
                     error=error,
                 )
@@ -253,6 +303,7 @@ class Reloader:
             "generation": self.generation,
             "degraded": self.degraded,
             "routes": len(self.table.routes) if self.table else 0,
+            "consumers": len(self.table.consumers) if self.table else 0,
             "conf_dir": str(self.conf_dir),
             "last_reload": None
             if report is None
@@ -291,7 +342,7 @@ class Reloader:
             elif not force:
                 continue
             try:
-                scan.parsed[name] = (parse_route_file(str(path), raw, self._env), raw)
+                scan.parsed[name] = (parse_conf_file(str(path), raw, self._env), raw)
             except ConfigError as exc:
                 scan.refused[name] = exc
         scan.removed = sorted(self._seen.keys() - scan.seen.keys())
@@ -312,6 +363,7 @@ class Reloader:
                 published=False,
                 generation=self.generation,
                 routes=len(self.table.routes) if self.table else 0,
+                consumers=len(self.table.consumers) if self.table else 0,
             )
         serving = {n: s for n, s in self._serving.items() if n not in scan.removed}
         refused = {
@@ -336,10 +388,17 @@ class Reloader:
                 candidates[name] = version
         # An active file that lost both versions to another active file that
         # changed in the same batch goes first in the next attempt: it held
-        # the path. Each retry pins one more file, so this ends.
+        # the path. A refused new version whose last known good is of a kind
+        # the build had already taken is left out of the next attempt, so that
+        # version serves as an incumbent. Each retry pins or leaves out one
+        # more file, so this ends.
         first: list[str] = []
+        kept: dict[str, ConfigError] = {}
         while True:
-            attempt = self._offer_all(candidates, serving, refused, first, now)
+            attempt = self._offer_all(candidates, serving, refused, first, kept, now)
+            if attempt.revert:
+                kept[attempt.revert[0]] = attempt.refused[attempt.revert[0]]
+                continue
             dropped = [n for n in attempt.dropped if n not in first]
             if not dropped:
                 break
@@ -348,9 +407,11 @@ class Reloader:
         accepted, blocked = attempt.accepted, attempt.blocked
         generation = self.generation + 1
         table = builder.build(generation)
+        # Only what serves stays cached: every route of the table was compiled
+        # with the table's global plugins.
         compiled = {
-            (s.file.source, s.file.digest): self._compiled[(s.file.source, s.file.digest)]
-            for s in serving.values()
+            (route.file.source, route.file.digest, table.global_plugins): route
+            for route in table.routes
         }
         self._persist({name: serving[name].raw for name in accepted}, scan.removed)
         report = ReloadReport(
@@ -366,6 +427,7 @@ class Reloader:
                 refused[n] for n in sorted(refused) if n in scan.refused or n in scan.parsed
             ),
             routes=len(table.routes),
+            consumers=len(table.consumers),
             build_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
@@ -384,6 +446,7 @@ class Reloader:
             METRICS.config_rejected_files.set(len(refused))
             METRICS.routes.set(len(table.routes))
             METRICS.retain(route.name for route in table.routes)
+            retain_consumers(consumer.username for consumer in table.consumers.consumers)
             _log_report(report, self.files())
 
         if publish:
@@ -394,42 +457,72 @@ class Reloader:
 
     def _offer_all(
         self,
-        candidates: dict[str, tuple[RouteFile, bytes]],
+        candidates: dict[str, tuple[ConfFile, bytes]],
         serving_before: dict[str, _Serving],
         refused_before: dict[str, ConfigError],
         first: list[str],
+        kept: dict[str, ConfigError],
         now: float,
     ) -> _Attempt:
-        """Builds one candidate table; the previous state is not modified."""
+        """Builds one candidate table; the previous state is not modified.
+
+        *kept* are candidates left out of this attempt (refused with the given
+        error); their serving version, if any, is an incumbent.
+        """
         builder = TableBuilder(self._compile)
         serving, refused = dict(serving_before), dict(refused_before)
         attempt = _Attempt(builder, serving, refused)
-        # 1. Incumbents: files whose serving version stays keep their paths.
-        for name in sorted(serving.keys() - candidates.keys()):
-            error = builder.offer(serving[name].file)
-            if error is not None:  # cannot happen for a consistent previous table
+        offered = {name: version for name, version in candidates.items() if name not in kept}
+        for name, refusal in kept.items():
+            refused[name] = refusal
+            attempt.blocked[name] = candidates[name]
+        # Refused new versions whose last known good is of a kind taken later.
+        deferred: list[str] = []
+        for kind in _KINDS:
+            # 1. Incumbents: files whose serving version stays keep what they claim.
+            incumbents = serving.keys() - offered.keys()
+            for name in sorted(n for n in incumbents if file_kind(serving[n].file) == kind):
+                error = builder.offer(serving[name].file)
+                if error is not None:  # cannot happen for a consistent previous table
+                    refused[name] = error
+                    del serving[name]
+            # 2. Last known good versions of files refused at an earlier kind.
+            for name in [n for n in deferred if file_kind(serving[n].file) == kind]:
+                if builder.offer(serving[name].file) is not None:
+                    del serving[name]
+                    attempt.dropped.append(name)
+            # 3. Files that serve now and have a new version: the new version if
+            #    it fits, else their last known good one; before any newcomer,
+            #    so an active file keeps its claims even when it changes in the
+            #    same batch.
+            # 4. Newcomers, in lexical order (at start-up the first file wins).
+            ours = {n for n, (file, _) in offered.items() if file_kind(file) == kind}
+            in_service = [n for n in first if n in ours] + sorted(
+                n for n in ours if n in serving and n not in first
+            )
+            newcomers = sorted(n for n in ours if n not in serving)
+            for name in in_service + newcomers:
+                file, raw = offered[name]
+                error = builder.offer(file)
+                if error is None:
+                    serving[name] = _Serving(file, raw, now)
+                    refused.pop(name, None)
+                    attempt.accepted.append(name)
+                    continue
                 refused[name] = error
-                del serving[name]
-        # 2. Files that serve now and have a new version: the new version if it
-        #    fits, else their last known good one; before any newcomer, so an
-        #    active route keeps its path even when it changes in the same batch.
-        # 3. Newcomers, in lexical order (at start-up the first file wins).
-        in_service = first + sorted(n for n in candidates if n in serving and n not in first)
-        newcomers = sorted(n for n in candidates if n not in serving)
-        for name in in_service + newcomers:
-            file, raw = candidates[name]
-            error = builder.offer(file)
-            if error is None:
-                serving[name] = _Serving(file, raw, now)
-                refused.pop(name, None)
-                attempt.accepted.append(name)
-                continue
-            refused[name] = error
-            attempt.blocked[name] = (file, raw)
-            fallback = serving.get(name)
-            if fallback is not None and builder.offer(fallback.file) is not None:
-                del serving[name]
-                attempt.dropped.append(name)
+                attempt.blocked[name] = (file, raw)
+                fallback = serving.get(name)
+                if fallback is None:
+                    continue
+                fallback_kind = file_kind(fallback.file)
+                if fallback_kind == kind:
+                    if builder.offer(fallback.file) is not None:
+                        del serving[name]
+                        attempt.dropped.append(name)
+                elif _KINDS.index(fallback_kind) > _KINDS.index(kind):
+                    deferred.append(name)
+                else:
+                    attempt.revert.append(name)
         return attempt
 
     def _persist(self, accepted: dict[str, bytes], removed: list[str]) -> None:
@@ -439,25 +532,33 @@ class Reloader:
             for name in removed:
                 self._store.delete(name)
 
-    def _compile(self, file: RouteFile) -> CompiledRoute:
-        key = (file.source, file.digest)
+    def _compile(self, file: RouteFile, global_plugins: AccessPlugins) -> CompiledRoute:
+        # A changed global plugins file recompiles every route; nothing else
+        # that is not the route's own file does (consumers are looked up per
+        # request in the table's index, never compiled in).
+        key = (file.source, file.digest, global_plugins)
         route = self._compiled.get(key)
         if route is None:
-            route = compile_route(file, azure_base_url=self._azure_base_url, limits=self._limits)
+            route = compile_route(
+                file,
+                azure_base_url=self._azure_base_url,
+                limits=self._limits,
+                global_plugins=global_plugins,
+                quotas=self.quotas,
+            )
             self._compiled[key] = route
         return route
 
 
 def _log_report(report: ReloadReport, files: list[FileState]) -> None:
+    lkg = {f.name for f in files if f.state == "lkg"}
     for error in report.rejected:
         _log.error(
             "config_rejected",
             file=error.source,
             issues=[str(issue) for issue in error.issues],
             generation=report.generation,
-            serving="last known good"
-            if any(f.state == "lkg" and Path(error.source).name == f.name for f in files)
-            else "nothing",
+            serving="last known good" if Path(error.source).name in lkg else "nothing",
         )
     _log.info(
         "config_reload",
@@ -470,6 +571,7 @@ def _log_report(report: ReloadReport, files: list[FileState]) -> None:
             {"file": e.source, "issues": [str(i) for i in e.issues]} for e in report.rejected
         ],
         routes=report.routes,
+        consumers=report.consumers,
         build_ms=report.build_ms,
         degraded=any(f.state != "active" for f in files),
     )

@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 from aigw.config.errors import ConfigDirectoryError
 from aigw.lkg import LastKnownGood
 from aigw.reload import Reloader
+from aigw.route import CompiledRoute
 from aigw.table import RouteTable
 
 ENV = {"KEY": "azure-key-123456", "INSTANCE": "res"}
@@ -41,10 +42,12 @@ class Published:
         self.tables.append(table)
 
 
-def reloader(conf: Path, state: Path | None = None) -> tuple[Reloader, Published]:
+def reloader(
+    conf: Path, state: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[Reloader, Published]:
     published = Published()
     store = LastKnownGood(state) if state is not None else None
-    return Reloader(conf, ENV, publish=published, store=store), published
+    return Reloader(conf, {**ENV, **(env or {})}, publish=published, store=store), published
 
 
 def served(r: Reloader) -> dict[str, str | None]:
@@ -243,3 +246,202 @@ async def test_a_refused_new_file_is_not_reported_as_added(tmp_path: Path) -> No
     (event,) = (e for e in logs if e["event"] == "config_reload")
     assert event["added"] == ["c.yaml"]
     assert sorted(Path(e["file"]).name for e in event["rejected"]) == ["b.yaml", "d.yaml"]
+
+
+# -- consumer and global plugins files -----------------------------------------
+
+
+def consumer_file(username: str, *keys: str, groups: tuple[str, ...] = ("chat",)) -> str:
+    credentials = "".join(f"\n    - key: {key}" for key in keys)
+    acls = "".join(f"\n    - group: {group}" for group in groups)
+    return (
+        f"consumer:\n  username: {username}\n  keyauth_credentials:{credentials}\n  acls:{acls}\n"
+    )
+
+
+def plugins_file(*plugins: str) -> str:
+    """A global plugins file; each of *plugins* is ``name: config-as-flow-yaml``."""
+    entries = "".join(
+        f"\n  - name: {name}\n    config: {config}"
+        for name, config in (p.split(": ", 1) for p in plugins)
+    )
+    return f"plugins:{entries}\n"
+
+
+KEY_AUTH = "key-auth: {key_names: [api-key]}"
+ACL = "acl: {allow: [chat]}"
+
+
+def who(r: Reloader, key: str) -> str | None:
+    """The username *key* authenticates as in the serving table."""
+    assert r.table is not None
+    found = r.table.consumers.authenticate(key)
+    return found[0].username if found is not None else None
+
+
+def compiled(r: Reloader) -> dict[str, CompiledRoute]:
+    """Route name -> compiled route object, to tell a recompile from a reuse."""
+    assert r.table is not None
+    return {route.name: route for route in r.table.routes}
+
+
+async def test_consumer_file_added_changed_broken_and_deleted(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    assert r.status()["consumers"] == 0
+    routes = compiled(r)
+    (tmp_path / "team.yaml").write_text(consumer_file("team", "key-one"))
+    with capture_logs() as logs:
+        report = await r.reload("watch")
+    assert report.added == ("team.yaml",) and report.consumers == 1
+    assert who(r, "key-one") == "team"
+    (event,) = (e for e in logs if e["event"] == "config_reload")
+    assert event["consumers"] == 1 and event["routes"] == 1
+    status = r.status()
+    assert status["consumers"] == 1
+    assert status["files"]["team.yaml"]["kind"] == "consumer"
+    assert status["files"]["team.yaml"]["consumers"] == 1
+    assert status["files"]["a.yaml"]["kind"] == "route"
+    # Rotation: two keys, then only the new one.
+    (tmp_path / "team.yaml").write_text(consumer_file("team", "key-one", "key-two"))
+    await r.reload("watch")
+    assert (who(r, "key-one"), who(r, "key-two")) == ("team", "team")
+    (tmp_path / "team.yaml").write_text(consumer_file("team", "key-two"))
+    await r.reload("watch")
+    assert (who(r, "key-one"), who(r, "key-two")) == (None, "team")
+    # A broken version: the last known good keeps authenticating.
+    (tmp_path / "team.yaml").write_text(consumer_file("team", "key-three").replace("key:", "kye:"))
+    report = await r.reload("watch")
+    assert "kye" in str(report.rejected[0])
+    assert (
+        states(r)["team.yaml"] == "lkg" and r.status()["files"]["team.yaml"]["kind"] == "consumer"
+    )
+    assert (who(r, "key-two"), who(r, "key-three")) == ("team", None)
+    (tmp_path / "team.yaml").unlink()
+    report = await r.reload("watch")
+    assert report.removed == ("team.yaml",) and report.consumers == 0
+    assert who(r, "key-two") is None
+    # No consumer change ever recompiled a route.
+    assert compiled(r)["a"] is routes["a"]
+
+
+async def test_consumer_conflict_refuses_the_newcomer_and_the_incumbent_keeps_its_keys(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "m.yaml").write_text(consumer_file("team", "key-m"))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / "0-user.yaml").write_text(consumer_file("team", "key-0"))
+    (tmp_path / "1-key.yaml").write_text(consumer_file("other", "key-m"))
+    report = await r.reload("watch")
+    messages = sorted(str(e) for e in report.rejected)
+    assert "username `team` is already used by" in messages[0]
+    assert "already a key of consumer `team`" in messages[1]
+    assert all(str(tmp_path / "m.yaml") in m and "key-m" not in m for m in messages)
+    assert states(r) == {"0-user.yaml": "rejected", "1-key.yaml": "rejected", "m.yaml": "active"}
+    assert r.status()["files"]["0-user.yaml"]["kind"] == "consumer"
+    assert (who(r, "key-m"), who(r, "key-0")) == ("team", None)
+    # Once the incumbent is gone, the refused newcomer gets its turn.
+    (tmp_path / "m.yaml").unlink()
+    await r.reload("watch")
+    assert (who(r, "key-m"), who(r, "key-0")) == ("other", "team")
+
+
+async def test_changed_global_plugins_recompile_every_route_and_nothing_else_does(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    (tmp_path / "b.yaml").write_text(route_file("b"))
+    (tmp_path / "global.yaml").write_text(plugins_file(KEY_AUTH))
+    r, published = reloader(tmp_path)
+    r.load_initial()
+    before = compiled(r)
+    assert "key_auth" in before["a"].stages and "acl" not in before["a"].stages
+    assert r.status()["files"]["global.yaml"]["plugins"] == ["key-auth"]
+    (tmp_path / "team.yaml").write_text(consumer_file("team", "key-1"))
+    await r.reload("watch")
+    assert compiled(r) == before and all(compiled(r)[n] is before[n] for n in before)
+    (tmp_path / "global.yaml").write_text(plugins_file(KEY_AUTH, ACL))
+    await r.reload("watch")
+    after = compiled(r)
+    assert all(after[n] is not before[n] for n in before)
+    assert all("acl" in route.stages for route in after.values())
+    # A route file change recompiles only that route.
+    (tmp_path / "b.yaml").write_text(route_file("b", deployment="gpt-4.1-mini"))
+    await r.reload("watch")
+    assert compiled(r)["a"] is after["a"] and compiled(r)["b"] is not after["b"]
+    assert len(published.tables) == 4
+
+
+async def test_second_global_definition_of_a_plugin_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    (tmp_path / "g1.yaml").write_text(plugins_file(KEY_AUTH))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / "g0.yaml").write_text(plugins_file(ACL, "key-auth: {key_names: [x-key]}"))
+    report = await r.reload("watch")
+    assert "global plugin `key-auth` is already defined by" in str(report.rejected[0])
+    assert states(r)["g0.yaml"] == "rejected"
+    assert r.table is not None and r.table.global_plugins.acl is None
+    assert r.table.global_plugins.key_auth is not None
+    assert r.table.global_plugins.key_auth.key_names == ("api-key",)
+
+
+async def test_a_broken_global_plugins_file_keeps_its_last_known_good(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    (tmp_path / "global.yaml").write_text(plugins_file(KEY_AUTH))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    (tmp_path / "global.yaml").write_text(plugins_file("key-auth: {key_namez: [api-key]}"))
+    report = await r.reload("watch")
+    assert "key_namez" in str(report.rejected[0])
+    assert states(r)["global.yaml"] == "lkg"
+    assert "key_auth" in compiled(r)["a"].stages
+    (tmp_path / "global.yaml").unlink()
+    await r.reload("watch")
+    assert "key_auth" not in compiled(r)["a"].stages
+
+
+async def test_a_file_that_changes_kind_and_conflicts_keeps_its_previous_kind(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(route_file("a"))
+    (tmp_path / "global.yaml").write_text(plugins_file(KEY_AUTH))
+    (tmp_path / "team.yaml").write_text(consumer_file("team", "key-1"))
+    r, _ = reloader(tmp_path)
+    r.load_initial()
+    # The global plugins file becomes a route on a's path; the consumer file a
+    # global plugins file redefining key-auth: both refused, both serve as before.
+    (tmp_path / "global.yaml").write_text(
+        route_file("g", path="/openai/deployments/a/chat/completions")
+    )
+    (tmp_path / "team.yaml").write_text(plugins_file("key-auth: {key_names: [x-key]}"))
+    report = await r.reload("watch")
+    assert len(report.rejected) == 2
+    assert states(r) == {
+        "a.yaml": "active",
+        "global.yaml": "lkg",
+        "team.yaml": "lkg",
+    }
+    assert r.table is not None and r.table.global_plugins.key_auth is not None
+    assert r.table.global_plugins.key_auth.key_names == ("api-key",)
+    assert "key_auth" in compiled(r)["a"].stages
+    assert who(r, "key-1") == "team"
+
+
+async def test_restart_with_a_broken_consumer_file_serves_its_last_known_good(
+    tmp_path: Path,
+) -> None:
+    conf, state = tmp_path / "conf.d", tmp_path / "state"
+    conf.mkdir()
+    (conf / "team.yaml").write_text(consumer_file("team", "${TEAM_KEY}"))
+    first, _ = reloader(conf, state, {"TEAM_KEY": "key-from-env"})
+    first.load_initial()
+    assert who(first, "key-from-env") == "team"
+    (conf / "team.yaml").write_text("consumer: [broken\n")
+    second, _ = reloader(conf, state, {"TEAM_KEY": "key-from-env"})
+    second.load_initial()
+    assert states(second) == {"team.yaml": "lkg"} and who(second, "key-from-env") == "team"
+    # Stored as written: the key itself never lands in the state directory.
+    assert b"key-from-env" not in (state / "lkg" / "team.yaml").read_bytes()

@@ -21,6 +21,7 @@ from aigw.listener.acceptor import default_max_connections
 from aigw.lkg import LastKnownGood
 from aigw.logs import LogFile, get_logger
 from aigw.metrics import METRICS
+from aigw.quotas import QuotaRegistry
 from aigw.reload import Reloader
 from aigw.systemd import Notifier
 from aigw.table import RouteTable
@@ -104,6 +105,8 @@ class Server:
         self._tasks: set[asyncio.Task[object]] = set()
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
+        # One per process: token counters outlive reloads, Redis clients are shared.
+        self.quotas = QuotaRegistry()
 
     @property
     def port(self) -> int:
@@ -137,6 +140,7 @@ class Server:
             store=store,
             azure_base_url=settings.azure_base_url,
             limits=settings.limits,
+            quotas=self.quotas,
         )
         reloader.load_initial()
         assert reloader.table is not None
@@ -216,6 +220,8 @@ class Server:
         if self.gateway is not None:
             await self._pool.close()
             self.gateway = None
+        # After the drain: the last requests' charges to Redis go out first.
+        await self.quotas.aclose()
         _log.info("stopped")
 
 

@@ -100,6 +100,8 @@ def make_relay(
                 ex.error = f"the upstream announced a body of {length} bytes"
                 raise _too_large(ex, max_body)
             headers = RESPONSE_POLICY.filter(upstream.headers)
+            if ex.response_headers:
+                headers = _with_answer_headers(headers, ex.response_headers)
             headers.append(("x-request-id", ex.request_id))
             if model_header and status < 300:
                 headers.append((MODEL_HEADER, label if resolved is None else resolved.target.label))
@@ -130,6 +132,14 @@ def make_relay(
                 upstream.close()
 
     return relay
+
+
+def _with_answer_headers(
+    headers: list[tuple[str, str]], extra: tuple[tuple[str, str], ...]
+) -> list[tuple[str, str]]:
+    """*headers* with aigw's answer headers (``x-ratelimit-*``) replacing the upstream's own."""
+    names = {name.lower() for name, _ in extra}
+    return [header for header in headers if header[0].lower() not in names] + list(extra)
 
 
 def _media_type(content_type: str) -> str:

@@ -1,0 +1,122 @@
+"""In-process token counters: one entry per identifier, bounded in number and in time.
+
+Identifiers may be chosen by an attacker (a client IP, a header's value), so
+the store never grows without bound: it holds at most ``max_keys`` entries,
+evicting the least recently used first, and an entry unused for two of its
+longest windows (after which it counts nothing) is dropped when the store
+next grows. Every entry lives equally long after its last use, so the least
+recently used entry is also the first to expire: both are at the front.
+
+Not thread-safe by design: only the worker's event-loop thread touches it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+__all__ = ["DEFAULT_MAX_KEYS", "LocalCounters"]
+
+DEFAULT_MAX_KEYS = 100_000
+"""Identifiers one limiter remembers at most (a few hundred bytes each)."""
+
+
+class _Entry:
+    """One identifier's counters, one slot per window size."""
+
+    __slots__ = ("current", "expires_ms", "previous", "starts")
+
+    def __init__(self, windows: int) -> None:
+        self.starts = [0] * windows
+        self.current = [0] * windows
+        self.previous = [0] * windows
+        self.expires_ms = 0
+
+
+class LocalCounters:
+    """Counters of one limiter, in this process.
+
+    Args:
+        sizes_ms: The window sizes, in the order every call uses.
+        max_keys: Identifiers kept at most.
+    """
+
+    __slots__ = ("_entries", "_sizes", "_ttl_ms", "max_keys")
+
+    def __init__(self, sizes_ms: tuple[int, ...], max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self._sizes = sizes_ms
+        # A window's count matters while it is the current or the previous one.
+        self._ttl_ms = 2 * max(sizes_ms)
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.max_keys = max_keys
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def counts(self, key: str, now_ms: int) -> list[tuple[int, int, int]]:
+        """``(current, previous, elapsed_ms)`` per window for *key* at *now_ms*."""
+        entry = self._entry(key, now_ms)
+        return [
+            (entry.current[i], entry.previous[i], now_ms - entry.starts[i])
+            for i in range(len(self._sizes))
+        ]
+
+    def add(self, key: str, now_ms: int, amount: int) -> None:
+        """Counts *amount* tokens in every window holding *now_ms*."""
+        if amount:
+            current = self._entry(key, now_ms).current
+            for i in range(len(current)):
+                current[i] += amount
+
+    def settle(
+        self, key: str, now_ms: int, reserved: int, reserved_at_ms: int, actual: int
+    ) -> None:
+        """Replaces a reservation of *reserved* tokens made at *reserved_at_ms* by *actual*.
+
+        The reservation is taken back from the window it was counted in (if that
+        window still counts), and *actual* is counted in the window holding *now_ms*.
+        """
+        if reserved == actual == 0:
+            return
+        entry = self._entry(key, now_ms)
+        for i, size in enumerate(self._sizes):
+            reserved_start = reserved_at_ms - reserved_at_ms % size
+            start = entry.starts[i]
+            if reserved_start == start:
+                entry.current[i] += actual - reserved
+                continue
+            if reserved_start == start - size:
+                entry.previous[i] -= reserved
+            entry.current[i] += actual
+
+    def _entry(self, key: str, now_ms: int) -> _Entry:
+        entries = self._entries
+        entry = entries.get(key)
+        if entry is None:
+            self._make_room(now_ms)
+            entry = entries[key] = _Entry(len(self._sizes))
+        else:
+            entries.move_to_end(key)
+        entry.expires_ms = now_ms + self._ttl_ms
+        starts = entry.starts
+        for i, size in enumerate(self._sizes):
+            start = now_ms - now_ms % size
+            if start != starts[i]:
+                # The window rolled: the old current one is the previous one
+                # if it was the window just before, else both are history.
+                entry.previous[i] = entry.current[i] if start - starts[i] == size else 0
+                entry.current[i] = 0
+                starts[i] = start
+        return entry
+
+    def _make_room(self, now_ms: int) -> None:
+        entries = self._entries
+        # Expired entries first (at the front, see the module docstring), then
+        # the least recently used ones while the store is full.
+        while entries:
+            oldest = next(iter(entries.values()))
+            if oldest.expires_ms > now_ms and len(entries) < self.max_keys:
+                break
+            entries.popitem(last=False)

@@ -41,7 +41,9 @@ ACCESS_PLUGINS = ("key-auth", "acl", "ai-rate-limiting-advanced")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 token
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PLUGIN_KEYS = ("name", "config")
-_GLOBAL_TOP_KEYS = ("plugins",)
+# `route` never reaches here (file_kind makes that a route file); listed so that a misspelt
+# `route` gets "did you mean `route`?" rather than a suggestion of `plugins`.
+_GLOBAL_TOP_KEYS = ("plugins", "route")
 _GLOBAL_KONG_PLUGIN = dict.fromkeys(
     ("enabled", "protocols", "instance_name", "ordering", "tags", "id", "consumer"), ""
 ) | dict.fromkeys(

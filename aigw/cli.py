@@ -16,15 +16,15 @@ from aigw.config.errors import ConfigError
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener import ListenerSettings
 from aigw.logs import LogFile, configure_logging
-from aigw.reload import Reloader
+from aigw.reload import FileState, Reloader
 from aigw.server import DEFAULT_POOL_SIZE, ServeSettings, serve
 from aigw.systemd import Notifier
-from aigw.table import RouteTable
+from aigw.table import RouteTable, plugin_names
 from aigw.tail import register as register_tail
 from aigw.tail import run as run_tail
 from aigw.workers import Supervisor
 
-__all__ = ["main"]
+__all__ = ["check_warnings", "main", "render_table"]
 
 
 def _listen_address(value: str) -> tuple[str, int]:
@@ -243,16 +243,41 @@ def _check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     assert reloader.table is not None
-    print(render_table(reloader.table, args.conf_dir, len(report.rejected)))
+    print(render_table(reloader.table, args.conf_dir, len(report.rejected), reloader.files()))
+    for warning in check_warnings(reloader.table):
+        print(f"warning: {warning}", file=sys.stderr)
     for error in report.rejected:
         for issue in error.issues:
             print(f"error: {issue}", file=sys.stderr)
     return 1 if report.rejected else 0
 
 
-def render_table(table: RouteTable, conf_dir: Path, rejected: int) -> str:
-    """The route table as ``aigw check`` prints it."""
+_LISTED_FILES = 20
+"""Consumer files ``aigw check`` lists by name; past it, how many more."""
+
+
+def render_table(
+    table: RouteTable, conf_dir: Path, rejected: int, files: Sequence[FileState] = ()
+) -> str:
+    """The serving table as ``aigw check`` prints it: consumers, global plugins, routes.
+
+    Args:
+        table: The table.
+        conf_dir: The directory it was loaded from.
+        rejected: How many files were refused.
+        files: The reloader's file states, for the consumer and global plugins files.
+    """
     lines = [f"{conf_dir}: {len(table.routes)} route(s) accepted, {rejected} file(s) rejected"]
+    serving = [f for f in files if f.state != "rejected"]
+    lines.append(f"  consumers: {len(table.consumers)}")
+    consumer_files = [f for f in serving if f.kind == "consumer"]
+    for file in consumer_files[:_LISTED_FILES]:
+        lines.append(f"    {file.name}: {file.consumers} consumer(s)")
+    if len(consumer_files) > _LISTED_FILES:
+        lines.append(f"    ... and {len(consumer_files) - _LISTED_FILES} more file(s)")
+    owners = {name: f.name for f in serving if f.kind == "plugins" for name in f.plugins or ()}
+    named = [f"{name} ({owners.get(name, '?')})" for name in plugin_names(table.global_plugins)]
+    lines.append(f"  global plugins: {', '.join(named) or 'none'}")
     for route in table.routes:
         methods = ",".join(route.file.route.methods or ("*",))
         target = route.target
@@ -263,6 +288,46 @@ def render_table(table: RouteTable, conf_dir: Path, rejected: int) -> str:
         lines.append(f"    -> {upstream}  api-version: client's, else {target.default_api_version}")
         lines.append(f"    chain: {' > '.join(route.stages)}")
     return "\n".join(lines)
+
+
+def check_warnings(table: RouteTable) -> list[str]:
+    """What ``aigw check`` warns about: valid config that likely does not do what was meant."""
+    warnings: list[str] = []
+    global_limit = table.global_plugins.token_limit
+    # Said once for the global plugin, if any route uses it, not once per route.
+    if (
+        global_limit is not None
+        and global_limit.strategy == "local"
+        and any(route.file.plugins.token_limit is None for route in table.routes)
+    ):
+        warnings.append(_per_worker("the global ai-rate-limiting-advanced"))
+    for route in table.routes:
+        own = route.file.plugins
+        plugins = own.over(table.global_plugins)
+        where = f"route {route.name} ({route.info.source})"
+        limit = plugins.token_limit
+        if own.token_limit is not None and own.token_limit.strategy == "local":
+            warnings.append(_per_worker(f"{where}: ai-rate-limiting-advanced"))
+        if plugins.key_auth is not None:
+            continue
+        if plugins.acl is not None:
+            warnings.append(
+                f"{where}: acl without key-auth (on the route or global): "
+                "every request is refused 401"
+            )
+        if limit is not None and limit.identifier in ("consumer", "credential"):
+            warnings.append(
+                f"{where}: ai-rate-limiting-advanced identifier: {limit.identifier} without "
+                "key-auth (on the route or global): counted per client IP"
+            )
+    return warnings
+
+
+def _per_worker(what: str) -> str:
+    return (
+        f"{what} has strategy: local, counted per worker process: with --workers N each "
+        "worker enforces its own limit; use strategy: redis to share one"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -379,6 +379,8 @@ def test_no_log_line_ever_holds_a_key(
 def test_tail_shows_and_filters_by_consumer(
     gateway: GatewayProcess, clients: list[AzureOpenAI | OpenAI]
 ) -> None:
+    ask(azure(gateway, clients, SEARCH_KEY), "gpt-4o", "consumers-tail-other")
+    raw(gateway, AZURE_PATH, {"x-request-id": "consumers-tail-none"})
     ask(azure(gateway, clients, BATCH_KEY), "gpt-4o", "consumers-tail")
     gateway.access_log("consumers-tail")
     result = subprocess.run(

@@ -414,13 +414,14 @@ class Reloader:
             for route in table.routes
         }
         self._persist({name: serving[name].raw for name in accepted}, scan.removed)
+        taken = set(accepted)  # PERF: a set; with 10,000 files a list scan is quadratic
         report = ReloadReport(
             trigger=trigger,
             published=True,
             generation=generation,
             # A new file refused outright is listed under `rejected` only: it
             # added nothing to what is served.
-            added=tuple(name for name in scan.added if name in accepted),
+            added=tuple(name for name in scan.added if name in taken),
             changed=tuple(scan.changed),
             removed=tuple(scan.removed),
             rejected=tuple(

@@ -15,9 +15,11 @@ reported, sorted by position.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,7 @@ _SUFFIXES = (".yaml", ".yml")
 # Most of these never end in .yaml anyway; listed so the intent survives a suffix change.
 _EDITOR_SUFFIXES = ("~", ".swp", ".swx")
 _EDITOR_NAMES = frozenset({"4913"})  # vim's "can I write here?" probe file
+_GC_PAUSE_BYTES = 64 * 1024  # see _gc_paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,33 @@ _EMPTY = (
 
 
 def _parse(source: str, data: bytes, env: Mapping[str, str]) -> ConfFile | tuple[ConfigIssue, ...]:
+    with _gc_paused(len(data)):
+        return _parse_now(source, data, env)
+
+
+@contextmanager
+def _gc_paused(size: int) -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large file is parsed.
+
+    PERF: a large file builds a few hundred thousand live objects in one go (YAML nodes, plain
+    data, positions), and each object count threshold crossed starts a collection that walks
+    all of them again: a ``consumers:`` file of 10,000 took 1.5 s with the collector on and
+    0.5 s with it paused. Nothing a parse builds is cyclic, so reference counting frees it all
+    the same. Small files are left alone (nothing to gain).
+    """
+    if size < _GC_PAUSE_BYTES or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _parse_now(
+    source: str, data: bytes, env: Mapping[str, str]
+) -> ConfFile | tuple[ConfigIssue, ...]:
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")

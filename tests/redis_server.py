@@ -9,6 +9,7 @@ is not installed.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -91,7 +92,8 @@ class RedisServer:
         return self.command("PING") == "+PONG"
 
     def command(self, *args: str) -> str | None:
-        """Sends one command (inline, RESP); returns the first reply line, None when unreachable."""
+        """Sends one command; returns its reply's first line (a bulk string's value instead),
+        None when the server cannot be reached."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
                 encoded = f"*{len(args)}\r\n" + "".join(
@@ -99,12 +101,15 @@ class RedisServer:
                 )
                 sock.sendall(encoded.encode())
                 data = b""
-                while not data.endswith(b"\r\n"):
+                while data.count(b"\r\n") < (2 if data.startswith(b"$") else 1):
                     piece = sock.recv(65536)
                     if not piece:
                         break
                     data += piece
-                return data.split(b"\r\n", 1)[0].decode()
+                    if data.startswith(b"$-1\r\n"):
+                        return None  # a nil bulk string
+                lines = data.split(b"\r\n")
+                return (lines[1] if data.startswith(b"$") else lines[0]).decode()
         except OSError:
             return None
 
@@ -121,9 +126,10 @@ class RedisServer:
         if process is None:
             return
         if kill:
-            process.kill()
+            process.kill()  # SIGKILL also ends a paused process
         else:
             process.terminate()
+            process.send_signal(signal.SIGCONT)  # a paused server handles SIGTERM once resumed
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -131,6 +137,16 @@ class RedisServer:
             process.wait()
         if process.stderr is not None:
             process.stderr.close()
+
+    def pause(self) -> None:
+        """Freezes the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Lets a paused server go on (SIGCONT)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Starts the server again on the same port (after a kill or stop)."""

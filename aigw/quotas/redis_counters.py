@@ -190,6 +190,8 @@ class RedisBackend:
         for task in list(self._pending):
             task.cancel()
         await self.client.aclose()
+        # The client was given its pool, so it leaves the pool's connections open.
+        await self.client.connection_pool.disconnect()
 
 
 class RedisCounters:

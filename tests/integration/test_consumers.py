@@ -470,3 +470,27 @@ def test_the_seed_script_needs_a_consumer_key(
         "Requested: gpt-4.1-mini, Got: gpt-4.1-mini-2025-04-14",
     ]
     assert len(mock.requests()) == 2
+
+
+def test_a_consumer_removed_by_a_reload_leaves_metrics_and_is_refused(
+    tmp_path: Path, mock: MockProcess, clients: list[AzureOpenAI | OpenAI]
+) -> None:
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    write_conf(conf)
+    process = GatewayProcess(conf, "--azure-base-url", mock.url, env=ENV)
+    try:
+        ask(azure(process, clients, BATCH_KEY), "gpt-4o", "consumers-before-reload")
+        ask(azure(process, clients, SEARCH_KEY), "gpt-4o", "consumers-kept")
+        batch = {"consumer": "team-batch", "route": "azure-gpt-4o", "status": "200"}
+        search = {**batch, "consumer": "team-search"}
+        assert metric(process, "aigw_consumer_requests_total", **batch) == 1
+        # team-batch goes: its file now holds team-search alone.
+        (conf / "consumers.yaml").write_text(CONSUMERS.split("  - username: team-batch")[0])
+        wait_until(lambda: process.status()["consumers"] == 1, timeout=10)
+        assert metric(process, "aigw_consumer_requests_total", **batch) is None
+        assert metric(process, "aigw_consumer_requests_total", **search) == 1
+        refused(azure(process, clients, BATCH_KEY), "gpt-4o", "consumers-after-reload", 401)
+        assert metric(process, "aigw_consumer_requests_total", **batch) is None
+    finally:
+        process.close()

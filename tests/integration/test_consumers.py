@@ -79,6 +79,11 @@ ROUTES = {
         route_yaml("own-header", "/own/v1/chat/completions", model="gpt-4o", deployment="gpt-4o"),
         "  - name: key-auth\n    config: {key_names: [x-team-key]}\n",
     ),
+    # Kong's key-auth may read the query string, when asked to.
+    "query-key.yaml": _with_plugins(
+        route_yaml("query-key", "/query/v1/chat/completions", model="gpt-4o", deployment="gpt-4o"),
+        "  - name: key-auth\n    config: {key_names: [apikey], key_in_query: true}\n",
+    ),
     "chat-only.yaml": _with_plugins(
         route_yaml("chat-only", MINI_PATH, model="gpt-4.1-mini", deployment="gpt-4.1-mini"),
         "  - name: acl\n    config: {allow: [chat]}\n",
@@ -167,7 +172,7 @@ def raw(
         body = json.dumps({"model": "gpt-4o", "messages": QUESTION}).encode()
         connection.request(
             "POST",
-            f"{path}?api-version={API_VERSION}",
+            f"{path}{'&' if '?' in path else '?'}api-version={API_VERSION}",
             body=body,
             headers={"Content-Type": "application/json", **headers},
         )
@@ -268,6 +273,22 @@ def test_the_key_in_the_other_header(
     assert gateway.access_log("consumers-other-header")["consumer"] == "team-search"
     (seen,) = mock.requests()
     assert SEARCH_KEY not in json.dumps(seen)
+
+
+def test_a_key_in_the_query_when_the_route_asks_for_it(
+    gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    path = f"/query/v1/chat/completions?apikey={SEARCH_KEY}"
+    status, _, _ = raw(gateway, path, {"x-request-id": "consumers-query"})
+    assert status == 200
+    line = gateway.access_log("consumers-query")
+    assert line["consumer"] == "team-search"
+    assert SEARCH_KEY not in json.dumps(line)  # the logged path has no query
+    (seen,) = mock.requests()
+    assert seen["query"] == {"api-version": API_VERSION}  # only the api-version goes on
+    assert SEARCH_KEY not in json.dumps(seen)
+    # The global key-auth (api-key, authorization) does not read the query.
+    assert raw(gateway, f"{AZURE_PATH}?apikey={SEARCH_KEY}", {})[0] == 401
 
 
 def test_a_hashed_key(

@@ -445,3 +445,21 @@ async def test_restart_with_a_broken_consumer_file_serves_its_last_known_good(
     assert states(second) == {"team.yaml": "lkg"} and who(second, "key-from-env") == "team"
     # Stored as written: the key itself never lands in the state directory.
     assert b"key-from-env" not in (state / "lkg" / "team.yaml").read_bytes()
+
+
+async def test_last_known_good_copies_are_written_when_they_change_only(tmp_path: Path) -> None:
+    conf, state = tmp_path / "conf.d", tmp_path / "state"
+    conf.mkdir()
+    (conf / "a.yaml").write_text(route_file("a"))
+    (conf / "team.yaml").write_text(consumer_file("team", "key-1"))
+    first, _ = reloader(conf, state)
+    first.load_initial()
+    stored = state / "lkg" / "team.yaml"
+    inode = stored.stat().st_ino  # each save replaces the file: a new inode
+    # A restart over unchanged files rewrites (and fsyncs) nothing.
+    second, _ = reloader(conf, state)
+    second.load_initial()
+    assert stored.stat().st_ino == inode
+    (conf / "team.yaml").write_text(consumer_file("team", "key-2"))
+    await second.reload("watch")
+    assert stored.read_text() == consumer_file("team", "key-2")

@@ -99,9 +99,9 @@ _KONG_REDIS |= dict.fromkeys(
     "",
 )
 _KONG_IDENTIFIERS = {
-    "service": "is not supported: limit a route with `namespace`, or use `consumer`",
-    "path": "is not supported: a route's plugin already counts for that route alone",
-    "consumer-group": "is not supported: consumer groups are not implemented",
+    "service": "`service` is not supported: limit a route with `namespace`, or use `consumer`",
+    "path": "`path` is not supported: a route's plugin already counts for that route alone",
+    "consumer-group": "`consumer-group` is not supported: consumer groups are not implemented",
 }
 _KONG_STRATEGIES = {
     "cluster": "`cluster` is not supported (it needs Kong's database); use `redis` to share "
@@ -173,12 +173,10 @@ def _kong_choice(
     default: _T,
     kong: Mapping[str, str],
 ) -> _T:
+    """`Checker.choice`, with Kong's values that aigw does not implement explained."""
     value = m.get(key)
     if isinstance(value, str) and value in kong:
-        reason = kong[value]
-        if not reason.startswith("`"):
-            reason = f"`{value}` {reason}"
-        c.report(child(path, key), reason)
+        c.report(child(path, key), kong[value])
         return default
     return c.choice(m, path, key, choices, default=default)
 

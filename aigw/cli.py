@@ -309,6 +309,10 @@ def check_warnings(table: RouteTable) -> list[str]:
         if own.token_limit is not None and own.token_limit.strategy == "local":
             warnings.append(_per_worker(f"{where}: ai-rate-limiting-advanced"))
         if plugins.key_auth is not None:
+            if not table.consumers:
+                warnings.append(
+                    f"{where}: key-auth and no consumer file: every request is refused 401"
+                )
             continue
         if plugins.acl is not None:
             warnings.append(

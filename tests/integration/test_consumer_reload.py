@@ -159,3 +159,9 @@ def test_check_prints_consumers_global_plugins_and_warnings(tmp_path: Path) -> N
     assert "identifier: consumer without key-auth" in err and "counted per client IP" in err
     # bravo has key-auth: nothing to warn about it but the global limit (said once).
     assert "route bravo" not in err and err.count("per worker process") == 1
+    # Without consumers, key-auth refuses everyone.
+    for name in ("team.yaml", "many.yaml"):
+        (tmp_path / name).unlink()
+    result = run_check(tmp_path, {**os.environ, **GATEWAY_ENV})
+    assert "  consumers: 0\n" in result.stdout
+    assert "route bravo" in result.stderr and "no consumer file" in result.stderr

@@ -38,109 +38,16 @@ from aigw.lkg import LastKnownGood
 from aigw.logs import get_logger
 from aigw.metrics import METRICS
 from aigw.quotas import QuotaRegistry
+from aigw.reload_build import Serving, offer_files
+from aigw.reload_report import FileKind, FileState, ReloadReport, file_kind, iso, log_report
 from aigw.route import CompiledRoute, compile_route
-from aigw.table import RouteTable, TableBuilder, plugin_names
+from aigw.table import RouteTable, plugin_names
 
 __all__ = ["FileKind", "FileState", "ReloadReport", "Reloader", "file_kind"]
 
 _log = get_logger("aigw.reload")
 
 Trigger = Literal["startup", "watch", "sighup", "check"]
-
-FileKind = Literal["plugins", "consumer", "route"]
-"""What a conf.d file holds."""
-
-_KINDS: tuple[FileKind, ...] = ("plugins", "consumer", "route")
-"""The order in which a build takes each kind: routes compile with the final global plugins."""
-
-
-def file_kind(file: ConfFile) -> FileKind:
-    """The kind of a parsed conf.d file."""
-    if isinstance(file, RouteFile):
-        return "route"
-    if isinstance(file, ConsumerFile):
-        return "consumer"
-    return "plugins"
-
-
-@dataclass(frozen=True, slots=True)
-class FileState:
-    """How one conf.d file stands after the latest reload.
-
-    Attributes:
-        name: File name in conf.d.
-        state: ``active`` (its current content serves), ``lkg`` (its current
-            content was refused; its last known good version serves) or
-            ``rejected`` (refused, and nothing of it serves).
-        kind: What the serving version holds (or, for a rejected file, the
-            refused version, when it could be parsed); None when unknown.
-        route: The route name of the serving version, for a route file.
-        consumers: How many consumers the serving version defines, for a consumer file.
-        plugins: The plugin names the serving version defines, for a global plugins file.
-        digest: sha256 of the serving version.
-        accepted_at: When the serving version was accepted (Unix time).
-        error: Why the current content was refused.
-    """
-
-    name: str
-    state: Literal["active", "lkg", "rejected"]
-    kind: FileKind | None = None
-    route: str | None = None
-    consumers: int | None = None
-    plugins: tuple[str, ...] | None = None
-    digest: str | None = None
-    accepted_at: float | None = None
-    error: ConfigError | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """The status-endpoint view of this file."""
-        return {
-            "state": self.state,
-            "kind": self.kind,
-            "route": self.route,
-            "consumers": self.consumers,
-            "plugins": list(self.plugins) if self.plugins is not None else None,
-            "digest": self.digest,
-            "accepted_at": _iso(self.accepted_at),
-            "error": [str(issue) for issue in self.error.issues] if self.error else None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadReport:
-    """What one reload did.
-
-    Attributes:
-        trigger: What started it.
-        published: A new table was published.
-        generation: The generation serving after the reload.
-        added: New files whose content now serves (a refused one is only in ``rejected``).
-        changed / removed: File names whose content changed, vanished.
-        rejected: The refusals of this reload, one per file.
-        routes: Routes in the serving table.
-        consumers: Consumers in the serving table.
-        build_ms: Time spent reading, validating and building.
-        error: Set when conf.d itself could not be read (nothing changed).
-    """
-
-    trigger: str
-    published: bool
-    generation: int
-    added: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    rejected: tuple[ConfigError, ...] = ()
-    routes: int = 0
-    consumers: int = 0
-    build_ms: float = 0.0
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class _Serving:
-    file: ConfFile
-    raw: bytes
-    accepted_at: float
 
 
 @dataclass(slots=True)
@@ -151,20 +58,6 @@ class _Scan:
     parsed: dict[str, tuple[ConfFile, bytes]] = field(default_factory=dict)
     refused: dict[str, ConfigError] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Attempt:
-    builder: TableBuilder
-    serving: dict[str, _Serving]
-    refused: dict[str, ConfigError]
-    accepted: list[str] = field(default_factory=list)
-    blocked: dict[str, tuple[ConfFile, bytes]] = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)
-    # Refused new versions whose last known good is of a kind taken earlier in
-    # the build: only another attempt, with that version as an incumbent, can
-    # keep it serving.
-    revert: list[str] = field(default_factory=list)
 
 
 class Reloader:
@@ -205,7 +98,7 @@ class Reloader:
         self.last_report: ReloadReport | None = None
         self.last_reload_at: float | None = None
         self._seen: dict[str, str] = {}  # name -> digest of the content last read
-        self._serving: dict[str, _Serving] = {}  # name -> version that serves
+        self._serving: dict[str, Serving] = {}  # name -> version that serves
         self._refused: dict[str, ConfigError] = {}  # name -> why its content was refused
         # (source, digest, merged global plugins) -> the route compiled from them
         self._compiled: dict[tuple[str, str, AccessPlugins], CompiledRoute] = {}
@@ -232,7 +125,7 @@ class Reloader:
                         file = parse_conf_file(str(self.conf_dir / name), raw, self._env)
                     except ConfigError:
                         continue  # a stored copy that no longer validates (env changed) is no help
-                self._serving[name] = _Serving(file, raw, accepted_at=0.0)
+                self._serving[name] = Serving(file, raw, accepted_at=0.0)
             # After a restart the stored versions of deleted files are stale.
             gone = self._serving.keys() - scan.seen.keys() - set(scan.removed)
             scan.removed += sorted(gone)
@@ -316,7 +209,7 @@ class Reloader:
             "last_reload": None
             if report is None
             else {
-                "at": _iso(self.last_reload_at),
+                "at": iso(self.last_reload_at),
                 "trigger": report.trigger,
                 "published": report.published,
                 "generation": report.generation,
@@ -403,7 +296,7 @@ class Reloader:
         first: list[str] = []
         kept: dict[str, ConfigError] = {}
         while True:
-            attempt = self._offer_all(candidates, serving, refused, first, kept, now)
+            attempt = offer_files(self._compile, candidates, serving, refused, first, kept, now)
             if attempt.revert:
                 kept[attempt.revert[0]] = attempt.refused[attempt.revert[0]]
                 continue
@@ -465,83 +358,13 @@ class Reloader:
             METRICS.routes.set(len(table.routes))
             METRICS.retain(route.name for route in table.routes)
             retain_consumers(consumer.username for consumer in table.consumers.consumers)
-            _log_report(report, self.files())
+            log_report(report, self.files())
 
         if publish:
             commit()
         else:
             self._pending_commit = commit
         return report
-
-    def _offer_all(
-        self,
-        candidates: dict[str, tuple[ConfFile, bytes]],
-        serving_before: dict[str, _Serving],
-        refused_before: dict[str, ConfigError],
-        first: list[str],
-        kept: dict[str, ConfigError],
-        now: float,
-    ) -> _Attempt:
-        """Builds one candidate table; the previous state is not modified.
-
-        *kept* are candidates left out of this attempt (refused with the given
-        error); their serving version, if any, is an incumbent.
-        """
-        builder = TableBuilder(self._compile)
-        serving, refused = dict(serving_before), dict(refused_before)
-        attempt = _Attempt(builder, serving, refused)
-        offered = {name: version for name, version in candidates.items() if name not in kept}
-        for name, refusal in kept.items():
-            refused[name] = refusal
-            attempt.blocked[name] = candidates[name]
-        # Refused new versions whose last known good is of a kind taken later.
-        deferred: list[str] = []
-        for kind in _KINDS:
-            # 1. Incumbents: files whose serving version stays keep what they claim.
-            incumbents = serving.keys() - offered.keys()
-            for name in sorted(n for n in incumbents if file_kind(serving[n].file) == kind):
-                error = builder.offer(serving[name].file)
-                if error is not None:  # cannot happen for a consistent previous table
-                    refused[name] = error
-                    del serving[name]
-            # 2. Last known good versions of files refused at an earlier kind.
-            for name in [n for n in deferred if file_kind(serving[n].file) == kind]:
-                if builder.offer(serving[name].file) is not None:
-                    del serving[name]
-                    attempt.dropped.append(name)
-            # 3. Files that serve now and have a new version: the new version if
-            #    it fits, else their last known good one; before any newcomer,
-            #    so an active file keeps its claims even when it changes in the
-            #    same batch.
-            # 4. Newcomers, in lexical order (at start-up the first file wins).
-            ours = {n for n, (file, _) in offered.items() if file_kind(file) == kind}
-            in_service = [n for n in first if n in ours] + sorted(
-                n for n in ours if n in serving and n not in first
-            )
-            newcomers = sorted(n for n in ours if n not in serving)
-            for name in in_service + newcomers:
-                file, raw = offered[name]
-                error = builder.offer(file)
-                if error is None:
-                    serving[name] = _Serving(file, raw, now)
-                    refused.pop(name, None)
-                    attempt.accepted.append(name)
-                    continue
-                refused[name] = error
-                attempt.blocked[name] = (file, raw)
-                fallback = serving.get(name)
-                if fallback is None:
-                    continue
-                fallback_kind = file_kind(fallback.file)
-                if fallback_kind == kind:
-                    if builder.offer(fallback.file) is not None:
-                        del serving[name]
-                        attempt.dropped.append(name)
-                elif _KINDS.index(fallback_kind) > _KINDS.index(kind):
-                    deferred.append(name)
-                else:
-                    attempt.revert.append(name)
-        return attempt
 
     def _persist(self, accepted: dict[str, bytes], removed: list[str]) -> None:
         if self._store is not None:
@@ -566,36 +389,3 @@ class Reloader:
             )
             self._compiled[key] = route
         return route
-
-
-def _log_report(report: ReloadReport, files: list[FileState]) -> None:
-    lkg = {f.name for f in files if f.state == "lkg"}
-    for error in report.rejected:
-        _log.error(
-            "config_rejected",
-            file=error.source,
-            issues=[str(issue) for issue in error.issues],
-            generation=report.generation,
-            serving="last known good" if Path(error.source).name in lkg else "nothing",
-        )
-    _log.info(
-        "config_reload",
-        trigger=report.trigger,
-        generation=report.generation,
-        added=list(report.added),
-        changed=list(report.changed),
-        removed=list(report.removed),
-        rejected=[
-            {"file": e.source, "issues": [str(i) for i in e.issues]} for e in report.rejected
-        ],
-        routes=report.routes,
-        consumers=report.consumers,
-        build_ms=report.build_ms,
-        degraded=any(f.state != "active" for f in files),
-    )
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if not timestamp:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

@@ -251,6 +251,19 @@ async def test_redis_back_is_used_again_after_the_back_off(
     assert [log["event"] for log in logs] == ["ratelimit_backend_recovered"]
 
 
+async def test_pooled_connections_to_a_restarted_redis_are_replaced_without_an_error(
+    redis_server: RedisServer, registry: QuotaRegistry
+) -> None:
+    limiter = registry.limiter(config(redis_server, limits=(100,)), "r")
+    assert (await limiter.admit("ip:x", now_ms(), (100,), 0, False))[1]
+    errors = backend_errors(redis_server)
+    redis_server.kill()
+    redis_server.restart()
+    # The pooled connection is dead; the next admission reconnects and uses Redis.
+    assert (await limiter.admit("ip:x", now_ms(), (100,), 0, False))[1]
+    assert backend_errors(redis_server) == errors
+
+
 async def test_a_failed_charge_is_counted_locally(
     redis_server: RedisServer, registry: QuotaRegistry
 ) -> None:

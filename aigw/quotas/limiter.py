@@ -13,7 +13,6 @@ never delays the answer; when it fails the tokens are counted locally.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from aigw.errors import ServiceUnavailable
 from aigw.quotas.local import DEFAULT_MAX_KEYS, LocalCounters
@@ -89,7 +88,7 @@ class Limiter:
             return self.admit_local(key, now_ms, limits, reservation), False
         verdict = self._verdict(counts, limits, reservation)
         if verdict.admitted != admitted:  # Redis decided; the verdict only explains it
-            verdict = replace(verdict, admitted=admitted, retry_after_ms=0 if admitted else 1)
+            verdict = verdict._replace(admitted=admitted, retry_after_ms=0 if admitted else 1)
         return verdict, True
 
     def charge(
@@ -128,9 +127,9 @@ class Limiter:
         self, counts: list[tuple[int, int, int]], limits: tuple[int, ...], reservation: int
     ) -> Admission:
         windows = tuple(
-            WindowCounts(size, limit, current, previous, elapsed)
-            for size, limit, (current, previous, elapsed) in zip(
-                self.sizes_ms, limits, counts, strict=True
-            )
+            [
+                WindowCounts(size, limit, *count)
+                for size, limit, count in zip(self.sizes_ms, limits, counts, strict=True)
+            ]
         )
         return admission(self.window_type, windows, reservation)

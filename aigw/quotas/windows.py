@@ -21,8 +21,7 @@ until admission is the largest of the windows' waits.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "Admission",
@@ -45,8 +44,7 @@ def window_start(now_ms: int, size_ms: int) -> int:
     return now_ms - now_ms % size_ms
 
 
-@dataclass(frozen=True, slots=True)
-class WindowCounts:
+class WindowCounts(NamedTuple):
     """One window's counters as read at ``now``.
 
     Attributes:
@@ -113,8 +111,7 @@ def full_reset_ms(kind: WindowType, counts: WindowCounts) -> int:
     return 0
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     """The verdict on one request over all its windows.
 
     Attributes:
@@ -160,34 +157,32 @@ def admission(
     tightest_left = math.inf
     for counts in windows:
         spent = estimate(kind, counts)
-        bound = threshold(counts.limit, reservation)
+        # PERF: threshold() inlined (this loop runs per request and window).
+        limit = counts.limit
+        bound = limit - min(reservation, limit - 1) if reservation > 0 else limit
         if spent >= bound:
             admitted = False
             wait = wait_ms(kind, counts, bound)
             if refusing is None or wait > longest_wait:
                 longest_wait, refusing = wait, counts
-        left = counts.limit - spent
+        left = limit - spent
         if left < tightest_left:
             tightest_left, tightest = left, counts
+    # Positional: a NamedTuple built from keywords costs twice as much (per request).
     if admitted:
         reserved = min(max(reservation, 0), tightest.limit)
         remaining = max(math.floor(tightest_left) - reserved, 0)
         return Admission(
-            admitted=True,
-            retry_after_ms=0,
-            limit=tightest.limit,
-            remaining=remaining,
-            reset_ms=full_reset_ms(kind, tightest),
-            window_ms=tightest.size_ms,
+            True, 0, tightest.limit, remaining, full_reset_ms(kind, tightest), tightest.size_ms
         )
     assert refusing is not None
     return Admission(
-        admitted=False,
-        retry_after_ms=longest_wait,
-        limit=tightest.limit,
-        remaining=max(math.floor(tightest_left), 0),
-        reset_ms=full_reset_ms(kind, tightest),
-        window_ms=refusing.size_ms,
+        False,
+        longest_wait,
+        tightest.limit,
+        max(math.floor(tightest_left), 0),
+        full_reset_ms(kind, tightest),
+        refusing.size_ms,
     )
 
 

@@ -13,6 +13,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,16 @@ def local_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
         limited("fixed", limit_plugin("identifier: ip", window_type="fixed"))
     )
     (conf / "reloaded.yaml").write_text(limited("reloaded", BY_TEAM))
+    (conf / "hidden.yaml").write_text(
+        limited(
+            "hidden", BY_TEAM.replace("    config:", "    config:\n      hide_client_headers: true")
+        )
+    )
+    (conf / "estimated.yaml").write_text(
+        limited(
+            "estimated", BY_TEAM.replace("    config:", "    config:\n      estimate_prompt: true")
+        )
+    )
     (conf / "consumers.yaml").write_text(CONSUMERS)
     (conf / "keyed.yaml").write_text(
         limited(
@@ -228,6 +239,50 @@ def test_a_stream_past_the_limit_is_not_cut_and_is_charged_at_its_end(
     status, headers, _ = chat(local_gw, "teams", caller)
     assert status == 429
     assert headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+def test_hide_client_headers_leaves_out_aigws_but_not_retry_after(
+    local_gw: GatewayProcess,
+) -> None:
+    caller = team("hidden")
+    status, headers, _ = chat(local_gw, "hidden", caller)
+    assert status == 200
+    # What comes through is the upstream's own (the mock's 450000 per minute), not aigw's.
+    assert headers.get("x-ratelimit-limit-tokens") != str(LIMIT)
+    status, headers, _ = chat(local_gw, "hidden", caller)
+    assert status == 429
+    assert not any(name.startswith("x-ratelimit-") for name in headers)
+    assert int(headers["retry-after-ms"]) > 0
+
+
+def test_estimate_prompt_reserves_tokens_while_a_request_is_in_flight(
+    local_gw: GatewayProcess, mock: MockProcess
+) -> None:
+    caller = team("estimate")
+    mock.fault("delay", latency_ms=2000, count=1)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(chat, local_gw, "estimated", caller)
+        # Admitted and waiting on the mock, nothing charged yet; its reservation holds.
+        wait_until(lambda: len(mock.requests()) == 1)
+        assert chat(local_gw, "estimated", caller)[0] == 429
+        assert slow.result()[0] == 200
+
+
+def test_a_stream_the_client_leaves_is_charged_its_estimate(
+    local_gw: GatewayProcess, mock: MockProcess, request_id: str
+) -> None:
+    caller = team("gone")
+    mock.fault("delay", token_delay_ms=300, count=1)
+    stream = client(local_gw).chat.completions.create(
+        model="estimated",
+        messages=QUESTION,
+        stream=True,
+        extra_headers={"x-team": caller, "x-request-id": request_id},
+    )
+    next(iter(stream))
+    stream.close()  # gone before the usage chunk: the estimate is what is known
+    assert local_gw.access_log(request_id)["outcome"] == "client_disconnect"
+    assert chat(local_gw, "estimated", caller)[0] == 429
 
 
 def test_consumers_are_counted_apart(local_gw: GatewayProcess) -> None:

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from aigw.chain.body_budget import BodyBudget
+from aigw.chain.exchange import Exchange, Handler
+from aigw.chain.info import RouteInfo
+from aigw.config.model import ProviderLimit, TokenLimitConfig
+from aigw.consumers.index import Consumer
+from aigw.errors import TooManyRequests
+from aigw.quotas import QuotaRegistry
 from aigw.quotas.limiter import Limiter
 from aigw.quotas.local import LocalCounters
 from aigw.quotas.stage import prompt_estimate
+from aigw.upstream.pool import UpstreamPool
 
 MINUTE = 60_000
 
@@ -103,3 +118,123 @@ def test_prompt_estimate_is_text_bytes_over_four_plus_the_output_cap() -> None:
     assert prompt_estimate({"prompt": "é" * 2}) == 1  # 4 UTF-8 bytes
     assert prompt_estimate(None) == 0
     assert prompt_estimate({"messages": [], "max_tokens": True}) == 0
+
+
+# -- the stage, with local counters -----------------------------------------------------------
+
+_NO_POOL: UpstreamPool = None  # type: ignore[assignment]
+INFO = RouteInfo("quota-unit", "-", "azure", "gpt-4o", "gpt-4o", "llm/v1/chat")
+USAGE = {"prompt_tokens": 30, "completion_tokens": 70, "total_tokens": 100}
+
+
+def plugin(**fields: Any) -> TokenLimitConfig:
+    return TokenLimitConfig(
+        llm_providers=(ProviderLimit("azure", (100,), (60,)),), window_type="fixed", **fields
+    )
+
+
+def make_exchange(headers: dict[str, str] | None = None, remote: str = "192.0.2.1") -> Exchange:
+    request = make_mocked_request("POST", "/p", headers=headers or {})
+    request = request.clone(remote=remote)
+    return Exchange(request=request, path="/p", pool=_NO_POOL, body_budget=BodyBudget(2**20))
+
+
+class Upstream:
+    """The rest of the chain: answers with *status* and *usage* as the relay would record them."""
+
+    def __init__(self, status: int = 200, usage: dict[str, int] | None = USAGE) -> None:
+        self.status, self.usage = status, usage
+
+    async def __call__(self, ex: Exchange) -> web.StreamResponse:
+        ex.upstream_sent_ns = 1
+        ex.upstream_status = self.status
+        ex.usage = self.usage
+        return web.Response(status=self.status)
+
+
+async def spend(stage: Handler, ex: Exchange) -> int:
+    try:
+        return (await stage(ex)).status
+    except TooManyRequests as refused:
+        return refused.status
+
+
+async def test_each_identifier_kind_counts_its_own_callers() -> None:
+    registry = QuotaRegistry()
+    consumer = Consumer("team-a", frozenset(), "-")
+    cases: list[tuple[TokenLimitConfig, Callable[[], Exchange], Callable[[], Exchange]]] = [
+        (plugin(identifier="ip"), make_exchange, lambda: make_exchange(remote="192.0.2.2")),
+        (
+            plugin(identifier="header", header_name="X-Team"),
+            lambda: make_exchange({"x-team": "a"}),
+            lambda: make_exchange({"x-team": "b"}),
+        ),
+    ]
+    for config, first, other in cases:
+        stage = registry.stage(INFO, config, f"ns-{config.identifier}", Upstream())
+        assert await spend(stage, first()) == 200
+        assert await spend(stage, first()) == 429
+        assert await spend(stage, other()) == 200
+
+    def as_consumer() -> Exchange:
+        ex = make_exchange()
+        ex.consumer, ex.credential_id = consumer, "cred-1"
+        return ex
+
+    for kind in ("consumer", "credential"):
+        stage = registry.stage(INFO, plugin(identifier=kind), f"ns-{kind}", Upstream())
+        assert await spend(stage, as_consumer()) == 200
+        assert await spend(stage, as_consumer()) == 429
+        # The same address without the consumer: counted by its IP, apart.
+        assert await spend(stage, make_exchange()) == 200
+
+
+async def test_a_missing_header_falls_back_to_the_client_ip() -> None:
+    stage = QuotaRegistry().stage(
+        INFO, plugin(identifier="header", header_name="x-team"), "ns", Upstream()
+    )
+    assert await spend(stage, make_exchange()) == 200
+    assert await spend(stage, make_exchange(remote="192.0.2.1")) == 429
+    assert await spend(stage, make_exchange({"x-team": "a"})) == 200
+
+
+async def test_the_count_strategy_picks_the_usage_field() -> None:
+    registry = QuotaRegistry()
+    for strategy, spent in (("prompt_tokens", 30), ("completion_tokens", 70)):
+        config = plugin(identifier="ip", tokens_count_strategy=strategy)
+        stage = registry.stage(INFO, config, "ns", Upstream())
+        assert await spend(stage, make_exchange()) == 200
+        ex = make_exchange()
+        await spend(stage, ex)
+        assert dict(ex.response_headers)["x-ratelimit-remaining-tokens"] == str(100 - spent)
+
+
+async def test_upstream_errors_and_unknown_usage_are_charged_by_the_rules() -> None:
+    registry = QuotaRegistry()
+    config = plugin(identifier="ip", estimate_prompt=True)
+    # An upstream error answer: nothing generated, nothing charged.
+    stage = registry.stage(INFO, config, "errors", Upstream(status=500, usage=None))
+    for _ in range(3):
+        assert await spend(stage, make_exchange()) == 500
+    ex = make_exchange()
+    ex.payload = {"messages": [{"role": "user", "content": "x" * 80}], "max_tokens": 10}
+    # Reached the upstream, no usage known (a client gone mid-stream): the estimate, 30.
+    stage = registry.stage(INFO, config, "unknown", Upstream(usage=None))
+    await spend(stage, ex)
+    after = make_exchange()
+    await spend(stage, after)
+    assert dict(after.response_headers)["x-ratelimit-remaining-tokens"] == "70"
+
+
+async def test_refusal_carries_retry_after_and_the_rate_headers() -> None:
+    stage = QuotaRegistry().stage(INFO, plugin(identifier="ip"), "ns", Upstream())
+    await spend(stage, make_exchange())
+    ex = make_exchange()
+    with pytest.raises(TooManyRequests) as refused:
+        await stage(ex)
+    retry_ms = int(refused.value.headers["retry-after-ms"])
+    assert 0 < retry_ms <= 60_000
+    assert refused.value.headers["retry-after"] == str(-(-retry_ms // 1000))
+    headers = dict(ex.response_headers)
+    assert headers["x-ratelimit-limit-tokens"] == "100"
+    assert headers["x-ratelimit-remaining-tokens"] == "0"

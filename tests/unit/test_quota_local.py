@@ -195,6 +195,7 @@ async def test_a_missing_header_falls_back_to_the_client_ip() -> None:
     )
     assert await spend(stage, make_exchange()) == 200
     assert await spend(stage, make_exchange(remote="192.0.2.1")) == 429
+    assert await spend(stage, make_exchange(remote="192.0.2.9")) == 200
     assert await spend(stage, make_exchange({"x-team": "a"})) == 200
 
 
@@ -212,15 +213,19 @@ async def test_the_count_strategy_picks_the_usage_field() -> None:
 async def test_upstream_errors_and_unknown_usage_are_charged_by_the_rules() -> None:
     registry = QuotaRegistry()
     config = plugin(identifier="ip", estimate_prompt=True)
-    # An upstream error answer: nothing generated, nothing charged.
+
+    def estimated() -> Exchange:  # a request estimated at 80 / 4 + 10 = 30 tokens
+        ex = make_exchange()
+        ex.payload = {"messages": [{"role": "user", "content": "x" * 80}], "max_tokens": 10}
+        return ex
+
+    # An upstream error answer: nothing generated, the reservations released.
     stage = registry.stage(INFO, config, "errors", Upstream(status=500, usage=None))
-    for _ in range(3):
-        assert await spend(stage, make_exchange()) == 500
-    ex = make_exchange()
-    ex.payload = {"messages": [{"role": "user", "content": "x" * 80}], "max_tokens": 10}
-    # Reached the upstream, no usage known (a client gone mid-stream): the estimate, 30.
+    for _ in range(4):
+        assert await spend(stage, estimated()) == 500
+    # Reached the upstream, no usage known (a client gone mid-stream): the estimate.
     stage = registry.stage(INFO, config, "unknown", Upstream(usage=None))
-    await spend(stage, ex)
+    await spend(stage, estimated())
     after = make_exchange()
     await spend(stage, after)
     assert dict(after.response_headers)["x-ratelimit-remaining-tokens"] == "70"

@@ -106,22 +106,13 @@ class Limiter:
             return
         redis = self.redis
         assert redis is not None
-        backend = redis.backend
-        if not backend.available() or not backend.spawn(
-            self._settle_remote(key, reserved, reserved_at_ms, actual, now_ms)
-        ):
-            self.local.add(key, now_ms, actual)
+        local = self.local
 
-    async def _settle_remote(
-        self, key: str, reserved: int, reserved_at_ms: int, actual: int, now_ms: int
-    ) -> None:
-        redis = self.redis
-        assert redis is not None
-        try:
-            await redis.settle(identifier_digest(key), now_ms, reserved, reserved_at_ms, actual)
-        except BackendUnavailable:
+        def count_here() -> None:
             # The reservation, if any, stays in Redis; the real tokens count here.
-            self.local.add(key, now_ms, actual)
+            local.add(key, now_ms, actual)
+
+        redis.settle(identifier_digest(key), now_ms, reserved, reserved_at_ms, actual, count_here)
 
     def _verdict(
         self, counts: list[tuple[int, int, int]], limits: tuple[int, ...], reservation: int

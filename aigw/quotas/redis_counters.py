@@ -2,8 +2,10 @@
 
 One round trip per admission: a Lua script reads every window's current and
 previous counters, decides, and adds the request's reservation when it is
-admitted (atomically, so concurrent admissions on other processes see it). One
-round trip per charge: a pipeline of ``INCRBY`` + ``PEXPIRE`` per window key.
+admitted (atomically, so concurrent admissions on other processes see it). At
+most one round trip per charge, in the background: a pipeline of ``INCRBY`` +
+``PEXPIRE`` per window key, carrying every charge queued while the previous
+pipeline was in flight (under load, many charges per round trip).
 
 Keys are ``aigw:tokens:{namespace}:{identifier digest}:{window size s}:{window
 start s}``. The identifier (consumer name, credential id, client IP or a
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as redis
@@ -52,7 +54,7 @@ BACKOFF_S = 1.0
 """After a failure, Redis is left alone this long (the limiter counts locally meanwhile)."""
 
 MAX_PENDING_CHARGES = 10_000
-"""Charges in flight to Redis at most; past it, a charge is counted locally."""
+"""Charges queued for Redis at most; past it, a charge is counted locally."""
 
 _MAX_CONNECTIONS = 64  # per backend and process; waiting for one is bounded by the timeout
 
@@ -145,7 +147,8 @@ class RedisBackend:
         self._errors: CounterSeries = QUOTA_METRICS.backend_errors_for(self.label)
         self._down_until = 0.0  # time.monotonic()
         self._failing = False
-        self._pending: set[asyncio.Task[None]] = set()
+        self._queue: list[tuple[list[tuple[str, int, int]], Callable[[], None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def available(self) -> bool:
         """False while recently failed (the back-off)."""
@@ -175,23 +178,76 @@ class RedisBackend:
             self._failing = False
             _log.info("ratelimit_backend_recovered", backend=self.label)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
-        """Runs *coro* in the background; False (and *coro* closed) when too many are pending."""
-        if len(self._pending) >= MAX_PENDING_CHARGES:
-            coro.close()
-            return False
-        # The event loop keeps only weak references to tasks: hold one.
-        task = asyncio.get_running_loop().create_task(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        return True
+    def charge(self, increments: list[tuple[str, int, int]], fallback: Callable[[], None]) -> None:
+        """Queues *increments* (key, tokens, ttl ms) for the next pipeline to Redis.
+
+        Every charge queued while a pipeline is in flight goes out in the next
+        one, so under load a round trip carries many charges (never more than
+        one per charge). *fallback* runs instead when Redis cannot take them:
+        in its back-off, with ``MAX_PENDING_CHARGES`` queued, or when the
+        pipeline fails.
+        """
+        if not self.available() or len(self._queue) >= MAX_PENDING_CHARGES:
+            fallback()
+            return
+        self._queue.append((increments, fallback))
+        if self._flusher is None:
+            # The event loop keeps only weak references to tasks: hold one.
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def drain(self) -> None:
+        """Waits until every queued charge has been sent (or fallen back)."""
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._send(batch)
+        finally:
+            self._flusher = None
+
+    async def _send(
+        self, batch: list[tuple[list[tuple[str, int, int]], Callable[[], None]]]
+    ) -> None:
+        if not self.available():
+            for _increments, fallback in batch:
+                fallback()
+            return
+        # Charges of one identifier and window add up into one INCRBY.
+        totals: dict[str, list[int]] = {}
+        for increments, _fallback in batch:
+            for key, amount, ttl_ms in increments:
+                total = totals.get(key)
+                if total is None:
+                    totals[key] = [amount, ttl_ms]
+                else:
+                    total[0] += amount
+                    total[1] = max(total[1], ttl_ms)
+        pipe = self.client.pipeline(transaction=False)
+        for key, (amount, ttl_ms) in totals.items():
+            if amount:
+                pipe.incrby(key, amount)
+                pipe.pexpire(key, ttl_ms)
+        if not len(pipe):
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await pipe.execute()
+        except Exception as exc:
+            self.failed(exc, "charge")
+            for _increments, fallback in batch:
+                fallback()
+            return
+        self.succeeded()
 
     async def aclose(self) -> None:
-        """Lets pending charges finish (bounded by the timeout), then closes the client."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=self.timeout_s + 0.1)
-        for task in list(self._pending):
-            task.cancel()
+        """Lets queued charges go out (bounded by the timeout), then closes the client."""
+        flusher = self._flusher
+        if flusher is not None:
+            await asyncio.wait({flusher}, timeout=self.timeout_s + 0.1)
+            flusher.cancel()
         await self.client.aclose()
         # The client was given its pool, so it leaves the pool's connections open.
         await self.client.connection_pool.disconnect()
@@ -256,42 +312,33 @@ class RedisCounters:
         ]
         return reply[0] == 1, counts
 
-    async def settle(
-        self, digest: str, now_ms: int, reserved: int, reserved_at_ms: int, actual: int
+    def settle(
+        self,
+        digest: str,
+        now_ms: int,
+        reserved: int,
+        reserved_at_ms: int,
+        actual: int,
+        fallback: Callable[[], None],
     ) -> None:
-        """Replaces a reservation by the tokens really spent (one pipelined round trip).
+        """Replaces a reservation by the tokens really spent, in the background.
 
-        Raises:
-            BackendUnavailable: Redis failed, timed out, or is in its back-off.
+        The reservation is taken back from the window it went into (while that
+        window still counts) and *actual* counted in the current one. *fallback*
+        runs instead when Redis cannot take it (see :meth:`RedisBackend.charge`).
         """
-        backend = self.backend
-        if not backend.available():
-            raise BackendUnavailable
-        pipe = backend.client.pipeline(transaction=False)
+        increments: list[tuple[str, int, int]] = []
         for size in self._sizes:
             start = now_ms - now_ms % size
             reserved_start = reserved_at_ms - reserved_at_ms % size
+            ttl_ms = start + 2 * size - now_ms + _KEY_GRACE_MS
             current = self.key(digest, size, start)
             if reserved_start == start:
-                _incr(pipe, current, actual - reserved, start + 2 * size - now_ms)
+                increments.append((current, actual - reserved, ttl_ms))
                 continue
-            if reserved_start == start - size:
+            if reserved_start == start - size and reserved:
                 # The reservation went into what is now the previous window.
                 previous = self.key(digest, size, reserved_start)
-                _incr(pipe, previous, -reserved, start + size - now_ms)
-            _incr(pipe, current, actual, start + 2 * size - now_ms)
-        if not len(pipe):
-            return
-        try:
-            async with asyncio.timeout(backend.timeout_s):
-                await pipe.execute()
-        except Exception as exc:
-            backend.failed(exc, "charge")
-            raise BackendUnavailable from exc
-        backend.succeeded()
-
-
-def _incr(pipe: Any, key: str, amount: int, ttl_ms: int) -> None:
-    if amount:
-        pipe.incrby(key, amount)
-        pipe.pexpire(key, ttl_ms + _KEY_GRACE_MS)
+                increments.append((previous, -reserved, ttl_ms - size))
+            increments.append((current, actual, ttl_ms))
+        self.backend.charge(increments, fallback)

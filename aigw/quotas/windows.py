@@ -188,6 +188,8 @@ def admission(
 
 def format_duration(ms: int) -> str:
     """*ms* in OpenAI's ``x-ratelimit-reset-*`` format (Go's): ``250ms``, ``1.5s``, ``6m0s``."""
+    if ms <= 0:
+        return "0s"  # as Go spells a zero duration
     if ms < 1000:
         return f"{ms}ms"
     hours, rest = divmod(ms, 3_600_000)

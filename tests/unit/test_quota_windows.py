@@ -132,7 +132,8 @@ def test_sliding_wait_with_a_reservation() -> None:
 @pytest.mark.parametrize(
     ("ms", "text"),
     [
-        (0, "0ms"),
+        (0, "0s"),
+        (1, "1ms"),
         (250, "250ms"),
         (999, "999ms"),
         (1000, "1s"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -243,3 +244,13 @@ async def test_refusal_carries_retry_after_and_the_rate_headers() -> None:
     headers = dict(ex.response_headers)
     assert headers["x-ratelimit-limit-tokens"] == "100"
     assert headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+def test_counters_of_a_config_no_route_uses_any_more_are_freed() -> None:
+    registry = QuotaRegistry()
+    stage = registry.stage(INFO, plugin(identifier="ip"), "gone", Upstream())
+    same = registry.stage(INFO, plugin(identifier="ip"), "gone", Upstream())
+    assert len(registry._limiters) == 1
+    del stage, same  # the routes left every table
+    gc.collect()
+    assert len(registry._limiters) == 0

@@ -1,5 +1,8 @@
 """Scenario 6 (issue 11): what consumer keys, ACLs and token quotas cost per request.
 
+    bench/run.sh --only access                               # in the suite
+    .venv/bin/python bench/scenario_access.py --breakdown   # plugin by plugin
+
 Three ``aigw serve`` processes (1 worker each) in front of the suite's fixed-body
 nginx upstream (its answer carries ``usage``: 20 total tokens, so the limiter
 charges every request), measured at the proxy scenario's c=32 point in
@@ -39,6 +42,7 @@ import math
 import shutil
 import socket
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +51,61 @@ from context import Context, say
 from measure import cpu_seconds, free_port, median
 from scenario_proxy import POINTS, _run_point, _warm_up, summarise_point
 
-__all__ = ["CONSUMERS", "VARIANTS", "redis_server_exe", "render", "run"]
+__all__ = [
+    "BREAKDOWN",
+    "CONSUMERS",
+    "VARIANTS",
+    "Variant",
+    "redis_server_exe",
+    "render",
+    "run",
+    "start_variant",
+]
 
 CONSUMERS = 1000
 """Consumers in conf.d: key lookup must not depend on how many there are."""
 
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One aigw set-up: which access plugins the route file gets, and how many consumers.
+
+    Attributes:
+        key: Short id (JSON, progress lines).
+        name: Label in the report.
+        plugins: Among ``key-auth``, ``acl``, ``limit`` (the token limit).
+        strategy: The token limit's ``strategy`` (``local`` or ``redis``).
+        consumers: Consumers in conf.d (0: no consumers file).
+        hide_headers: The token limit's ``hide_client_headers``.
+    """
+
+    key: str
+    name: str
+    plugins: tuple[str, ...] = ()
+    strategy: str = "local"
+    consumers: int = CONSUMERS
+    hide_headers: bool = False
+
+
+_ALL = ("key-auth", "acl", "limit")
 VARIANTS = (
-    ("plain", "plain route (no access plugins)"),
-    ("local", "key-auth + acl + token limit, strategy local"),
-    ("redis", "key-auth + acl + token limit, strategy redis"),
+    Variant("plain", "plain route (no access plugins)", consumers=0),
+    Variant("local", "key-auth + acl + token limit, strategy local", _ALL),
+    Variant("redis", "key-auth + acl + token limit, strategy redis", _ALL, "redis"),
 )
+"""What the suite runs: the issue's three set-ups."""
+
+BREAKDOWN = (
+    VARIANTS[0],
+    Variant("key-auth", "key-auth", ("key-auth",)),
+    Variant("key-auth+acl", "key-auth + acl", ("key-auth", "acl")),
+    VARIANTS[1],
+    Variant("local-1c", "as local, 1 consumer in conf.d", _ALL, consumers=1),
+    Variant("local-nohdr", "as local, hide_client_headers", _ALL, hide_headers=True),
+)
+"""What ``scenario_access.py --breakdown`` runs: each plugin's share, and 1 vs 1,000
+consumers (the key lookup is a digest's dict probe: the count must not matter)."""
+
 BASELINE = "plain"
 
 # Limits no run reaches (at ~10k req/s x 20 tokens, 1e12 tokens last 57 days):
@@ -64,13 +113,18 @@ BASELINE = "plain"
 _LIMITS = (10**12, 10**13)
 _WINDOWS = (60, 86400)
 
-_ACCESS_PLUGINS = """\
+_PLUGIN_ENTRIES = {
+    "key-auth": """\
   - name: key-auth
     config:
       key_names: [api-key, authorization]
+""",
+    "acl": """\
   - name: acl
     config:
       allow: [chat]
+""",
+    "limit": """\
   - name: ai-rate-limiting-advanced
     config:
       identifier: consumer
@@ -80,21 +134,27 @@ _ACCESS_PLUGINS = """\
       llm_providers:
         - name: azure
           limit: [{limits}]
-          window_size: [{windows}]{redis}
-"""
+          window_size: [{windows}]{options}
+""",
+}
 
 
-def access_plugins(strategy: str, redis_port: int | None = None) -> str:
+def access_plugins(variant: Variant, redis_port: int | None = None) -> str:
     """The plugin entries appended to the route file's ``plugins:`` list."""
-    redis = ""
-    if strategy == "redis":
+    options = ""
+    if variant.strategy == "redis":
         assert redis_port is not None
-        redis = f"\n      redis: {{host: 127.0.0.1, port: {redis_port}, timeout: 50}}"
-    return _ACCESS_PLUGINS.format(
-        strategy=strategy,
-        limits=", ".join(str(n) for n in _LIMITS),
-        windows=", ".join(str(n) for n in _WINDOWS),
-        redis=redis,
+        options += f"\n      redis: {{host: 127.0.0.1, port: {redis_port}, timeout: 50}}"
+    if variant.hide_headers:
+        options += "\n      hide_client_headers: true"
+    return "".join(
+        _PLUGIN_ENTRIES[name].format(
+            strategy=variant.strategy,
+            limits=", ".join(str(n) for n in _LIMITS),
+            windows=", ".join(str(n) for n in _WINDOWS),
+            options=options,
+        )
+        for name in variant.plugins
     )
 
 
@@ -205,25 +265,26 @@ def _redis_calls(port: int) -> int:
 # -- targets -----------------------------------------------------------------------------
 
 
-def _start_variant(
-    ctx: Context, upstream: tg.Target, key: str, name: str, redis_port: int | None
+def start_variant(
+    ctx: Context, upstream: tg.Target, variant: Variant, redis_port: int | None
 ) -> tg.Target:
     """One ``aigw serve`` with its own conf.d: the suite's route file, plus the plugins."""
-    workdir = ctx.workdir / f"access-{key}"
+    workdir = ctx.workdir / f"access-{variant.key}"
     conf = workdir / "conf.d"
     conf.mkdir(parents=True)
     route = tg.write_route_file(conf, tg.DEPLOYMENT)
-    if key != BASELINE:
-        # The suite's route file ends with the plugins list: entries appended to it
-        # make the very same route with the access plugins in front.
-        strategy = "redis" if key == "redis" else "local"
-        with route.open("a") as fh:
-            fh.write(access_plugins(strategy, redis_port))
-        (conf / "consumers.yaml").write_text(consumers_file(CONSUMERS, tg.CLIENT_KEY))
+    # The suite's route file ends with the plugins list: entries appended to it
+    # make the very same route with the access plugins in front.
+    with route.open("a") as fh:
+        fh.write(access_plugins(variant, redis_port))
+    if variant.consumers:
+        text = consumers_file(variant.consumers, tg.CLIENT_KEY)
+        (conf / "consumers.yaml").write_text(text)
     # The route files are in place: start_aigw writes none (no deployments) and
     # waits for a 200 with the suite's client headers, i.e. with the consumer key.
     target = tg.start_aigw(ctx.procs, workdir, upstream.url, workers=1, deployments=())
-    target.key, target.name = key, name
+    target.key, target.name = variant.key, variant.name
+    target.extra["variant"] = variant
     return target
 
 
@@ -252,12 +313,16 @@ def _check_plugins(live: list[tg.Target]) -> dict[str, Any]:
         good = _probe(target, tg.CLIENT_KEY)
         stranger = _probe(target, "not-a-consumer-key")
         checks[target.key] = {"consumer_key": good, "unknown_key_status": stranger["status"]}
-        if target.key == BASELINE:
+        variant: Variant = target.extra["variant"]
+        plugins = variant.plugins
+        if "key-auth" in plugins and stranger["status"] != 401:
+            raise RuntimeError(f"{target.key}: unknown key answered {stranger['status']}, not 401")
+        if "limit" not in plugins:
             continue
         limit = good.get("x-ratelimit-limit-tokens")
         remaining = good.get("x-ratelimit-remaining-tokens")
-        if stranger["status"] != 401:
-            raise RuntimeError(f"{target.key}: unknown key answered {stranger['status']}, not 401")
+        if variant.hide_headers:
+            continue
         if limit is None or remaining is None or not int(remaining) < int(limit):
             raise RuntimeError(f"{target.key}: the limiter did not charge: {good}")
     return checks
@@ -311,7 +376,7 @@ def render(res: dict[str, Any]) -> list[str]:
         "| p50 | p99 | added p50 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    names = dict(VARIANTS)
+    names = {v.key: v.name for v in (*VARIANTS, *BREAKDOWN)}
     for key, s in res["summary"].items():
         out.append(
             f"| {names.get(key, key)} | {_fmt(s['rps'], ',.0f')} "
@@ -337,16 +402,17 @@ def render(res: dict[str, Any]) -> list[str]:
     return out
 
 
-def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
-    """Starts redis-server and the three aigw, runs the rounds; raw runs and summary."""
+def run(
+    ctx: Context, upstream: tg.Target, variants: tuple[Variant, ...] = VARIANTS
+) -> dict[str, Any]:
+    """Starts redis-server and one aigw per variant, runs the rounds; raw runs and summary."""
     point = next(p for p in POINTS if p.key == "c32")
     redis = start_redis(ctx.procs, ctx.workdir / "redis")
     say(f"scenario access: redis-server {redis.extra['version']} on {redis.url}")
     live: list[tg.Target] = []
     try:
-        for key, name in VARIANTS:
-            port = redis.extra["port"] if key == "redis" else None
-            live.append(_start_variant(ctx, upstream, key, name, port))
+        for variant in variants:
+            live.append(start_variant(ctx, upstream, variant, redis.extra["port"]))
         served: dict[str, int] = {}
         if ctx.warmup:
             say("scenario access: warm-up")
@@ -369,6 +435,7 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
             ctx.procs.stop(redis.proc)
     return {
         "consumers": CONSUMERS,
+        "variants": {v.key: asdict(v) for v in variants},
         "rounds": ctx.rounds,
         "duration": ctx.duration,
         "connections": point.connections,
@@ -379,9 +446,59 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
         "checks": checks,
         "access_log_lines": lines,
         "wrk_requests": served,
-        "redis": {
+        "redis": None
+        if redis_requests == 0
+        else {
             "version": redis.extra["version"],
             "cpu_us_per_request": redis_cpu / redis_requests * 1e6 if redis_requests else math.nan,
             "commands_per_request": calls / redis_requests if redis_requests else math.nan,
         },
     }
+
+
+def main() -> None:
+    """Runs this scenario alone; ``--breakdown`` runs each plugin's share instead."""
+    import argparse
+    import json
+    import tempfile
+
+    from suite import ensure_redis, ensure_tools
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--breakdown", action="store_true", help="plugin by plugin")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args()
+    notes: list[str] = []
+    ensure_tools(notes)
+    ensure_redis()
+    procs = tg.Processes()
+    workdir = Path(tempfile.mkdtemp(prefix="aigw-access-"))
+    ctx = Context(
+        quick=False,
+        rounds=args.rounds,
+        duration=args.duration,
+        warmup=1,
+        streams=0,
+        stream_duration=0,
+        route_sizes=(),
+        workdir=workdir,
+        procs=procs,
+        uvloop=True,
+        sse_upstream="nginx",
+        notes=notes,
+    )
+    try:
+        upstream = tg.start_nginx_upstream(procs, workdir / "upstream")
+        result = run(ctx, upstream, BREAKDOWN if args.breakdown else VARIANTS)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print("\n".join(render(result)))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,7 @@ import redis.asyncio as redis
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aigw.config.model import RedisConfig
 from aigw.logs import get_logger
@@ -124,7 +124,7 @@ def _client(config: RedisConfig) -> redis.Redis:
         # redis-py's default retries (timeouts included) would multiply the timeout: one
         # immediate retry, on a broken connection only, so that a pooled connection
         # to a Redis that restarted since is replaced instead of failing a request.
-        retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         max_connections=_MAX_CONNECTIONS,
         timeout=timeout,  # waiting for a free connection
         **kwargs,

@@ -158,7 +158,7 @@ def token_limit(
         return TooManyRequests(
             "tokens_rate_limit_exceeded",
             f"{message}: the limit of {limit_of[verdict.window_ms]} tokens per {window_s} s "
-            f"is spent; retry in {retry_ms / 1000:.3g} s",
+            f"is spent; retry in {format_duration(retry_ms)}",
             headers={
                 "retry-after": str(math.ceil(retry_ms / 1000)),
                 "retry-after-ms": str(retry_ms),

@@ -2,12 +2,15 @@
 
 Plain accumulators (``aigw.metrics.CounterSeries``) bumped on the event-loop
 thread, turned into metric families at scrape time, as ``aigw.metrics`` does
-for the per-request series. Series are keyed by their label value and kept
-for the life of the process, so a route recompiled by a reload keeps counting.
+for the per-request series. Series are keyed by their label value, so a route
+recompiled by a reload keeps counting; a route's series are dropped once no
+compiled stage of that route is left (the route left every table, and its
+last request ended), so deleted routes do not stay exported forever.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 
 import prometheus_client.metrics
@@ -39,7 +42,24 @@ class QuotaMetrics:
         self.rejections: dict[str, CounterSeries] = {}  # route
         self.backend_errors: dict[str, CounterSeries] = {}  # backend
         self.charged: dict[str, CounterSeries] = {}  # route
+        self._stages: dict[str, int] = {}  # route -> its compiled stages alive
         registry.register(_QuotaCollector(self))
+
+    def bind(self, route: str, stage: object) -> tuple[CounterSeries, CounterSeries]:
+        """*route*'s rejections and charged-tokens series, kept while *stage* (or another
+        stage of the route) is alive."""
+        self._stages[route] = self._stages.get(route, 0) + 1
+        weakref.finalize(stage, self._release, route)
+        return self.rejections_for(route), self.charged_for(route)
+
+    def _release(self, route: str) -> None:
+        left = self._stages[route] - 1
+        if left:
+            self._stages[route] = left
+            return
+        del self._stages[route]
+        self.rejections.pop(route, None)
+        self.charged.pop(route, None)
 
     def rejections_for(self, route: str) -> CounterSeries:
         """The ``aigw_ratelimit_rejections_total`` series of *route*."""

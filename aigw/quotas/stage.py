@@ -148,8 +148,6 @@ def token_limit(
     fail_closed = config.fail_closed
     message = config.error_message
     remote = limiter.redis is not None
-    rejections = QUOTA_METRICS.rejections_for(info.name)
-    charged = QUOTA_METRICS.charged_for(info.name)
 
     def refuse(verdict: Admission) -> TooManyRequests:
         rejections.inc()
@@ -192,4 +190,5 @@ def token_limit(
                 key, reservation, admitted_at, tokens, time.time_ns() // 1_000_000, decided_remotely
             )
 
+    rejections, charged = QUOTA_METRICS.bind(info.name, stage)
     return stage

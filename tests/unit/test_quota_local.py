@@ -19,6 +19,7 @@ from aigw.errors import TooManyRequests
 from aigw.quotas import QuotaRegistry
 from aigw.quotas.limiter import Limiter
 from aigw.quotas.local import LocalCounters
+from aigw.quotas.metrics import QUOTA_METRICS
 from aigw.quotas.stage import prompt_estimate
 from aigw.upstream.pool import UpstreamPool
 
@@ -254,3 +255,24 @@ def test_counters_of_a_config_no_route_uses_any_more_are_freed() -> None:
     del stage, same  # the routes left every table
     gc.collect()
     assert len(registry._limiters) == 0
+
+
+async def test_a_routes_series_stay_while_a_stage_of_it_lives() -> None:
+    registry = QuotaRegistry()
+    route = RouteInfo("quota-metrics", "-", "azure", "gpt-4o", "gpt-4o", "llm/v1/chat")
+    old = registry.stage(route, plugin(identifier="ip"), "m", Upstream())
+    await spend(old, make_exchange())
+    await spend(old, make_exchange())
+    assert QUOTA_METRICS.rejections["quota-metrics"].value == 1
+    assert QUOTA_METRICS.charged["quota-metrics"].value == 100
+    # A reload recompiles the route: the totals carry on.
+    new = registry.stage(route, plugin(identifier="ip"), "m", Upstream())
+    del old
+    gc.collect()
+    assert QUOTA_METRICS.rejections["quota-metrics"].value == 1
+    await spend(new, make_exchange())
+    assert QUOTA_METRICS.rejections["quota-metrics"].value == 2
+    del new  # the route was deleted
+    gc.collect()
+    assert "quota-metrics" not in QUOTA_METRICS.rejections
+    assert "quota-metrics" not in QUOTA_METRICS.charged

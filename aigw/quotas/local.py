@@ -17,19 +17,20 @@ from collections import OrderedDict
 __all__ = ["DEFAULT_MAX_KEYS", "LocalCounters"]
 
 DEFAULT_MAX_KEYS = 100_000
-"""Identifiers one limiter remembers at most (a few hundred bytes each)."""
+"""Identifiers one limiter remembers at most: about 330 bytes each with two windows (key
+included), so some 33 MB for a limiter at its cap."""
 
 
-class _Entry:
-    """One identifier's counters, one slot per window size."""
+# One identifier's counters, as one flat list (the smallest object that holds
+# them: a store at its cap is ~100,000 of these): the expiry, then per window
+# its start, current count and previous count.
+_Entry = list[int]
+_EXPIRES = 0
 
-    __slots__ = ("current", "expires_ms", "previous", "starts")
 
-    def __init__(self, windows: int) -> None:
-        self.starts = [0] * windows
-        self.current = [0] * windows
-        self.previous = [0] * windows
-        self.expires_ms = 0
+def _base(window: int) -> int:
+    """Where window *window*'s ``start, current, previous`` begin in an entry."""
+    return 1 + 3 * window
 
 
 class LocalCounters:
@@ -43,7 +44,8 @@ class LocalCounters:
     __slots__ = ("_entries", "_sizes", "_ttl_ms", "max_keys")
 
     def __init__(self, sizes_ms: tuple[int, ...], max_keys: int = DEFAULT_MAX_KEYS) -> None:
-        self._sizes = sizes_ms
+        # (base index in an entry, size) per window.
+        self._sizes = tuple((_base(i), size) for i, size in enumerate(sizes_ms))
         # A window's count matters while it is the current or the previous one.
         self._ttl_ms = 2 * max(sizes_ms)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -58,17 +60,14 @@ class LocalCounters:
     def counts(self, key: str, now_ms: int) -> list[tuple[int, int, int]]:
         """``(current, previous, elapsed_ms)`` per window for *key* at *now_ms*."""
         entry = self._entry(key, now_ms)
-        return [
-            (entry.current[i], entry.previous[i], now_ms - entry.starts[i])
-            for i in range(len(self._sizes))
-        ]
+        return [(entry[b + 1], entry[b + 2], now_ms - entry[b]) for b, _size in self._sizes]
 
     def add(self, key: str, now_ms: int, amount: int) -> None:
         """Counts *amount* tokens in every window holding *now_ms*."""
         if amount:
-            current = self._entry(key, now_ms).current
-            for i in range(len(current)):
-                current[i] += amount
+            entry = self._entry(key, now_ms)
+            for b, _size in self._sizes:
+                entry[b + 1] += amount
 
     def settle(
         self, key: str, now_ms: int, reserved: int, reserved_at_ms: int, actual: int
@@ -81,34 +80,33 @@ class LocalCounters:
         if reserved == actual == 0:
             return
         entry = self._entry(key, now_ms)
-        for i, size in enumerate(self._sizes):
+        for b, size in self._sizes:
             reserved_start = reserved_at_ms - reserved_at_ms % size
-            start = entry.starts[i]
+            start = entry[b]
             if reserved_start == start:
-                entry.current[i] += actual - reserved
+                entry[b + 1] += actual - reserved
                 continue
             if reserved_start == start - size:
-                entry.previous[i] -= reserved
-            entry.current[i] += actual
+                entry[b + 2] -= reserved
+            entry[b + 1] += actual
 
     def _entry(self, key: str, now_ms: int) -> _Entry:
         entries = self._entries
         entry = entries.get(key)
         if entry is None:
             self._make_room(now_ms)
-            entry = entries[key] = _Entry(len(self._sizes))
+            entry = entries[key] = [0] * (1 + 3 * len(self._sizes))
         else:
             entries.move_to_end(key)
-        entry.expires_ms = now_ms + self._ttl_ms
-        starts = entry.starts
-        for i, size in enumerate(self._sizes):
+        entry[_EXPIRES] = now_ms + self._ttl_ms
+        for b, size in self._sizes:
             start = now_ms - now_ms % size
-            if start != starts[i]:
+            if start != entry[b]:
                 # The window rolled: the old current one is the previous one
                 # if it was the window just before, else both are history.
-                entry.previous[i] = entry.current[i] if start - starts[i] == size else 0
-                entry.current[i] = 0
-                starts[i] = start
+                entry[b + 2] = entry[b + 1] if start - entry[b] == size else 0
+                entry[b + 1] = 0
+                entry[b] = start
         return entry
 
     def _make_room(self, now_ms: int) -> None:
@@ -117,6 +115,6 @@ class LocalCounters:
         # the least recently used ones while the store is full.
         while entries:
             oldest = next(iter(entries.values()))
-            if oldest.expires_ms > now_ms and len(entries) < self.max_keys:
+            if oldest[_EXPIRES] > now_ms and len(entries) < self.max_keys:
                 break
             entries.popitem(last=False)

@@ -31,8 +31,10 @@ def test_counts_roll_into_the_previous_window_then_out() -> None:
     store.add("a", 10_000, 300)
     assert store.counts("a", 59_999) == [(300, 0, 59_999)]
     assert store.counts("a", 60_000) == [(0, 300, 0)]
-    # Two windows later the count is history.
+    # Two windows later the count is history, whether or not it was read between.
     assert store.counts("a", 180_000) == [(0, 0, 0)]
+    store.add("b", 10_000, 300)
+    assert store.counts("b", 130_000) == [(0, 0, 10_000)]
 
 
 def test_each_window_size_counts_on_its_own() -> None:

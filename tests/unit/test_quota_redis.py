@@ -17,6 +17,7 @@ from aigw.errors import ServiceUnavailable
 from aigw.quotas import QuotaRegistry, redis_counters
 from aigw.quotas.limiter import Limiter
 from aigw.quotas.metrics import QUOTA_METRICS
+from aigw.quotas.redis_counters import identifier_digest
 from tests.redis_server import RedisServer, running_redis
 
 SECOND = 1000
@@ -306,3 +307,18 @@ def test_one_client_per_redis_config_and_limiters_kept_across_recompiles(
     assert same.redis is not None and other.redis is not None
     assert same.redis.backend is other.redis.backend
     assert registry.limiter(cfg, "other-namespace") is not same
+
+
+async def test_a_reservation_settled_after_its_window_rolled_is_taken_back_from_it(
+    redis_server: RedisServer, registry: QuotaRegistry
+) -> None:
+    limiter = registry.limiter(config(redis_server, windows=(10,), limits=(1000,)), "roll")
+    start = now_ms() - now_ms() % 10_000
+    reserved_at, settled_at = start + 9_900, start + 10_100  # either side of a window's end
+    assert (await limiter.admit("ip:y", reserved_at, (1000,), 50, False))[0].admitted
+    limiter.charge("ip:y", 50, reserved_at, 20, settled_at, remote=True)
+    await settled(limiter)
+    digest = identifier_digest("ip:y")
+    assert redis_server.command("GET", f"aigw:tokens:roll:{digest}:10:{start // 1000}") == "0"
+    next_window = f"aigw:tokens:roll:{digest}:10:{start // 1000 + 10}"
+    assert redis_server.command("GET", next_window) == "20"

@@ -209,9 +209,13 @@ def test_no_key_and_a_wrong_key_get_the_same_401(
     bad_bearer = raw(gateway, AZURE_PATH, {"x-request-id": "same", "Authorization": "Bearer x"})
     assert none[0] == bad[0] == bad_bearer[0] == 401
     assert none[2] == bad[2] == bad_bearer[2]
+    # `Connection: close` says whether the body had arrived when the head was
+    # refused (http.client sends the two in separate writes): the client's own
+    # timing, the same for any key, so not compared.
+    unrelated = ("date", "connection")
     for answer in (bad, bad_bearer):
-        assert {k: v for k, v in answer[1].items() if k != "date"} == {
-            k: v for k, v in none[1].items() if k != "date"
+        assert {k: v for k, v in answer[1].items() if k not in unrelated} == {
+            k: v for k, v in none[1].items() if k not in unrelated
         }
     assert none[1]["www-authenticate"] == 'Key realm="aigw"'
     error = json.loads(none[2])["error"]

@@ -68,7 +68,11 @@ class QuotaRegistry:
         if limiter is None:
             counters = None
             if redis_config is not None:
-                counters = RedisCounters(self._backend(redis_config), namespace, sizes)
+                # What is counted is part of the key: prompt tokens and total
+                # tokens of one namespace are different counters. (Fixed and
+                # sliding windows count in the same buckets, so may share.)
+                counted = f"{namespace}:{config.tokens_count_strategy}"
+                counters = RedisCounters(self._backend(redis_config), counted, sizes)
             limiter = Limiter(config.window_type, sizes, counters)
             self._limiters[key] = limiter
         return limiter

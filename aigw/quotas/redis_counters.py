@@ -7,10 +7,10 @@ most one round trip per charge, in the background: a pipeline of ``INCRBY`` +
 ``PEXPIRE`` per window key, carrying every charge queued while the previous
 pipeline was in flight (under load, many charges per round trip).
 
-Keys are ``aigw:tokens:{namespace}:{identifier digest}:{window size s}:{window
-start s}``. The identifier (consumer name, credential id, client IP or a
-header's digest) is hashed, so no client address or key appears in Redis; each
-key expires once it can no longer be the current or previous window.
+Keys are ``aigw:tokens:{namespace}:{tokens_count_strategy}:{identifier
+digest}:{window size s}:{window start s}``. The identifier (consumer name,
+credential id, client IP or a header's digest) is hashed, so no client address
+or key appears in Redis; each key expires once it can no longer be the current or previous window.
 
 A ``RedisBackend`` is one Redis server as configured (one client, one
 connection pool, for every limiter that uses it) plus its health: after a

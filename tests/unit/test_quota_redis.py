@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -138,8 +139,8 @@ async def test_keys_hash_the_identifier_and_expire_after_two_windows(
     names = _keys(redis_server)
     assert len(names) == 1
     assert redis_server.command("GET", names[0]) == "40"
-    prefix, namespace, digest, size, start = names[0].rsplit(":", 4)
-    assert (prefix, namespace, size) == ("aigw:tokens", "my-route", "2")
+    prefix, namespace, counted, digest, size, start = names[0].rsplit(":", 5)
+    assert (prefix, namespace, counted, size) == ("aigw:tokens", "my-route", "total_tokens", "2")
     assert int(start) == (at - at % 2000) // 1000
     assert "192.0.2.7" not in names[0] and len(digest) == 32
     ttl = int((redis_server.command("PTTL", names[0]) or ":0")[1:])
@@ -319,6 +320,26 @@ async def test_a_reservation_settled_after_its_window_rolled_is_taken_back_from_
     limiter.charge("ip:y", 50, reserved_at, 20, settled_at, remote=True)
     await settled(limiter)
     digest = identifier_digest("ip:y")
-    assert redis_server.command("GET", f"aigw:tokens:roll:{digest}:10:{start // 1000}") == "0"
-    next_window = f"aigw:tokens:roll:{digest}:10:{start // 1000 + 10}"
+    assert (
+        redis_server.command("GET", f"aigw:tokens:roll:total_tokens:{digest}:10:{start // 1000}")
+        == "0"
+    )
+    next_window = f"aigw:tokens:roll:total_tokens:{digest}:10:{start // 1000 + 10}"
     assert redis_server.command("GET", next_window) == "20"
+
+
+async def test_prompt_and_total_token_counts_of_one_namespace_never_share_a_key(
+    redis_server: RedisServer, registry: QuotaRegistry
+) -> None:
+    total = registry.limiter(config(redis_server, limits=(100,)), "shared")
+    prompt_config = dataclasses.replace(
+        config(redis_server, limits=(100,)), tokens_count_strategy="prompt_tokens"
+    )
+    prompt = registry.limiter(prompt_config, "shared")
+    at = now_ms()
+    assert (await total.admit("ip:z", at, (100,), 0, False))[0].admitted
+    total.charge("ip:z", 0, at, 90, at, remote=True)
+    await settled(total)
+    # 90 total tokens spent; the prompt-token quota of the same caller is untouched.
+    verdict, decided_remotely = await prompt.admit("ip:z", at, (100,), 0, False)
+    assert decided_remotely and verdict.admitted and verdict.remaining == 100

@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol, TypeVar
 
 import prometheus_client.metrics
@@ -53,12 +53,15 @@ __all__ = [
     "METRICS",
     "UNMATCHED_ROUTE",
     "BodyBudgetSeries",
+    "CounterSeries",
+    "FamiliesCollector",
     "HistogramSeries",
     "ListenerSeries",
     "Metrics",
     "RouteActivity",
     "RouteMetrics",
     "StreamsInFlight",
+    "counter_family",
 ]
 
 # LLM calls span milliseconds (errors, embeddings) to minutes (long generations).
@@ -406,30 +409,70 @@ def _ttft_histogram() -> HistogramSeries:
     return HistogramSeries(_TTFT_BUCKETS)
 
 
-class _RouteCollector:
-    """Exports ``Metrics``' per-request series at scrape time."""
+class FamiliesCollector:
+    """Exports series kept in aigw's own accumulators, turned into families at scrape time.
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    Args:
+        families: Yields the families; with ``describe`` true, without samples
+            (the registry only reserves their names); ``created`` says whether to
+            add ``_created`` samples.
+    """
+
+    def __init__(self, families: Callable[[bool, bool], Iterator[Metric]]) -> None:
+        self._families = families
 
     def describe(self) -> Iterator[Metric]:
-        """The families, without samples (the registry reserves their names)."""
-        return self._families(describe=True)
+        """The families, without samples."""
+        return self._families(True, False)
 
     def collect(self) -> Iterator[Metric]:
         """The families with every series' current values."""
-        return self._families(describe=False)
-
-    def _families(self, *, describe: bool) -> Iterator[Metric]:
-        m = self._metrics
         # Same switch as prometheus_client's own metrics (PROMETHEUS_DISABLE_CREATED_SERIES).
-        created = getattr(prometheus_client.metrics, "_use_created", True) and not describe
-        yield _counters(*_REQUESTS, ["route", "status", "model"], m.requests, created, describe)
+        return self._families(False, getattr(prometheus_client.metrics, "_use_created", True))
+
+
+_LabelValues = TypeVar("_LabelValues", bound=str | tuple[str, ...])
+
+
+def counter_family(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    store: Mapping[_LabelValues, CounterSeries],
+    created: bool,
+    describe: bool,
+) -> Metric:
+    """A counter family with one sample per series of *store*, keyed by its label
+    values (a tuple, or one string for a single label)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    if not describe:
+        for key, series in list(store.items()):
+            values = [key] if isinstance(key, str) else list(key)
+            family.add_metric(
+                values, float(series.value), created=series.created if created else None
+            )
+    return family
+
+
+class _RouteCollector(FamiliesCollector):
+    """Exports ``Metrics``' per-request series."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(self._route_families)
+        self._metrics = metrics
+
+    def _route_families(self, describe: bool, created: bool) -> Iterator[Metric]:
+        m = self._metrics
+        yield counter_family(
+            *_REQUESTS, ["route", "status", "model"], m.requests, created, describe
+        )
         yield _histograms(*_LATENCY, m.latency, created, describe)
         yield _histograms(*_UPSTREAM_LATENCY, m.upstream_latency, created, describe)
         yield _histograms(*_TTFT, m.ttft, created, describe)
-        yield _counters(*_TOKENS, ["route", "model", "kind"], m.tokens, created, describe)
-        yield _counters(*_UPSTREAM_ERRORS, ["route", "kind"], m.upstream_errors, created, describe)
+        yield counter_family(*_TOKENS, ["route", "model", "kind"], m.tokens, created, describe)
+        yield counter_family(
+            *_UPSTREAM_ERRORS, ["route", "kind"], m.upstream_errors, created, describe
+        )
         gauge = GaugeMetricFamily(*_STREAMS_IN_FLIGHT, labels=["route"])
         if not describe:
             for route, in_flight in list(m.streams_in_flight.items()):
@@ -474,23 +517,6 @@ def _body_budget_families(
     yield held
     yield limit
     yield evictions
-
-
-def _counters(
-    name: str,
-    documentation: str,
-    labels: list[str],
-    store: dict[tuple[str, str, str], CounterSeries] | dict[tuple[str, str], CounterSeries],
-    created: bool,
-    describe: bool,
-) -> Metric:
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    if not describe:
-        for key, series in list(store.items()):
-            family.add_metric(
-                list(key), float(series.value), created=series.created if created else None
-            )
-    return family
 
 
 @functools.cache

@@ -20,13 +20,13 @@ them back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any, Final
 
-import prometheus_client.metrics
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 
-from aigw.metrics import CounterSeries
+from aigw.metrics import CounterSeries, FamiliesCollector, counter_family
 
 __all__ = [
     "AUTH_FAILURE_REASONS",
@@ -130,7 +130,7 @@ class ConsumerMetrics:
         self.known: frozenset[str] | None = None
         """The usernames of the serving table, once `retain` was called (None: any)."""
         self._routes: dict[str, RouteConsumerMetrics] = {}
-        registry.register(_Collector(self))
+        registry.register(FamiliesCollector(partial(_families, self)))
 
     def for_route(self, route: str) -> RouteConsumerMetrics:
         """*route*'s series; the same object for the same name, so a recompiled
@@ -159,43 +159,11 @@ def _series(store: dict[tuple[str, ...], CounterSeries], key: tuple[str, ...]) -
     return series
 
 
-class _Collector:
-    """Exports `ConsumerMetrics`' series at scrape time."""
-
-    def __init__(self, metrics: ConsumerMetrics) -> None:
-        self._metrics = metrics
-
-    def describe(self) -> Iterator[Metric]:
-        """The families, without samples (the registry reserves their names)."""
-        return self._families(describe=True)
-
-    def collect(self) -> Iterator[Metric]:
-        """The families with every series' current values."""
-        return self._families(describe=False)
-
-    def _families(self, *, describe: bool) -> Iterator[Metric]:
-        m = self._metrics
-        created = getattr(prometheus_client.metrics, "_use_created", True) and not describe
-        yield _family(*_REQUESTS, ["consumer", "route", "status"], m.requests, created, describe)
-        yield _family(*_TOKENS, ["consumer", "route", "type"], m.tokens, created, describe)
-        yield _family(*_AUTH_FAILURES, ["route", "reason"], m.auth_failures, created, describe)
-
-
-def _family(
-    name: str,
-    documentation: str,
-    labels: list[str],
-    store: dict[tuple[str, ...], CounterSeries],
-    created: bool,
-    describe: bool,
-) -> Metric:
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    if not describe:
-        for key, series in list(store.items()):
-            family.add_metric(
-                list(key), float(series.value), created=series.created if created else None
-            )
-    return family
+def _families(metrics: ConsumerMetrics, describe: bool, created: bool) -> Iterator[Metric]:
+    m = metrics
+    yield counter_family(*_REQUESTS, ["consumer", "route", "status"], m.requests, created, describe)
+    yield counter_family(*_TOKENS, ["consumer", "route", "type"], m.tokens, created, describe)
+    yield counter_family(*_AUTH_FAILURES, ["route", "reason"], m.auth_failures, created, describe)
 
 
 CONSUMER_METRICS = ConsumerMetrics()

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
+from functools import partial
 
-import prometheus_client.metrics
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 
-from aigw.metrics import CounterSeries
+from aigw.metrics import CounterSeries, FamiliesCollector, counter_family
 
 __all__ = ["QUOTA_METRICS", "QuotaMetrics"]
 
@@ -43,7 +43,7 @@ class QuotaMetrics:
         self.backend_errors: dict[str, CounterSeries] = {}  # backend
         self.charged: dict[str, CounterSeries] = {}  # route
         self._stages: dict[str, int] = {}  # route -> its compiled stages alive
-        registry.register(_QuotaCollector(self))
+        registry.register(FamiliesCollector(partial(_families, self)))
 
     def bind(self, route: str, stage: object) -> tuple[CounterSeries, CounterSeries]:
         """*route*'s rejections and charged-tokens series, kept while *stage* (or another
@@ -74,32 +74,13 @@ class QuotaMetrics:
         return self.charged.setdefault(route, CounterSeries())
 
 
-class _QuotaCollector:
-    def __init__(self, metrics: QuotaMetrics) -> None:
-        self._metrics = metrics
-
-    def describe(self) -> Iterator[Metric]:
-        return self._families(describe=True)
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(describe=False)
-
-    def _families(self, *, describe: bool) -> Iterator[Metric]:
-        metrics = self._metrics
-        # As aigw.metrics: no _created samples when the process disabled them.
-        created = getattr(prometheus_client.metrics, "_use_created", True)
-        for (name, documentation), label, store in (
-            (_REJECTIONS, "route", metrics.rejections),
-            (_BACKEND_ERRORS, "backend", metrics.backend_errors),
-            (_CHARGED, "route", metrics.charged),
-        ):
-            family = CounterMetricFamily(name, documentation, labels=[label])
-            if not describe:
-                for value, series in list(store.items()):
-                    family.add_metric(
-                        [value], series.value, created=series.created if created else None
-                    )
-            yield family
+def _families(metrics: QuotaMetrics, describe: bool, created: bool) -> Iterator[Metric]:
+    for (name, documentation), label, store in (
+        (_REJECTIONS, "route", metrics.rejections),
+        (_BACKEND_ERRORS, "backend", metrics.backend_errors),
+        (_CHARGED, "route", metrics.charged),
+    ):
+        yield counter_family(name, documentation, [label], store, created, describe)
 
 
 QUOTA_METRICS = QuotaMetrics()

@@ -15,9 +15,12 @@ __all__ = [
     "AclConfig",
     "AiProxyAdvancedConfig",
     "AuthConfig",
+    "BalancerAlgorithm",
+    "BalancerConfig",
     "ConfFile",
     "ConsumerConfig",
     "ConsumerFile",
+    "FailoverCriterion",
     "GlobalPluginsFile",
     "KeyAuthConfig",
     "KeyCredential",
@@ -57,6 +60,15 @@ class AuthConfig:
         param_value: The secret; excluded from ``repr``.
         param_location: ``query`` or ``body``.
         allow_override: Keep a credential the client sent instead of replacing it.
+        azure_use_managed_identity: Authenticate with Microsoft Entra ID instead of a key:
+            ``Authorization: Bearer <token>`` for scope
+            ``https://cognitiveservices.azure.com/.default``. With only this set: the
+            system-assigned managed identity (or workload identity, where its environment
+            is present).
+        azure_client_id: With managed identity alone, the user-assigned identity's client
+            id; with ``azure_client_secret`` and ``azure_tenant_id``, the app registration.
+        azure_client_secret: The app registration's secret; excluded from ``repr``.
+        azure_tenant_id: The app registration's tenant.
     """
 
     header_name: str | None = None
@@ -65,6 +77,10 @@ class AuthConfig:
     param_value: str | None = field(default=None, repr=False)  # secret
     param_location: ParamLocation | None = None
     allow_override: bool = False
+    azure_use_managed_identity: bool = False
+    azure_client_id: str | None = None
+    azure_client_secret: str | None = field(default=None, repr=False)  # secret
+    azure_tenant_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +149,8 @@ class TargetConfig:
         auth: Credentials to inject.
         model: Provider, model name and options.
         logging: What to log.
-        weight: Balancer weight (1-65535); kept for Kong compatibility, one target per route.
+        weight: Balancer weight (1-65535): a share of round-robin traffic; in ``priority``,
+            the targets of the highest weight are tried first.
         connect_timeout: Milliseconds to connect upstream.
         write_timeout: Milliseconds to send the request.
         read_timeout: Milliseconds between reads of the response.
@@ -153,12 +170,67 @@ class TargetConfig:
     description: str | None = None
 
 
+BalancerAlgorithm = Literal[
+    "round-robin",
+    "priority",
+    "lowest-latency",
+    "lowest-usage",
+    "least-connections",
+    "consistent-hashing",
+]
+FailoverCriterion = Literal[
+    "error",
+    "timeout",
+    "invalid_header",
+    "http_403",
+    "http_404",
+    "http_429",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "non_idempotent",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerConfig:
+    """``config.balancer``: how a route picks among its targets and when it tries the next.
+
+    Field names, defaults and meanings are Kong's (ai-proxy-advanced).
+
+    Attributes:
+        algorithm: How a target is picked.
+        retries: Further attempts after the first.
+        failover_criteria: What moves a request to the next target (nginx's
+            ``proxy_next_upstream``): without ``non_idempotent``, a POST moves on only when
+            it was never sent (connect error or timeout).
+        max_fails: Failures within ``fail_timeout`` that eject a target (0: never).
+        fail_timeout: Milliseconds: the failure window and how long an ejection lasts.
+        hash_on_header: The header whose value ``consistent-hashing`` hashes.
+        latency_strategy: ``lowest-latency``'s measure: time per output token or end to end.
+        tokens_count_strategy: ``lowest-usage``'s measure.
+    """
+
+    algorithm: BalancerAlgorithm = "round-robin"
+    retries: int = 5
+    failover_criteria: tuple[FailoverCriterion, ...] = ("error", "timeout")
+    max_fails: int = 0
+    fail_timeout: int = 10_000  # ms
+    hash_on_header: str = "X-Kong-LLM-Request-ID"
+    latency_strategy: Literal["tpot", "e2e"] = "tpot"
+    tokens_count_strategy: Literal["total-tokens", "prompt-tokens", "completion-tokens"] = (
+        "total-tokens"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AiProxyAdvancedConfig:
     """The ``config`` of the ``ai-proxy-advanced`` plugin.
 
     Attributes:
-        targets: Exactly one target for now.
+        targets: The deployments the route forwards to; several make a pool.
+        balancer: How the pool is used; None with one target (exactly today's behaviour).
         max_request_body_size: Bytes; 0 means unlimited (Kong semantics).
         response_streaming: ``allow`` (client decides), ``deny`` or ``always``.
         model_name_header: Send ``X-Kong-LLM-Model: {provider}/{model}`` on responses.
@@ -167,6 +239,7 @@ class AiProxyAdvancedConfig:
     """
 
     targets: tuple[TargetConfig, ...]
+    balancer: BalancerConfig | None = None
     max_request_body_size: int = 8 * 1024 * 1024  # bytes; 0 = unlimited (Kong semantics)
     response_streaming: StreamingMode = "allow"
     model_name_header: bool = True

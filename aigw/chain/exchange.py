@@ -9,18 +9,36 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
 
 from aigw.chain.body_budget import BodyBudget
 from aigw.consumers.index import EMPTY_CONSUMERS, Consumer, ConsumerIndex
 from aigw.upstream.pool import UpstreamPool
+from aigw.upstream.target import UpstreamTarget
 
 if TYPE_CHECKING:
     from aigw.templates.resolve import Resolved
 
-__all__ = ["Exchange", "Handler"]
+__all__ = ["Attempt", "Exchange", "Handler"]
+
+
+class Attempt(NamedTuple):
+    """One try of one target of a balanced route, for the access log.
+
+    Attributes:
+        target: The target's name (``azure_instance``, else the upstream host).
+        status: The upstream's status, when it answered.
+        error: What failed instead (an ``ex.outcome`` such as
+            ``upstream_unreachable``), when it did not answer usably.
+        ms: How long the try took, milliseconds.
+    """
+
+    target: str
+    status: int | None
+    error: str | None
+    ms: float
 
 
 @dataclass(slots=True, eq=False)
@@ -68,6 +86,15 @@ class Exchange:
     requested_model: str | None = None
     extra_query: tuple[tuple[str, str], ...] = ()
     extra_headers: tuple[tuple[str, str], ...] = ()
+
+    # Balanced routes only (aigw.balancer.stage), set per attempt: the target
+    # the relay sends to (None: the route's own), the upstream statuses that
+    # make the relay give up the answer unsent (RetryableAnswer) so the next
+    # target can be tried; every attempt made; the target that answered.
+    target: UpstreamTarget | None = None
+    failover_statuses: frozenset[int] = frozenset()
+    attempts: list[Attempt] | None = None
+    target_name: str | None = None
 
     # Upstream side, filled by the relay.
     api_version: str | None = None

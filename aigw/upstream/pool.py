@@ -40,6 +40,7 @@ from aigw.upstream.http1 import ProtocolError, ResponseHead, encode_request
 
 __all__ = [
     "ConnectError",
+    "ConnectTimeout",
     "Origin",
     "ProtocolError",
     "UpstreamDisconnected",
@@ -50,6 +51,10 @@ __all__ = [
 
 class ConnectError(OSError):
     """No connection could be opened to the upstream (refused, unreachable, DNS)."""
+
+
+class ConnectTimeout(TimeoutError):
+    """No connection to the upstream within the connect timeout: nothing of the request was sent."""
 
 
 class UpstreamResponse:
@@ -188,7 +193,8 @@ class UpstreamPool:
         Raises:
             ConnectError: the upstream could not be reached.
             ssl.SSLError: the TLS handshake failed (e.g. certificate not trusted).
-            TimeoutError: connect, write or the response head took too long.
+            ConnectTimeout: no connection within *connect_timeout* (a TimeoutError).
+            TimeoutError: the write or the response head took too long.
             UpstreamDisconnected: the connection closed before the head.
             ProtocolError: the upstream's answer is not valid HTTP/1.1, or a
                 header value holds a line break.
@@ -275,7 +281,7 @@ class UpstreamPool:
                     self._notify_waiter()
                     raise
         except TimeoutError:
-            raise TimeoutError(f"no connection to {origin} within the connect timeout") from None
+            raise ConnectTimeout(f"no connection to {origin} within the connect timeout") from None
         except ssl.SSLError:
             raise
         except socket.gaierror as exc:

@@ -21,12 +21,21 @@ mid-body, or a body that grows past a limit, ends the client's response as an
 error: an SSE error event on a stream, then the connection is closed without
 completing the body, so the client sees an error, never a clean but truncated
 finish.
+
+Balanced routes (``aigw.balancer.stage``) use two more fields of the exchange:
+``ex.target``, the attempt's target, preferred over the route's own; and
+``ex.failover_statuses``: an upstream status in it is not relayed, the relay
+closes that response and raises :class:`RetryableAnswer` before anything
+reached the client, so the next target can be tried. Connect-phase failures
+(nothing of the request left aigw) are told apart in ``ex.outcome``:
+``upstream_unreachable``, ``upstream_connect_timeout``, ``upstream_tls_error``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import ssl
 import sys
 import time
@@ -42,17 +51,66 @@ from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import StreamsInFlight
 from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
 from aigw.upstream.headers import REQUEST_POLICY, RESPONSE_POLICY
-from aigw.upstream.pool import ConnectError, ProtocolError, UpstreamResponse
+from aigw.upstream.http1 import ResponseHead
+from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, UpstreamResponse
 from aigw.upstream.sse import EventTooLarge, SSESplitter, StreamObserver
 from aigw.upstream.target import UpstreamTarget, valid_api_version
 
-__all__ = ["MODEL_HEADER", "make_relay", "read_body_usage"]
+__all__ = [
+    "CONNECT_PHASE_OUTCOMES",
+    "MODEL_HEADER",
+    "RetryableAnswer",
+    "make_relay",
+    "read_body_usage",
+    "retry_after_s",
+]
 
 MODEL_HEADER = "X-AIGW-LLM-Model"
 """Names the ``provider/model`` a response came from (Kong: ``X-Kong-LLM-Model``)."""
 
 _SSE = "text/event-stream"
 _TOO_LARGE = "upstream_response_too_large"
+
+CONNECT_PHASE_OUTCOMES = frozenset(
+    {"upstream_unreachable", "upstream_connect_timeout", "upstream_tls_error"}
+)
+"""``ex.outcome`` of a failure before any byte of the request was sent upstream."""
+
+
+class RetryableAnswer(Exception):
+    """The upstream answered a status in ``ex.failover_statuses``; nothing was relayed.
+
+    The relay closed that upstream response before raising; the client has
+    seen nothing, so the balancer may try another target.
+
+    Attributes:
+        status: The upstream's status.
+        retry_after_s: Its ``retry-after-ms`` / ``retry-after``, in seconds, when given.
+    """
+
+    def __init__(self, status: int, retry_after_s: float | None) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_s(headers: ResponseHead | web.StreamResponse) -> float | None:
+    """The wait an answer asks for: ``retry-after-ms`` first (Azure's and the SDK's
+    preference), else ``retry-after`` in seconds; None when neither is a usable number.
+
+    The HTTP-date form of ``retry-after`` is not read: Azure sends seconds.
+    """
+    get = headers.get if isinstance(headers, ResponseHead) else headers.headers.get
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = get(name)
+        if value:
+            try:
+                seconds = float(value) * scale
+            except ValueError:
+                continue
+            if math.isfinite(seconds) and seconds >= 0:
+                return seconds
+    return None
 
 
 def make_relay(
@@ -77,18 +135,24 @@ def make_relay(
         limits: The process's bounds; ``max_response_size`` and
             ``max_event_size`` apply here.
     """
-    label = target.label
     # PERF: one comparison per read instead of "is there a limit, and is it crossed".
     max_body = limits.max_response_size or sys.maxsize
     max_event = limits.max_event_size
 
     async def relay(ex: Exchange) -> web.StreamResponse:
-        # A templated route's target is resolved per request (aigw.templates).
-        resolved = ex.resolved
-        upstream = await _send(ex, target if resolved is None else resolved.target)
+        # A balanced route's attempt names its target; a templated route's
+        # target is resolved per request (aigw.templates).
+        chosen = ex.target
+        if chosen is None:
+            resolved = ex.resolved
+            chosen = target if resolved is None else resolved.target
+        upstream = await _send(ex, chosen)
         healthy = False
         try:
             status = upstream.status
+            if status in ex.failover_statuses:
+                # Closed unread (finally below): the next target is tried at once.
+                raise RetryableAnswer(status, retry_after_s(upstream.head))
             if 300 <= status < 400:
                 raise UpstreamUnavailable(
                     "upstream_redirect",
@@ -104,7 +168,7 @@ def make_relay(
                 headers = _with_answer_headers(headers, ex.response_headers)
             headers.append(("x-request-id", ex.request_id))
             if model_header and status < 300:
-                headers.append((MODEL_HEADER, label if resolved is None else resolved.target.label))
+                headers.append((MODEL_HEADER, chosen.label))
             media_type = _media_type(upstream.content_type)
             if media_type == _SSE:
                 tracking = (
@@ -195,6 +259,12 @@ async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
             read_timeout=target.read_timeout,
             write_timeout=target.write_timeout,
         )
+    except ConnectTimeout as exc:
+        ex.outcome = "upstream_connect_timeout"
+        ex.error = f"no connection to the upstream {origin.host}:{origin.port} in time ({exc})"
+        raise UpstreamTimeout(
+            "upstream_timeout", _quoting(ex, "the upstream did not answer in time")
+        ) from exc
     except TimeoutError as exc:
         ex.outcome = "upstream_timeout"
         ex.error = f"the upstream {origin.host}:{origin.port} did not answer in time ({exc})"

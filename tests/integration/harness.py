@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,6 +100,35 @@ class MockProcess:
         """Forgets recorded requests and pending faults."""
         self._call("DELETE", "/_mock/requests")
         self._call("DELETE", "/_mock/faults")
+
+    def fail_next(self, count: int, status: int, **params: Any) -> None:
+        """The next *count* requests answer *status* with Azure's body (a 429 carries
+        ``retry-after`` 1 s and ``retry-after-ms`` unless *params* say otherwise)."""
+        self.fault("status", status=status, count=count, **params)
+
+    def slow_first_byte(self, ms: float, count: int = 1) -> None:
+        """The next *count* requests wait *ms* before the status line is sent."""
+        self.fault("delay", latency_ms=ms, count=count)
+
+    def clear_faults(self) -> None:
+        """Drops pending faults; recorded requests stay."""
+        self._call("DELETE", "/_mock/faults")
+
+    def refuse_connections(self, for_ms: float | None = None) -> None:
+        """The region dies: connecting is refused and open connections are aborted,
+        until :meth:`accept_connections` (or for *for_ms*)."""
+        self._call("POST", "/_mock/connections", {"refuse": True, "for_ms": for_ms})
+
+    def accept_connections(self) -> None:
+        """The region is back: listening again on the same port."""
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_until(self._healthy, timeout=10)
+
+    def _healthy(self) -> bool:
+        try:
+            return bool(self._call("GET", "/_mock/health"))
+        except OSError:
+            return False
 
     def close(self) -> None:
         self.proc.terminate()

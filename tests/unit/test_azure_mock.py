@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import struct
@@ -720,3 +721,236 @@ async def test_stream_options_accepted_since_it_exists(client: Client, version: 
     resp = await post(client, path, {**STREAM, "stream_options": {"include_usage": True}})
     assert resp.status == 200
     assert b'"usage":{' in await resp.read()
+
+
+# ---------------------------------------------------------------- regions: faults for failover
+
+
+async def test_fault_503_has_azure_overload_body(client: Client) -> None:
+    await fault(client, fault="status", status=503, count=2)
+    for _ in range(2):
+        resp = await post(client, CHAT, HELLO)
+        assert resp.status == 503
+        assert (await resp.json())["error"] == {
+            "code": "503",
+            "message": "The service is temporarily unable to process your request."
+            " Please try again later.",
+        }
+        assert "retry-after" not in resp.headers
+    assert (await post(client, CHAT, HELLO)).status == 200
+
+
+async def test_fault_429_retry_after_ms_only(client: Client) -> None:
+    await fault(client, fault="status", status=429, retry_after=None, retry_after_ms=250)
+    resp = await post(client, CHAT, HELLO)
+    assert resp.status == 429
+    assert resp.headers["retry-after-ms"] == "250"
+    assert "retry-after" not in resp.headers
+    assert resp.headers["x-ratelimit-remaining-requests"] == "0"
+    assert (await resp.json())["error"]["code"] == "429"
+
+
+async def _first_byte_after(port: int, body: dict[str, Any]) -> float:
+    """Seconds from the request's last byte to the first byte of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\napi-key: {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    writer.write(head.encode() + payload)
+    await writer.drain()
+    started = time.monotonic()
+    first = await reader.read(1)
+    elapsed = time.monotonic() - started
+    assert first == b"H"
+    writer.close()
+    return elapsed
+
+
+@pytest.mark.parametrize("body", [HELLO, STREAM], ids=["json", "stream"])
+async def test_slow_first_byte_holds_the_status_line(body: dict[str, Any]) -> None:
+    async with MockServer(MockConfig(api_key=KEY)) as server, aiohttp.ClientSession() as session:
+        spec = {"fault": "delay", "latency_ms": 300}
+        async with session.post(f"{server.url}/_mock/faults", json=spec) as resp:
+            assert resp.status == 200
+        assert await _first_byte_after(server.port, body) >= 0.29
+        # Used up: the next answer starts at once (generous bound for a loaded machine).
+        assert await _first_byte_after(server.port, body) < 0.25
+
+
+async def _refuse(session: aiohttp.ClientSession, url: str, **spec: Any) -> None:
+    async with session.post(f"{url}/_mock/connections", json={"refuse": True, **spec}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Connection"] == "close"
+
+
+async def test_refuse_connections_until_accepted_on_the_same_port() -> None:
+    async with MockServer(MockConfig(api_key=KEY)) as server:
+        port = server.port
+        # An idle keep-alive connection, as a client's pool holds one.
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        async with aiohttp.ClientSession() as session:
+            await _refuse(session, server.url)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        # The pooled connection is gone too: a dead region answers nothing.
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(idle_reader.read(1), 5) == b""
+        idle_writer.close()
+        await server.accept_connections()
+        assert not server.refusing and server.port == port
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{server.url}{CHAT}", data=json.dumps(HELLO), headers=AUTH) as resp,
+        ):
+            assert resp.status == 200
+
+
+async def test_refuse_connections_cuts_requests_in_progress() -> None:
+    async with MockServer(MockConfig(api_key=KEY)) as server, aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/_mock/faults", json={"fault": "hang"}):
+            pass
+        pending = asyncio.ensure_future(
+            session.post(f"{server.url}{CHAT}", data=json.dumps(HELLO), headers=AUTH)
+        )
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as control:
+            await _refuse(control, server.url)
+        with pytest.raises(aiohttp.ClientError):
+            await asyncio.wait_for(pending, 5)
+
+
+async def test_refuse_connections_for_a_while() -> None:
+    async with MockServer(MockConfig(api_key=KEY)) as server:
+        async with aiohttp.ClientSession() as session:
+            await _refuse(session, server.url, for_ms=300)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", server.port)
+        deadline = time.monotonic() + 5
+        while server.refusing and time.monotonic() < deadline:  # noqa: ASYNC110 (a property)
+            await asyncio.sleep(0.02)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{}, {"refuse": False}, {"refuse": True, "for_ms": 0}, {"refuse": True, "later": 1}],
+)
+async def test_refuse_connections_spec_is_checked(client: Client, spec: dict[str, Any]) -> None:
+    resp = await client.post("/_mock/connections", json=spec)
+    assert resp.status == 400
+    assert "error" in await resp.json()
+
+
+async def test_refuse_connections_needs_its_own_server(client: Client) -> None:
+    resp = await client.post("/_mock/connections", json={"refuse": True})
+    assert resp.status == 501
+    assert (await post(client, CHAT, HELLO)).status == 200
+
+
+def test_cli_region_and_sigusr1_listens_again(tmp_path: Path) -> None:
+    import signal
+    import urllib.error
+
+    port_file = tmp_path / "port"
+    cmd = [sys.executable, "-m", "aigw.testing.azure_mock", "--port", "0"]
+    cmd += ["--port-file", str(port_file), "--region", "East US"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        port = int(port_file.read_text())
+        with _urlopen(port, CHAT) as resp:
+            assert resp.headers["x-ms-region"] == "East US"
+        _control(port, "/_mock/connections", {"refuse": True, "for_ms": None})
+        with pytest.raises(urllib.error.URLError):
+            _urlopen(port, CHAT)
+        proc.send_signal(signal.SIGUSR1)
+        while True:
+            try:
+                with _urlopen(port, CHAT) as resp:
+                    assert resp.status == 200
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+
+
+def _control(port: int, path: str, body: Any) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.load(resp)
+
+
+# ---------------------------------------------------------------- Entra ID bearer tokens
+
+ENTRA_SECRET = "entra-test-secret"
+INVALID_BEARER = {
+    "statusCode": 401,
+    "message": "Unauthorized. Access token is missing, invalid, audience is incorrect"
+    " (https://cognitiveservices.azure.com), or have expired.",
+}
+
+
+@pytest.fixture
+async def entra_client(aiohttp_client: AiohttpClient) -> Client:
+    return await aiohttp_client(build_app(MockConfig(api_key=KEY, entra_secret=ENTRA_SECRET)))
+
+
+def _token(*, expires_in: float, secret: str = ENTRA_SECRET) -> str:
+    from aigw.testing.entra import issue_token
+
+    return issue_token(secret, expires_on=int(time.time() + expires_in), client_id=None, serial=1)
+
+
+async def test_entra_token_accepted(entra_client: Client) -> None:
+    headers = {"Authorization": f"Bearer {_token(expires_in=300)}"}
+    resp = await post(entra_client, CHAT, HELLO, headers=headers)
+    assert resp.status == 200
+    # Keys still work beside tokens.
+    assert (await post(entra_client, CHAT, HELLO)).status == 200
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(lambda: _token(expires_in=-1), id="expired"),
+        pytest.param(lambda: _token(expires_in=300, secret="another-tenant"), id="unknown"),
+        pytest.param(lambda: "not-a-token", id="garbage"),
+    ],
+)
+async def test_entra_bad_token_gets_azure_entra_401(entra_client: Client, token: Any) -> None:
+    resp = await post(entra_client, CHAT, HELLO, headers={"Authorization": f"Bearer {token()}"})
+    assert resp.status == 401
+    assert await resp.json() == INVALID_BEARER
+    assert "apim-request-id" in resp.headers and "x-request-id" not in resp.headers
+    recorded = await records(entra_client)
+    assert recorded[-1]["status"] == 401
+
+
+async def test_entra_token_refused_without_entra_secret(client: Client) -> None:
+    headers = {"Authorization": f"Bearer {_token(expires_in=300)}"}
+    resp = await post(client, CHAT, HELLO, headers=headers)
+    assert resp.status == 401
+    assert await resp.json() == INVALID_BEARER
+
+
+def test_cli_entra_secret() -> None:
+    from aigw.testing.azure_mock.__main__ import _config, parse_args
+
+    config = _config(parse_args(["--entra-secret", "s3", "--region", "East US"]))
+    assert config.entra_secret == "s3" and config.region == "East US"

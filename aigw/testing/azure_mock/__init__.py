@@ -38,7 +38,8 @@ Control API (same port; these requests are not recorded):
     * ``eof_stream``: ``after_events`` (default: all): end cleanly without ``[DONE]``.
     * ``stream_error_event``: ``after_events`` (default 3), ``error`` (object): then a
       ``data: {"error": ...}`` event and a clean end without ``[DONE]``.
-    * ``delay``: ``latency_ms``, ``token_delay_ms`` for that request.
+    * ``delay``: ``latency_ms``, ``token_delay_ms`` for that request; ``latency_ms``
+      holds back the status line and headers themselves (a slow first byte).
     * ``redirect``: ``location`` (default: same path on the other of ``localhost`` /
       ``127.0.0.1``, i.e. another origin that still reaches this mock), ``status`` (307).
     * ``hang``: never answer; the request ends when the client leaves.
@@ -48,9 +49,19 @@ Control API (same port; these requests are not recorded):
     The stream kinds only match ``"stream": true`` requests.
 ``GET /_mock/faults`` / ``DELETE /_mock/faults``
     Pending faults as posted, each with ``remaining``; clear them.
+``POST /_mock/connections`` ``{"refuse": true, "for_ms": N}``
+    The region dies: the listening socket closes (connecting is refused) and every other
+    open connection is aborted. After ``for_ms``, or with ``"for_ms": null`` when the CLI
+    process gets SIGUSR1 (``MockServer.accept_connections()`` in-process), the same port
+    listens again. Needs :class:`MockServer` or the CLI (501 on a bare :func:`build_app`).
+
+Each mock process is one Azure resource ("region": ``--region`` sets ``x-ms-region``).
+It accepts ``api-key``, and ``Authorization: Bearer`` tokens: ``--bearer-token``'s, and
+with ``--entra-secret S`` those ``aigw.testing.entra.verify_token(token, S, now)``
+accepts; any other bearer token gets Azure's Entra 401 (``{"statusCode": 401, ...}``).
 """
 
-from .app import STATE_KEY, MockState, RequestRecord, build_app
+from .app import STATE_KEY, ListenerControl, MockState, RequestRecord, build_app
 from .config import DEFAULT_API_KEY, DEFAULT_DEPLOYMENTS, MockConfig
 from .faults import FAULT_KINDS
 from .server import MockServer
@@ -60,6 +71,7 @@ __all__ = [
     "DEFAULT_DEPLOYMENTS",
     "FAULT_KINDS",
     "STATE_KEY",
+    "ListenerControl",
     "MockConfig",
     "MockServer",
     "MockState",

@@ -2,6 +2,7 @@
 
 Prints ``azure-mock listening on http://HOST:PORT`` once the socket is bound, and writes
 the port to ``--port-file`` (atomically) for tests that start it with ``--port 0``.
+SIGUSR1 makes a mock that refuses connections (``POST /_mock/connections``) listen again.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
     parser.add_argument("--bearer-token", help="also accept Authorization: Bearer TOKEN")
     parser.add_argument(
+        "--entra-secret",
+        metavar="SECRET",
+        help="also accept Authorization: Bearer tokens that aigw.testing.entra issued with "
+        "SECRET and that have not expired (others: Azure's Entra 401)",
+    )
+    parser.add_argument("--region", default="Sweden Central", help="x-ms-region of every answer")
+    parser.add_argument(
         "--deployment",
         action="append",
         type=_deployment,
@@ -81,6 +89,8 @@ def _config(args: argparse.Namespace) -> MockConfig:
     return MockConfig(
         api_key=args.api_key,
         bearer_token=args.bearer_token,
+        entra_secret=args.entra_secret,
+        region=args.region,
         deployments=dict(args.deployment) if args.deployment else DEFAULT_DEPLOYMENTS,
         latency_ms=args.latency_ms,
         token_delay_ms=args.token_delay_ms,
@@ -106,6 +116,14 @@ async def _serve(args: argparse.Namespace, config: MockConfig) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with MockServer(config, host=args.host, port=args.port) as server:
+        reopening: set[asyncio.Task[None]] = set()
+
+        def accept() -> None:
+            task = asyncio.ensure_future(server.accept_connections())
+            reopening.add(task)
+            task.add_done_callback(reopening.discard)
+
+        loop.add_signal_handler(signal.SIGUSR1, accept)
         if args.port_file is not None:
             _write_port_file(args.port_file, server.port)
         print(f"azure-mock listening on {server.url}", flush=True)

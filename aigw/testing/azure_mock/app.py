@@ -14,9 +14,10 @@ import struct
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from http import HTTPStatus
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -49,7 +50,14 @@ from .wire import (
     stream_plan,
 )
 
-__all__ = ["STATE_KEY", "MockState", "RequestRecord", "StreamOutcome", "build_app"]
+__all__ = [
+    "STATE_KEY",
+    "ListenerControl",
+    "MockState",
+    "RequestRecord",
+    "StreamOutcome",
+    "build_app",
+]
 
 StreamOutcome = Literal["completed", "client_disconnected", "cut"]
 
@@ -201,11 +209,23 @@ def _format_seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
+class ListenerControl(Protocol):
+    """What can stop and restart the mock's listening socket (:class:`MockServer` can)."""
+
+    async def refuse_connections(
+        self, for_s: float | None, *, spare: asyncio.BaseTransport | None = None
+    ) -> None:
+        """Close the listening socket and every connection but *spare*; reopen after *for_s*."""
+
+
 class MockState:
     """Per-application state and request handlers of the mock."""
 
     def __init__(self, config: MockConfig) -> None:
         self.config = config
+        # Set by MockServer: a bare build_app() has no socket of its own to close.
+        self.listener: ListenerControl | None = None
+        self._verify_entra = _entra_verifier(config.entra_secret)
         self.faults = FaultQueue()
         self.records: deque[RequestRecord] = deque(maxlen=config.record_limit)
         self._deployments = {
@@ -262,6 +282,40 @@ class MockState:
         """``DELETE /_mock/faults``."""
         self.faults.clear()
         return web.json_response({"ok": True})
+
+    async def post_connections(self, request: web.Request) -> web.Response:
+        """``POST /_mock/connections`` ``{"refuse": true, "for_ms": N | null}``: stop listening.
+
+        New connections are refused (ECONNREFUSED) and open ones, idle or busy, are
+        aborted, as when the region's process dies; after ``for_ms`` (``null``: until
+        the CLI process gets SIGUSR1, or ``MockServer.accept_connections()``) the same
+        port listens again. Only this request's connection is spared, to answer it
+        (with ``Connection: close``).
+        """
+        try:
+            posted = await request.json()
+        except json.JSONDecodeError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        if not isinstance(posted, dict) or posted.get("refuse") is not True:
+            return web.json_response({"error": 'expected {"refuse": true}'}, status=400)
+        unknown = set(posted) - {"refuse", "for_ms"}
+        if unknown:
+            return web.json_response({"error": f"unknown fields: {sorted(unknown)}"}, status=400)
+        for_ms = posted.get("for_ms")
+        if for_ms is not None and (
+            isinstance(for_ms, bool) or not isinstance(for_ms, int | float) or for_ms <= 0
+        ):
+            message = "'for_ms' must be a positive number or null"
+            return web.json_response({"error": message}, status=400)
+        if self.listener is None:
+            message = "refusing connections needs the mock's own server (MockServer or the CLI)"
+            return web.json_response({"error": message}, status=501)
+        # Refused before answering: a client that connects again as soon as it has
+        # the answer must find the port closed.
+        await self.listener.refuse_connections(
+            None if for_ms is None else for_ms / 1000, spare=request.transport
+        )
+        return web.json_response({"ok": True}, headers={"Connection": "close"})
 
     # ------------------------------------------------------------------ data plane
 
@@ -374,10 +428,14 @@ class MockState:
             return None if ok else INVALID_KEY
         authorization = request.headers.get("Authorization", "")
         if authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
             expected = self.config.bearer_token
-            token = authorization[7:].strip().encode()
-            ok = expected is not None and hmac.compare_digest(token, expected.encode())
-            return None if ok else INVALID_BEARER
+            if expected is not None and hmac.compare_digest(token.encode(), expected.encode()):
+                return None
+            verify = self._verify_entra
+            if verify is not None and verify(token, time.time()):
+                return None
+            return INVALID_BEARER
         return INVALID_KEY
 
     def _version_ok(self, api_version: str) -> bool:
@@ -646,6 +704,22 @@ def _other_origin(request: web.Request) -> str:
     return f"http://{host}:{port}{request.rel_url.raw_path_qs}"
 
 
+def _entra_verifier(secret: str | None) -> Callable[[str, float], bool] | None:
+    """``verify(token, now)`` for tokens the local Entra endpoint issued with *secret*."""
+    if secret is None:
+        return None
+    # Imported only when asked: the token endpoint is a test tool of its own.
+    from aigw.testing.entra import verify_token
+
+    return partial(_verify_with, verify_token, secret)
+
+
+def _verify_with(
+    verify_token: Callable[[str, str, float], bool], secret: str, token: str, now: float
+) -> bool:
+    return verify_token(token, secret, now)
+
+
 STATE_KEY: Final = web.AppKey("azure_mock_state", MockState)
 
 
@@ -665,5 +739,6 @@ def build_app(config: MockConfig | None = None) -> web.Application:
     app.router.add_get("/_mock/faults", state.get_faults)
     app.router.add_post("/_mock/faults", state.post_faults)
     app.router.add_delete("/_mock/faults", state.delete_faults)
+    app.router.add_post("/_mock/connections", state.post_connections)
     app.router.add_route("*", "/{tail:.*}", state.api)
     return app

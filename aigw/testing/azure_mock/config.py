@@ -32,7 +32,12 @@ class MockConfig:
     Attributes:
         api_key: The only ``api-key`` value accepted.
         bearer_token: Accepted ``Authorization: Bearer`` token when no ``api-key`` is sent.
-            ``None`` rejects every bearer token with Azure's Entra 401 body.
+            ``None`` rejects every bearer token with Azure's Entra 401 body (unless
+            ``entra_secret`` accepts it).
+        entra_secret: Also accept any bearer token that
+            ``aigw.testing.entra.verify_token(token, entra_secret, now)`` finds valid:
+            one issued with this secret by the local token endpoint and not expired.
+            An expired or unknown token gets Azure's Entra 401 body.
         deployments: Deployment name -> model snapshot returned in ``model``.
         latency_ms: Delay before the response headers (non-stream) or first event (stream).
         token_delay_ms: Delay between two consecutive content chunks of a stream.
@@ -51,6 +56,7 @@ class MockConfig:
 
     api_key: str = DEFAULT_API_KEY
     bearer_token: str | None = None
+    entra_secret: str | None = None
     deployments: Mapping[str, str] = field(default_factory=_default_deployments)
     latency_ms: float = 0.0
     token_delay_ms: float = 0.0

@@ -9,8 +9,9 @@ Deliberate limits, each reported in plain words:
 
 - exactly one ``ai-proxy-advanced`` plugin (plain ``ai-proxy`` nests differently), plus at
   most one each of the access plugins of `aigw.config.plugins_schema`;
-- exactly one target: no load balancing, one route per deployment as in the reference how-to;
-- only the ``azure`` provider.
+- at most 64 targets; several make a pool (`aigw.config.balancer_schema` holds the pool's
+  rules and the ``balancer`` section);
+- only the ``azure`` provider; a target authenticates with a key or with Microsoft Entra ID.
 
 `file_kind` tells a route file from a consumer file (`aigw.config.consumer_schema`) and a
 global plugins file (`aigw.config.plugins_schema`) by the root keys.
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 
+from aigw.config.balancer_schema import balancer, check_pool
 from aigw.config.checker import Checker, backticked
 from aigw.config.errors import ConfigIssue
 from aigw.config.keypath import ROOT, child, item
@@ -34,6 +36,7 @@ from aigw.config.model import (
     AccessPlugins,
     AiProxyAdvancedConfig,
     AuthConfig,
+    BalancerConfig,
     LoggingConfig,
     ModelConfig,
     ModelOptions,
@@ -68,12 +71,12 @@ FileKind = Literal["route", "consumer", "plugins"]
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 _MAX_TIMEOUT_MS = 2**31 - 1  # Kong's timeout type
-_ONE_TARGET = "load balancing across several targets is not supported; use one target per route"
 
 _TOP_KEYS = ("route", "plugins")
 _ROUTE_KEYS = ("name", "paths", "methods")
 _CONFIG_KEYS = (
     "targets",
+    "balancer",
     "max_request_body_size",
     "response_streaming",
     "model_name_header",
@@ -97,7 +100,13 @@ _AUTH_KEYS = (
     "param_value",
     "param_location",
     "allow_override",
+    "azure_use_managed_identity",
+    "azure_client_id",
+    "azure_client_secret",
+    "azure_tenant_id",
 )
+_KEY_FIELDS = ("header_name", "header_value", "param_name", "param_value", "param_location")
+_ENTRA_FIELDS = ("azure_client_id", "azure_client_secret", "azure_tenant_id")
 _MODEL_KEYS = ("provider", "name", "model_alias", "options")
 _OPTION_KEYS = (
     "azure_instance",
@@ -138,19 +147,10 @@ _KONG_ROUTE = dict.fromkeys(
 _KONG_PLUGIN = dict.fromkeys(
     ("enabled", "protocols", "instance_name", "ordering", "tags", "id", "consumer"), ""
 ) | dict.fromkeys(("route", "service"), "is not needed: the plugin applies to this file's route")
-_KONG_CONFIG = dict.fromkeys(
-    ("embeddings", "vectordb", "llm_format", "genai_category", "acls"), ""
-) | {
-    "balancer": "is not supported (one target per route); timeouts go on the target, "
-    "e.g. `targets[0].read_timeout`"
-}
+_KONG_CONFIG = dict.fromkeys(("embeddings", "vectordb", "llm_format", "genai_category", "acls"), "")
 _KONG_TARGET = {"metadata": ""}
 _KONG_AUTH = dict.fromkeys(
     (
-        "azure_use_managed_identity",
-        "azure_client_id",
-        "azure_client_secret",
-        "azure_tenant_id",
         "gcp_use_service_account",
         "gcp_service_account_json",
         "aws_access_key_id",
@@ -182,6 +182,8 @@ _API_VERSION = re.compile(r"[A-Za-z0-9._-]+\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_TAB = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP field values may hold tabs
 _NOT_IN_SEGMENT = re.compile(r"[/?#%\s\x00-\x1f\x7f]")
+_GUID = re.compile(r"[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}\Z")
+_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\Z")
 
 
 _NO_PLUGINS = AccessPlugins()
@@ -332,8 +334,13 @@ def _proxy(c: Checker, plugin: Mapping[str, object], plugin_path: str) -> AiProx
     if m is None:
         return AiProxyAdvancedConfig(targets=())
     max_body = c.integer(m, path, "max_request_body_size", low=0)
+    targets = _targets(c, m, path)
+    pool = balancer(c, m, path)
+    if pool is None and len(targets) > 1:
+        pool = BalancerConfig()  # Kong's defaults; one target without a section stays as today
     config = AiProxyAdvancedConfig(
-        targets=_targets(c, m, path),
+        targets=targets,
+        balancer=pool,
         response_streaming=c.choice(
             m, path, "response_streaming", STREAMING_MODES, default="allow"
         ),
@@ -352,15 +359,17 @@ def _targets(
     path = child(config_path, "targets")
     entries = c.sequence(config["targets"], path)
     if entries == []:
-        c.report(path, "must hold one target")
-    targets: list[TargetConfig] = []
+        c.report(path, "must hold at least one target")
+    targets: list[tuple[int, TargetConfig]] = []
+    route_types: dict[int, str] = {}
     for index, entry in enumerate(entries or ()):
-        if index > 0:
-            c.report(item(path, index), _ONE_TARGET)
         target = _target(c, entry, item(path, index))
         if target is not None:
-            targets.append(target)
-    return tuple(targets[:1])
+            targets.append((index, target))
+            if isinstance(entry, dict) and entry.get("route_type") in ROUTE_TYPES:
+                route_types[index] = target.route_type
+    check_pool(c, path, len(entries or ()), targets, route_types)
+    return tuple(target for _, target in targets)
 
 
 def _target(c: Checker, value: object, path: str) -> TargetConfig | None:
@@ -395,6 +404,7 @@ def _auth(c: Checker, target: Mapping[str, object], target_path: str) -> AuthCon
         return AuthConfig()
     _mutually_required(c, m, path, ("header_name", "header_value"))
     _mutually_required(c, m, path, ("param_name", "param_value", "param_location"))
+    _entra_rules(c, m, path)
     return AuthConfig(
         header_name=c.text(m, path, "header_name", check=_check_header_name),
         header_value=c.text(m, path, "header_value", secret=True, check=_check_header_value),
@@ -402,7 +412,46 @@ def _auth(c: Checker, target: Mapping[str, object], target_path: str) -> AuthCon
         param_value=c.text(m, path, "param_value", secret=True, check=_check_no_control),
         param_location=c.optional_choice(m, path, "param_location", PARAM_LOCATIONS),
         allow_override=c.boolean(m, path, "allow_override", default=False),
+        azure_use_managed_identity=c.boolean(m, path, "azure_use_managed_identity", default=False),
+        azure_client_id=c.text(m, path, "azure_client_id", check=_check_client_id),
+        azure_client_secret=c.text(
+            m, path, "azure_client_secret", secret=True, check=_check_header_value
+        ),
+        azure_tenant_id=c.text(m, path, "azure_tenant_id", check=_check_tenant_id),
     )
+
+
+def _entra_rules(c: Checker, m: Mapping[str, object], path: str) -> None:
+    """Kong's shape: ``azure_use_managed_identity: true`` turns Microsoft Entra ID on; the
+    other ``azure_*`` fields choose the identity; a target has one credential."""
+    switch = m.get("azure_use_managed_identity")
+    if switch is True:
+        for key in _KEY_FIELDS:
+            if m.get(key) is not None:
+                c.report(
+                    child(path, key),
+                    "cannot be combined with `azure_use_managed_identity: true`: a target has "
+                    "one credential, a key or Microsoft Entra ID; remove one of them",
+                    key=True,
+                )
+    elif switch is None or switch is False:
+        for key in _ENTRA_FIELDS:
+            if m.get(key) is not None:
+                c.report(
+                    child(path, key),
+                    "has no effect without `azure_use_managed_identity: true`, which turns "
+                    "Microsoft Entra ID on for this target (Kong's shape)",
+                    key=True,
+                )
+    if m.get("azure_client_secret") is not None:
+        for key in ("azure_client_id", "azure_tenant_id"):
+            if m.get(key) is None:
+                c.missing(
+                    path,
+                    key,
+                    "required with `azure_client_secret`: the client-secret flow signs in as "
+                    "app `azure_client_id` of tenant `azure_tenant_id`",
+                )
 
 
 def _mutually_required(
@@ -573,6 +622,23 @@ def _check_header_value(value: str) -> str | None:
     if value != value.strip():
         return "has leading or trailing whitespace"
     return None
+
+
+def _check_client_id(value: str) -> str | None:
+    if _GUID.match(value):
+        return None
+    return (
+        "must be a client (application) id, a GUID such as `00000000-0000-0000-0000-000000000000`"
+    )
+
+
+def _check_tenant_id(value: str) -> str | None:
+    if _GUID.match(value) or _DOMAIN.match(value):
+        return None
+    return (
+        "must be a tenant id, a GUID such as `00000000-0000-0000-0000-000000000000`, "
+        "or a tenant domain such as `contoso.onmicrosoft.com`"
+    )
 
 
 def _check_no_control(value: str) -> str | None:

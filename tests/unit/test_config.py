@@ -287,8 +287,8 @@ SCHEMA_ERRORS = [
     ("  methods:", "  xyzzy: 1\n  methods:", "route.xyzzy", "expected one of `name`, `paths`"),
     (
         "    config:\n",
-        "    config:\n      balancer: {}\n",
-        "plugins[0].config.balancer",
+        "    config:\n      balancer: {slots: 10000}\n",
+        "plugins[0].config.balancer.slots",
         "not supported",
     ),
     ("route:\n", "_format_version: '3.0'\nroute:\n", "_format_version", "Kong setting"),
@@ -309,12 +309,12 @@ SCHEMA_ERRORS = [
     ("plugins:\n  - name", "plugins: []\nx:\n  - name", "plugins", "exactly one plugin"),
     ("ai-proxy-advanced", "rate-limiting", "plugins[0].name", "`ai-proxy-advanced`"),
     ("ai-proxy-advanced", "ai-proxy", "plugins[0].name", "move `route_type`, `auth`"),
-    ("      targets:\n", "      targets: []\n      x:\n", f"{T[:-3]}", "must hold one target"),
+    ("      targets:\n", "      targets: []\n      x:\n", f"{T[:-3]}", "at least one target"),
     (
         "          auth:\n",
-        "          auth: {}\n        - route_type: llm/v1/chat\n          auth:\n",
-        "plugins[0].config.targets[1]",
-        "load balancing across several targets is not supported; use one target per route",
+        "          auth: {}\n        - route_type: llm/v1/embeddings\n          auth:\n",
+        "plugins[0].config.targets[1].route_type",
+        "every target of a pool carries the same route type",
     ),
     # target
     ("route_type: llm/v1/chat", "route_type: llm/v2/chat", f"{T}.route_type", "`llm/v1/chat`"),

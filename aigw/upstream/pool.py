@@ -21,8 +21,28 @@ Shape:
   for a whole body, ``readany()`` for a stream, then ``release()`` or
   ``close()``.
 
-A request is never retried: a POST to a model may have been acted on (and
-billed) even if its connection died before the answer.
+A request is retried at most once, and only in the keep-alive race that Go's
+``net/http`` transport retries too (``shouldRetryRequest``): the upstream
+closed an idle connection just as aigw reused it. A connection that closed
+before reuse is never used (``_take_idle``: its state, then a poll for a FIN,
+a reset or stray bytes the event loop has not read yet). The retry goes to a
+new connection to the same origin, whatever the route's failover criteria,
+when the request failed on a *reused* connection with not one byte of
+response read back, and either
+
+* none of it was written: the send itself failed (see
+  ``UpstreamConnection._send_failed``). Any method, a POST included: the
+  upstream provably received nothing, so nothing can have been acted on or
+  billed; or
+* the method is idempotent (GET, HEAD, OPTIONS, TRACE) and the connection was
+  closed or reset before the answer (Go's ``errServerClosedIdle``).
+
+A POST that was written and then met a closed connection is not retried: a
+server that read it and died is indistinguishable from one that closed first,
+and a model call may have been acted on (and billed). Go does the same for a
+request it cannot replay. (Failover to another target is the balancer's
+decision, by its criteria.) A fresh connection is never retried either: a
+server has no reason to close a connection it has not used.
 """
 
 from __future__ import annotations
@@ -47,6 +67,10 @@ __all__ = [
     "UpstreamPool",
     "UpstreamResponse",
 ]
+
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+"""Methods resent after a reused connection closed before answering (Go's ``isReplayable``)."""
 
 
 class ConnectError(OSError):
@@ -204,7 +228,29 @@ class UpstreamPool:
         if conn is None:
             conn = await self._acquire(origin, connect_timeout)
         try:
+            return await self._exchange(conn, method, wire, read_timeout, write_timeout)
+        except UpstreamDisconnected:
+            # The keep-alive race (module docstring): once, on a new connection.
+            if not (
+                conn.reused and conn.answered_nothing and (conn.unsent or method in _IDEMPOTENT)
+            ):
+                raise
+        conn = await self._acquire(origin, connect_timeout, new=True)
+        return await self._exchange(conn, method, wire, read_timeout, write_timeout)
+
+    async def _exchange(
+        self,
+        conn: UpstreamConnection,
+        method: str,
+        wire: bytes,
+        read_timeout: float | None,
+        write_timeout: float | None,
+    ) -> UpstreamResponse:
+        """Sends *wire* on *conn* and waits for the response head; a failure closes *conn*."""
+        try:
             conn.start(wire, head_request=method == "HEAD")
+            if conn.unsent:
+                raise UpstreamDisconnected("the upstream had closed the reused connection")
             if conn.writing_paused:
                 await conn.send_rest(write_timeout)
             head = await conn.read_head(read_timeout)
@@ -242,16 +288,20 @@ class UpstreamPool:
             # not read yet: under load, the gap between the FIN arriving and
             # connection_lost running is when a request would be sent into it.
             # PERF: one poll(2), ~1.5 µs a request under load.
-            if _fresh(conn, cutoff) and not conn.has_pending_input():
+            if conn.reusable and _fresh(conn, cutoff) and not conn.has_pending_input():
                 return conn
             conn.close()
             self._open -= 1
         return None
 
-    async def _acquire(self, origin: Origin, within: float | None) -> UpstreamConnection:
+    async def _acquire(
+        self, origin: Origin, within: float | None, *, new: bool = False
+    ) -> UpstreamConnection:
         """A connection to *origin*: an idle one, else a new one under the cap, else waits.
 
         Bounded by *within* as a whole (pool wait, connect and TLS handshake).
+        With *new*, never an idle one (a retry after the keep-alive race: the
+        idle ones may have been closed by the same upstream at the same time).
         """
         loop = asyncio.get_running_loop()
         try:
@@ -259,7 +309,7 @@ class UpstreamPool:
                 while True:
                     # Checked again after every wait: the wake-up may be a
                     # connection to this origin released for reuse.
-                    idle = self._take_idle(origin)
+                    idle = None if new else self._take_idle(origin)
                     if idle is not None:
                         return idle
                     if self._closed:

@@ -1472,3 +1472,172 @@ async def test_pool_close_leaves_busy_connections_until_released(
     busy.release()
     assert pool.open_connections == 0
     await wait_eof(server.peers[0])
+
+
+# -- the keep-alive race: one resend on a new connection ------------------------------
+
+
+class _ClosingUpstream:
+    """An upstream in its own thread whose first connection ends after one answer.
+
+    Every connection answers requests with ``conn<index>`` (reading their
+    Content-Length bodies) and records them. After its first answer, the
+    first connection waits for ``finish`` and then either resets itself
+    (``"reset"``: SO_LINGER 0, a TCP RST, as Azure's load balancer does to an
+    idle connection) or reads the next request and closes without answering
+    (``"read, then close"``: the server's FIN crossed that request).
+    """
+
+    def __init__(self, ending: str) -> None:
+        self.ending = ending
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.origin = Origin("http", "127.0.0.1", self.listener.getsockname()[1])
+        self.accepted = 0
+        self.requests: list[tuple[int, bytes]] = []
+        self.finish = threading.Event()
+        self.finished = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                break
+            index = self.accepted
+            self.accepted += 1
+            self._sockets.append(sock)
+            thread = threading.Thread(target=self._serve, args=(sock, index), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _read_request(self, sock: socket.socket, pending: bytes) -> tuple[bytes, bytes] | None:
+        while b"\r\n\r\n" not in pending:
+            data = sock.recv(65536)
+            if not data:
+                return None
+            pending += data
+        head, _, rest = pending.partition(b"\r\n\r\n")
+        match = _CONTENT_LENGTH.search(head + b"\r\n")
+        length = int(match.group(1)) if match else 0
+        while len(rest) < length:
+            data = sock.recv(65536)
+            if not data:
+                return None
+            rest += data
+        return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+    def _serve(self, sock: socket.socket, index: int) -> None:
+        pending = b""
+        with sock, suppress(OSError):
+            while (got := self._read_request(sock, pending)) is not None:
+                request, pending = got
+                self.requests.append((index, request))
+                sock.sendall(response(f"conn{index}".encode()))
+                if index == 0:
+                    break
+            if index != 0:
+                return
+            self.finish.wait(5)
+            if self.ending == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                got = self._read_request(sock, pending)
+                if got is not None:
+                    self.requests.append((index, got[0]))
+            sock.close()
+            self.finished.set()
+
+    def close(self) -> None:
+        self.finish.set()
+        with suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.listener.close()
+        for sock in self._sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv()
+        for thread in self._threads:
+            thread.join(5)
+
+
+async def _read_and_release(resp: UpstreamResponse) -> bytes:
+    body = await resp.read()
+    resp.release()
+    return body
+
+
+async def test_a_post_whose_send_fails_on_a_reused_connection_is_resent_on_a_new_one(
+    pool: UpstreamPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reset arrives just after the check before reuse (made to miss it
+    # here): the send fails, no byte of the POST left, and it is sent once
+    # more on a new connection instead of answering 502.
+    upstream = _ClosingUpstream("reset")
+    try:
+        assert await fetch(pool, upstream.origin) == b"conn0"
+        upstream.finish.set()
+        assert upstream.finished.wait(5)
+        # Blocking on purpose: the event loop must not read the reset first.
+        time.sleep(0.05)  # noqa: ASYNC251
+        monkeypatch.setattr(connection_mod.UpstreamConnection, "has_pending_input", lambda _: False)
+        async with guard():
+            resp = await get(pool, upstream.origin, method="POST", body=b'{"n": 1}')
+        assert await _read_and_release(resp) == b"conn1"
+        assert upstream.accepted == 2
+        posts = [(index, r) for index, r in upstream.requests if r.startswith(b"POST")]
+        assert [index for index, _ in posts] == [1], "the POST reached the upstream exactly once"
+        assert posts[0][1].endswith(b'{"n": 1}')
+        assert pool.open_connections == 1
+    finally:
+        upstream.close()
+
+
+async def test_a_get_answered_by_a_close_on_a_reused_connection_is_resent(
+    pool: UpstreamPool,
+) -> None:
+    # Go's errServerClosedIdle: the upstream's FIN crossed the request.
+    # An idempotent request may be sent again though the upstream read it.
+    upstream = _ClosingUpstream("read, then close")
+    try:
+        assert await fetch(pool, upstream.origin) == b"conn0"
+        upstream.finish.set()
+        async with guard():
+            assert await fetch(pool, upstream.origin, "/again") == b"conn1"
+        assert upstream.finished.wait(5)
+        assert [index for index, _ in upstream.requests] == [0, 0, 1]
+        assert upstream.accepted == 2
+    finally:
+        upstream.close()
+
+
+async def test_a_written_post_answered_by_a_close_is_not_resent(pool: UpstreamPool) -> None:
+    # The upstream read this POST before closing (it may have acted on it and
+    # billed it): sending it again could run it twice.
+    upstream = _ClosingUpstream("read, then close")
+    try:
+        assert await fetch(pool, upstream.origin) == b"conn0"
+        upstream.finish.set()
+        async with guard():
+            with pytest.raises(UpstreamDisconnected, match="before answering"):
+                await get(pool, upstream.origin, method="POST", body=b"{}")
+        assert upstream.finished.wait(5)
+        assert [r.split(b" ")[0] for _, r in upstream.requests] == [b"GET", b"POST"]
+        assert upstream.accepted == 1
+        assert pool.open_connections == 0
+    finally:
+        upstream.close()
+
+
+async def test_a_reset_on_a_new_connection_is_not_resent(serve: Serve, pool: UpstreamPool) -> None:
+    # Nothing was pooled: an upstream resetting a connection it never used is
+    # failing, not racing a keep-alive timeout.
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.reset()
+
+    server = await serve(handler)
+    with pytest.raises((UpstreamDisconnected, ConnectionResetError)):
+        await get(pool, server.origin)
+    assert server.accepted == 1

@@ -237,7 +237,7 @@ def _identity(target: TargetConfig) -> tuple[object, ...]:
     auth = target.auth
     return (
         options.upstream_url,
-        options.azure_instance,
+        options.azure_instance.lower() if options.azure_instance else None,  # a DNS name
         options.azure_deployment_id,
         options.upstream_path,
         auth.header_name.lower() if auth.header_name else None,

@@ -350,7 +350,7 @@ def test_a_templated_single_target_is_still_allowed() -> None:
 
 
 def test_the_same_deployment_twice_is_refused() -> None:
-    text = route(target("se"), target("us"), target("se"))
+    text = route(target("se"), target("us"), target("SE"))
     (issue,) = issues_of(text)
     assert str(issue) == (
         f"p.yaml:15:11: {TS}[2]: has the same upstream, deployment and credential as "

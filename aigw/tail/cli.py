@@ -194,12 +194,14 @@ through. Request filters combine with AND; a repeated filter with OR."""
 _EPILOG: Final = """\
 request line columns:
   time  status  method  route  model→served model  latency (up upstream, ttft first token)
-  prompt+completion=total tok  stream  request id  [by consumer]  [outcome: error]
+  prompt+completion=total tok  stream  request id  [by consumer]
+  [tries via target: 429→200 via eastus]  [outcome: error]
 
 examples:
   journalctl -u aigw -o cat | aigw tail --errors
   aigw tail --journal --status 5xx,429
   aigw tail --journal --consumer team-search,team-chat --status 401,403
+  aigw tail --journal --target eastus --errors
   aigw tail -f /var/log/aigw/aigw.log --route azure-gpt-4o --slow 2000"""
 
 
@@ -279,6 +281,14 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="only requests of this consumer (key-auth username): repeatable, or a "
         "comma-separated list",
+    )
+    filters.add_argument(
+        "--target",
+        action="extend",
+        type=_names,
+        metavar="NAME",
+        help="only requests a balanced route sent to this target (azure_instance or host), "
+        "answered or failed over from: repeatable, or a comma-separated list",
     )
     filters.add_argument(
         "--requests-only",

@@ -90,6 +90,8 @@ class Filter:
             model (``response_model``) is one of these (empty: any).
         consumers: Show requests identified as one of these consumers
             (key-auth usernames; empty: any).
+        targets: Show requests of balanced routes sent to one of these targets,
+            whether it answered or was tried before another did (empty: any).
         requests_only: Drop everything but request events, including lines
             that are not JSON.
     """
@@ -101,6 +103,7 @@ class Filter:
     stream: bool | None = None
     models: frozenset[str] = frozenset()
     consumers: frozenset[str] = frozenset()
+    targets: frozenset[str] = frozenset()
     requests_only: bool = False
 
     @classmethod
@@ -114,6 +117,7 @@ class Filter:
             stream=args.stream,
             models=frozenset(args.model or ()),
             consumers=frozenset(getattr(args, "consumer", None) or ()),
+            targets=frozenset(getattr(args, "target", None) or ()),
             requests_only=args.requests_only,
         )
 
@@ -145,12 +149,26 @@ class Filter:
             served = {_label(event.get(key)) for key in ("model", "deployment", "response_model")}
             if not served & self.models:
                 return False
-        return not self.consumers or _label(event.get("consumer")) in self.consumers
+        if self.consumers and _label(event.get("consumer")) not in self.consumers:
+            return False
+        return not self.targets or not _targets(event).isdisjoint(self.targets)
 
 
 def _label(value: object) -> str | None:
     """*value* if it is a string: the only kind a name filter can match (and always hashable)."""
     return value if isinstance(value, str) else None
+
+
+def _targets(event: Mapping[str, Any]) -> set[str | None]:
+    """The targets a balanced route's request answered from or tried."""
+    attempts = event.get("attempts")
+    tried = {
+        _label(attempt.get("target"))
+        for attempt in (attempts if isinstance(attempts, list) else ())
+        if isinstance(attempt, Mapping)
+    }
+    tried.add(_label(event.get("target")))
+    return tried
 
 
 def _failed(event: Mapping[str, Any]) -> bool:

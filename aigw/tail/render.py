@@ -53,8 +53,10 @@ def format_event(event: Mapping[str, Any], *, color: bool, utc: bool = False) ->
     route, configured→served model, latency (upstream, time to first token),
     tokens (prompt+completion=total), a stream marker, the short form of the
     request id (:func:`aigw.short_id.short_request_id`: the part that differs
-    between requests), ``by <consumer>`` when key-auth identified the caller
-    and, for failures, the outcome and error text. Other
+    between requests), ``by <consumer>`` when key-auth identified the caller,
+    on a balanced route the target that answered and, when it failed over,
+    the tries before it (``429→unreachable→200 via eastus``) and, for
+    failures, the outcome and error text. Other
     events become a time, a tag (``CONFIG``, ``START``, ``STOP``, ``ERROR``...)
     and a summary. Missing fields and values of unexpected types render as
     ``-``; this never raises for any mapping.
@@ -137,12 +139,40 @@ def _format_request(event: Mapping[str, Any], clock: str, paint: _Painter) -> st
     consumer = event.get("consumer")
     if isinstance(consumer, str) and consumer:
         columns.append(paint(f"by {_text(consumer)}", _CYAN))
+    attempts = _attempts(event)
+    if attempts:
+        # A failover in yellow: the answer came, but not from the first target tried.
+        columns.append(paint(attempts, _YELLOW if _ARROW in attempts else _DIM))
     failure = _failure_text(outcome, error)
     if failure:
         # A status under 400 with a failure is a stream cut after its 200: red.
         codes = status_codes if status is not None and status >= 400 else (_RED,)
         columns.append(paint(failure, *codes))
     return "  ".join(columns).rstrip()
+
+
+def _attempts(event: Mapping[str, Any]) -> str:
+    """A balanced route's tries: ``429→200 via eastus``; ``via eastus`` for one try."""
+    attempts = event.get("attempts")
+    target = event.get("target")
+    steps = [_attempt_step(attempt) for attempt in attempts] if isinstance(attempts, list) else []
+    text = _ARROW.join(steps) if len(steps) > 1 else ""
+    if isinstance(target, str) and target:
+        text = f"{text} via {_text(target)}" if text else f"via {_text(target)}"
+    return text
+
+
+def _attempt_step(attempt: object) -> str:
+    """An attempt's status, or its failure without the ``upstream_`` every one carries."""
+    if not isinstance(attempt, Mapping):
+        return "-"
+    status = _as_int(attempt.get("status"))
+    if status is not None:
+        return str(status)
+    error = attempt.get("error")
+    if isinstance(error, str) and error:
+        return _text(error.removeprefix("upstream_"))
+    return "-"
 
 
 def _status_codes(status: int | None) -> tuple[str, ...]:

@@ -943,3 +943,92 @@ def test_empty_consumer_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]
         main(["--consumer", "a,,b"])
     assert exit_.value.code == 2
     assert "argument --consumer: expected NAME or NAME,NAME" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# Balanced routes: the target that answered and the failovers before it
+
+
+def balanced(target: str | None, *attempts: tuple[str, int | None, str | None]) -> dict[str, Any]:
+    """PLAIN as a balanced route logs it: *attempts* are (target, status, error)."""
+    return {
+        **PLAIN,
+        "target": target,
+        "attempts": [
+            {"target": name, "status": status, "error": error, "ms": 12.5}
+            for name, status, error in attempts
+        ],
+    }
+
+
+FAILED_OVER = balanced("eastus", ("sweden", 429, None), ("eastus", 200, None))
+
+
+def test_failover_shows_the_tries_then_the_target_that_answered() -> None:
+    line = fmt(FAILED_OVER)
+    assert line.endswith(f"{shown_id(PLAIN['request_id'])}  429→200 via eastus")
+    assert f"{YELLOW}m429→200 via eastus" in fmt(FAILED_OVER, color=True)
+
+
+def test_failover_after_errors_names_them_without_the_upstream_prefix() -> None:
+    event = balanced(
+        "westus",
+        ("sweden", None, "upstream_unreachable"),
+        ("eastus", None, "upstream_connect_timeout"),
+        ("westus", 200, None),
+    )
+    assert fmt(event).endswith("  unreachable→connect_timeout→200 via westus")
+
+
+def test_one_try_shows_only_the_target_dimmed() -> None:
+    event = balanced("eastus", ("eastus", 200, None))
+    assert fmt(event).endswith(f"{shown_id(PLAIN['request_id'])}  via eastus")
+    assert "\x1b[2mvia eastus" in fmt(event, color=True)
+
+
+def test_every_try_failed_shows_the_tries_and_the_outcome() -> None:
+    event = {
+        **balanced(None, ("sweden", 429, None), ("eastus", None, "upstream_unreachable")),
+        "status": 429,
+        "outcome": "all_targets_rate_limited",
+    }
+    line = fmt(event)
+    assert "  429→unreachable  all_targets_rate_limited" in line
+    assert " via " not in line
+
+
+def test_a_route_without_balancer_shows_no_tries() -> None:
+    assert fmt(PLAIN).endswith(shown_id(PLAIN["request_id"]))
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=repr)
+def test_odd_attempts_never_crash(value: Any) -> None:
+    fmt({**PLAIN, "attempts": value, "target": value})
+    fmt({**PLAIN, "attempts": [value, {"status": value, "error": value}], "target": "t"})
+    Filter(targets=frozenset({"t"})).matches({**PLAIN, "attempts": value, "target": value})
+    Filter(targets=frozenset({"t"})).matches({**PLAIN, "attempts": [value]})
+
+
+def test_target_filter_matches_the_answering_and_the_tried_targets() -> None:
+    by_sweden = Filter(targets=frozenset({"sweden"}))
+    assert by_sweden.matches(FAILED_OVER)  # tried, then failed over from
+    assert Filter(targets=frozenset({"eastus"})).matches(FAILED_OVER)  # answered
+    assert not Filter(targets=frozenset({"westus"})).matches(FAILED_OVER)
+    assert not by_sweden.matches(PLAIN)  # not a balanced route
+    assert by_sweden.matches(OTHER["config_reload"])
+
+
+def test_target_option_is_repeatable_and_takes_a_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(["--target", "sweden", "--target", "eastus,westus"])
+    assert Filter.from_args(args).targets == frozenset({"sweden", "eastus", "westus"})
+    lines = [
+        json.dumps({**FAILED_OVER, "request_id": "11111111"}),
+        json.dumps({**balanced("westus", ("westus", 200, None)), "request_id": "22222222"}),
+        request("33333333"),
+    ]
+    feed_stdin(monkeypatch, "\n".join(lines) + "\n")
+    assert main(["--target", "sweden", "--utc", "--color", "never"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].endswith("429→200 via eastus")

@@ -119,7 +119,7 @@ class RoundRobin:
         best = -1
         best_credit = 0
         for i, state in enumerate(self._states):
-            if state.available(now) and i not in exclude:
+            if now >= state.available_from and i not in exclude:
                 weight = weights[i]
                 credit = current[i] + weight
                 current[i] = credit
@@ -157,7 +157,7 @@ class Priority:
         for group in self._groups:
             found = False
             for i in group:
-                ok = states[i].available(now) and i not in exclude
+                ok = now >= states[i].available_from and i not in exclude
                 marked[i] = ok
                 found = found or ok
             if found:
@@ -209,7 +209,7 @@ class LeastConnections(_LowestScore):
         weights = self._weights
         best = _OUT
         for i, state in enumerate(self._states):
-            if state.available(now) and i not in exclude:
+            if now >= state.available_from and i not in exclude:
                 score = state.in_flight / weights[i]
                 if score < best:
                     best = score
@@ -232,7 +232,7 @@ class LowestUsage(_LowestScore):
         weights = self._weights
         best = _OUT
         for i, state in enumerate(self._states):
-            if state.available(now) and i not in exclude:
+            if now >= state.available_from and i not in exclude:
                 score = state.usage(now) / weights[i]
                 if score < best:
                     best = score
@@ -271,7 +271,7 @@ class LowestLatency(_LowestScore):
         tpot = self._tpot
         best = _OUT
         for i, state in enumerate(self._states):
-            if state.available(now) and i not in exclude:
+            if now >= state.available_from and i not in exclude:
                 latency = state.latency(now, tpot=tpot)
                 if latency is not None:
                     score = latency
@@ -319,7 +319,7 @@ class ConsistentHashing:
         available = self._available
         any_available = False
         for i, state in enumerate(self._states):
-            ok = state.available(now) and i not in exclude
+            ok = now >= state.available_from and i not in exclude
             available[i] = ok
             any_available = any_available or ok
         if not any_available:

@@ -8,7 +8,7 @@ usage (Kong rebuilds all of it on every config change).
 
 Everything here is pure and synchronous: callers pass monotonic seconds
 (``now``), nothing reads a clock, nothing awaits. A pick reads the state of every
-member, so ``available`` is one float comparison.
+member, so availability is one float comparison (``available_from``).
 
 Circuit breaker (nginx ``max_fails`` / ``fail_timeout``, as Kong 3.13 uses it):
 ``max_fails`` failures within ``fail_timeout`` (a sliding window) open the
@@ -78,17 +78,21 @@ class TargetState:
         latency_at: Monotonic time of the last latency sample.
         tokens: Decayed token sum at ``tokens_at`` (read it with ``usage``).
         tokens_at: Monotonic time ``tokens`` was last brought up to date.
+        available_from: Monotonic time from which ``available`` holds (the latest of the
+            ejection's end, the cooldown's end and the half-open probe's lease). Read-only
+            outside this class; pickers compare it directly, a method call per member
+            being half a pick's cost.
     """
 
     __slots__ = (
         "__weakref__",
-        "_blocked_until",
         "_cooling_until",
         "_fail_times",
         "_half_open",
         "_open_until",
         "_probe_lease_s",
         "_probe_until",
+        "available_from",
         "ewma_e2e_s",
         "ewma_tpot_s",
         "in_flight",
@@ -115,8 +119,7 @@ class TargetState:
         self._probe_lease_s = 0.0
         # While the half-open probe is out: when it is given up on.
         self._probe_until = 0.0
-        # max(open, cooling, probe): the one comparison a pick makes.
-        self._blocked_until = 0.0
+        self.available_from = 0.0
 
     def __repr__(self) -> str:
         return f"TargetState({self.key!r}, in_flight={self.in_flight})"
@@ -135,11 +138,11 @@ class TargetState:
 
     def available(self, now: float) -> bool:
         """Whether a new attempt may go here: not open, not cooling, no half-open probe out."""
-        return now >= self._blocked_until
+        return now >= self.available_from
 
     def available_at(self) -> float:
         """Monotonic time from which ``available`` holds again (a past time when it holds now)."""
-        return self._blocked_until
+        return self.available_from
 
     def cooling_until(self) -> float:
         """Monotonic end of the latest cooldown; 0 when never cooled (a past time once over)."""
@@ -239,7 +242,7 @@ class TargetState:
         self._update_blocked()
 
     def _update_blocked(self) -> None:
-        self._blocked_until = max(self._open_until, self._cooling_until, self._probe_until)
+        self.available_from = max(self._open_until, self._cooling_until, self._probe_until)
 
 
 class TargetStates:

@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from aigw.balancer.state import TargetStates
 from aigw.config.errors import ConfigDirectoryError, ConfigError, ConfigIssue
 from aigw.config.loader import discover, parse_conf_file
 from aigw.config.model import AccessPlugins, ConfFile, ConsumerFile, RouteFile
 from aigw.consumers.metrics import retain_consumers
+from aigw.identity import IdentityRegistry
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.lkg import LastKnownGood
 from aigw.logs import get_logger
@@ -72,6 +74,9 @@ class Reloader:
         limits: Time and size bounds bound into every compiled route.
         quotas: The app's token-quota state, bound into every route with a token
             limit; a new one when None (``aigw check``, tests).
+        target_states: The app's balancer state per target (kept across reloads);
+            a new one when None.
+        identities: The app's Microsoft Entra ID token sources; a new one when None.
     """
 
     def __init__(
@@ -84,6 +89,8 @@ class Reloader:
         azure_base_url: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
         quotas: QuotaRegistry | None = None,
+        target_states: TargetStates | None = None,
+        identities: IdentityRegistry | None = None,
     ) -> None:
         self.conf_dir = conf_dir
         self._env = dict(env)
@@ -92,6 +99,8 @@ class Reloader:
         self._azure_base_url = azure_base_url
         self._limits = limits
         self.quotas = quotas if quotas is not None else QuotaRegistry()
+        self.target_states = target_states if target_states is not None else TargetStates()
+        self.identities = identities if identities is not None else IdentityRegistry()
         self._lock = asyncio.Lock()
         self.generation = 0
         self.table: RouteTable | None = None
@@ -386,6 +395,8 @@ class Reloader:
                 limits=self._limits,
                 global_plugins=global_plugins,
                 quotas=self.quotas,
+                target_states=self.target_states,
+                identities=self.identities,
             )
             self._compiled[key] = route
         return route

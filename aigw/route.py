@@ -10,16 +10,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from aigw.balancer.criteria import FailoverPolicy
+from aigw.balancer.members import compile_members, is_entra
+from aigw.balancer.pickers import make_picker
+from aigw.balancer.stage import Pool, balance
+from aigw.balancer.state import TargetStates
 from aigw.chain.access_log import access_log
-from aigw.chain.body import body_checks
+from aigw.chain.body import body_checks, shared_option_defaults
 from aigw.chain.credentials import credentials
 from aigw.chain.errors import error_responses
 from aigw.chain.exchange import Handler
 from aigw.chain.info import RouteInfo
 from aigw.chain.request_id import request_id
-from aigw.config.model import AccessPlugins, RouteFile
+from aigw.config.model import AccessPlugins, BalancerConfig, RouteFile
 from aigw.consumers.acl import acl
 from aigw.consumers.key_auth import key_auth
+from aigw.identity import IdentityRegistry
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import METRICS
 from aigw.quotas import QuotaRegistry
@@ -44,9 +50,13 @@ class CompiledRoute:
         info: Static facts for logs and errors.
         file: The validated config it was compiled from.
         target: Where it forwards; on a templated route, with the variables
-            still as text (each request resolves its own, ``ex.resolved``).
+            still as text (each request resolves its own, ``ex.resolved``); on a
+            balanced route, its first target.
         handler: The folded chain; calling it runs every stage then the relay.
         stages: The chain's stage names, outermost first (for ``aigw check``).
+        pool: A balanced route's targets, picker and policy (names and live
+            states for /status and metrics); None on a route of one key-auth
+            target without a balancer section.
     """
 
     info: RouteInfo
@@ -54,6 +64,7 @@ class CompiledRoute:
     target: UpstreamTarget
     handler: Handler
     stages: tuple[str, ...]
+    pool: Pool | None = None
 
     @property
     def name(self) -> str:
@@ -70,6 +81,13 @@ def compile_chain(stages: Sequence[Stage], terminal: Handler) -> Handler:
 
 
 _NO_PLUGINS = AccessPlugins()
+_ONE_TARGET = BalancerConfig(retries=0)
+"""A single Entra target's balancer: one member, so one attempt (its 401 retry apart)."""
+_TOKEN_FIELDS = {
+    "total-tokens": "total_tokens",
+    "prompt-tokens": "prompt_tokens",
+    "completion-tokens": "completion_tokens",
+}
 
 
 def compile_route(
@@ -79,6 +97,8 @@ def compile_route(
     limits: Limits = DEFAULT_LIMITS,
     global_plugins: AccessPlugins = _NO_PLUGINS,
     quotas: QuotaRegistry | None = None,
+    target_states: TargetStates | None = None,
+    identities: IdentityRegistry | None = None,
 ) -> CompiledRoute:
     """Builds the target and the chain for one route file.
 
@@ -90,6 +110,10 @@ def compile_route(
             of the same name replaces one.
         quotas: The process's quota state (token limits keep counting across reloads);
             required when the route has a token limit.
+        target_states: The process's balancer state (cooldowns, breakers, latency
+            survive reloads); a new one when None (``aigw check``, tests).
+        identities: The process's Microsoft Entra ID token sources; a new one when
+            None and a target needs one.
     """
     proxy = file.proxy
     target_config = proxy.targets[0]
@@ -132,7 +156,18 @@ def compile_route(
         # A route's own limit counts for that route; a global one across all routes.
         namespace = limit.namespace or (info.name if file.plugins.token_limit else "global")
         stages.append(("token_limit", partial(quotas.stage, info, limit, namespace)))
-    stages.append(("credentials", partial(credentials, target_config.auth)))
+    pool: Pool | None = None
+    if _balanced(file):
+        pool = _compile_pool(
+            file,
+            azure_base_url=azure_base_url,
+            target_states=target_states if target_states is not None else TargetStates(),
+            identities=identities,
+        )
+        target = pool.members[0].target
+        stages.append(("balance", partial(balance, pool)))
+    else:
+        stages.append(("credentials", partial(credentials, target_config.auth)))
     terminal = make_relay(
         target,
         require_done=target_config.route_type in _DONE_TERMINATED,
@@ -147,4 +182,49 @@ def compile_route(
         target=target,
         handler=compile_chain(stages, terminal),
         stages=(*(name for name, _ in stages), "relay"),
+        pool=pool,
+    )
+
+
+def _balanced(file: RouteFile) -> bool:
+    """A route goes through ``balance``: a balancer section, several targets, or an Entra
+    target (one member, for its 401 retry). Any other keeps ``credentials`` > relay."""
+    proxy = file.proxy
+    return (
+        proxy.balancer is not None
+        or len(proxy.targets) > 1
+        or any(is_entra(target.auth) for target in proxy.targets)
+    )
+
+
+def _compile_pool(
+    file: RouteFile,
+    *,
+    azure_base_url: str | None,
+    target_states: TargetStates,
+    identities: IdentityRegistry | None,
+) -> Pool:
+    proxy = file.proxy
+    config = proxy.balancer or _ONE_TARGET
+    targets = proxy.targets
+    if identities is None and any(is_entra(target.auth) for target in targets):
+        identities = IdentityRegistry()
+    members = compile_members(
+        targets,
+        states=target_states,
+        identities=identities,
+        azure_base_url=azure_base_url,
+        shared_defaults=shared_option_defaults(targets) is not None,
+    )
+    states = [member.state for member in members]
+    return Pool(
+        route=file.route.name,
+        members=members,
+        picker=make_picker(config, [member.weight for member in members], states),
+        policy=FailoverPolicy.from_criteria(config.failover_criteria),
+        max_attempts=min(config.retries + 1, len(members)),
+        max_fails=config.max_fails,
+        fail_timeout_s=config.fail_timeout / 1000,
+        hash_header=config.hash_on_header if config.algorithm == "consistent-hashing" else None,
+        tokens_field=_TOKEN_FIELDS[config.tokens_count_strategy],
     )

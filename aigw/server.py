@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from aigw.admin import ADMIN_MAX_CONNECTIONS, build_admin_app
+from aigw.balancer.state import TargetStates
 from aigw.chain.body_budget import BodyBudget
 from aigw.config.errors import ConfigError
 from aigw.gateway import Gateway
+from aigw.identity import IdentityRegistry
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener import Listener, ListenerSettings, start_listener
 from aigw.listener.acceptor import default_max_connections
@@ -107,6 +109,10 @@ class Server:
         self.reloader: Reloader | None = None
         # One per process: token counters outlive reloads, Redis clients are shared.
         self.quotas = QuotaRegistry()
+        # Balancer state and Entra tokens belong to targets and identities, not to
+        # a table: kept across reloads.
+        self.target_states = TargetStates()
+        self.identities = IdentityRegistry()
 
     @property
     def port(self) -> int:
@@ -141,6 +147,8 @@ class Server:
             azure_base_url=settings.azure_base_url,
             limits=settings.limits,
             quotas=self.quotas,
+            target_states=self.target_states,
+            identities=self.identities,
         )
         reloader.load_initial()
         assert reloader.table is not None
@@ -222,6 +230,7 @@ class Server:
             self.gateway = None
         # After the drain: the last requests' charges to Redis go out first.
         await self.quotas.aclose()
+        await self.identities.aclose()
         _log.info("stopped")
 
 

@@ -7,9 +7,12 @@ Per route type (Kong's ``route_type``):
 * a body ``model`` that differs from the configured ``model.name`` is refused
   (the SDK sends the deployment name there; Kong refuses the same way), unless
   it is one of the target's ``model.model_alias`` names or the route sets
-  ``ignore_body_model`` (Azure itself ignores it on a deployment path);
+  ``ignore_body_model`` (Azure itself ignores it on a deployment path); on a
+  pool of targets, any target's name or alias is accepted;
 * ``max_tokens`` / ``temperature`` / ``top_p`` from ``model.options`` fill in
-  what the client left out; they never override the client;
+  what the client left out; they never override the client. On a pool whose
+  targets' defaults differ, each attempt adds its own target's instead
+  (``aigw.balancer.members``);
 * a chat or completions stream gets ``stream_options.include_usage`` so every
   stream is accounted; the relay hides the extra chunk from a client that did
   not ask for it. Only on api-versions that know ``stream_options``
@@ -44,7 +47,7 @@ from aigw.errors import BadRequest, RequestTimeout, ServiceUnavailable
 from aigw.limits import Limits
 from aigw.upstream.target import DEFAULT_API_VERSION, valid_api_version
 
-__all__ = ["body_checks"]
+__all__ = ["body_checks", "option_defaults", "shared_option_defaults"]
 
 _STREAMING_TYPES = frozenset({"llm/v1/chat", "llm/v1/completions"})
 _REQUIRED_FIELD = {
@@ -71,22 +74,16 @@ def body_checks(
     required = _REQUIRED_FIELD[route_type]
     streams = route_type in _STREAMING_TYPES
     streaming_mode = proxy.response_streaming
-    model_name = target.model.name
-    check_model = not proxy.ignore_body_model
-    aliases = frozenset(target.model.model_alias)
-    options = target.model.options
-    usage_by_default = accepts_stream_options(_default_api_version(target))
-    defaults: tuple[tuple[str, Any], ...] = ()
-    if streams:
-        defaults = tuple(
-            (key, value)
-            for key, value in (
-                ("max_tokens", options.max_tokens),
-                ("temperature", options.temperature),
-                ("top_p", options.top_p),
-            )
-            if value is not None
-        )
+    check_model = None if proxy.ignore_body_model else _model_check(proxy, target)
+    targets = proxy.targets
+    # Only when every target's api-version knows stream_options (the body goes to any).
+    usage_by_default = all(
+        accepts_stream_options(_default_api_version(config)) for config in targets
+    )
+    if len(targets) > 1:
+        defaults = shared_option_defaults(targets) or ()
+    else:
+        defaults = option_defaults(target)
 
     def check(ex: Exchange, body: bytes) -> None:
         """Refuses a body this route cannot serve; fills in what the route adds."""
@@ -95,8 +92,8 @@ def body_checks(
         requested = payload.get("model")
         if isinstance(requested, str) and requested:
             ex.requested_model = requested
-            if check_model:
-                _check_model(requested, _served_model(ex, model_name), aliases)
+            if check_model is not None:
+                check_model(ex, requested)
         changed = False
         if streams:
             stream = payload.get("stream") is True
@@ -123,6 +120,67 @@ def body_checks(
             ex.upstream_body = dump_json(payload)
 
     return _body_stage(limit, limits, check, next_)
+
+
+def option_defaults(target: TargetConfig) -> tuple[tuple[str, Any], ...]:
+    """What *target*'s ``model.options`` add to a body that lacks them (chat and completions)."""
+    if target.route_type not in _STREAMING_TYPES:
+        return ()
+    options = target.model.options
+    return tuple(
+        (key, value)
+        for key, value in (
+            ("max_tokens", options.max_tokens),
+            ("temperature", options.temperature),
+            ("top_p", options.top_p),
+        )
+        if value is not None
+    )
+
+
+def shared_option_defaults(
+    targets: tuple[TargetConfig, ...],
+) -> tuple[tuple[str, Any], ...] | None:
+    """The option defaults every target shares (added once, by the body stage); None when
+    they differ (each attempt then adds its own target's)."""
+    first = option_defaults(targets[0])
+    if all(option_defaults(config) == first for config in targets[1:]):
+        return first
+    return None
+
+
+def _model_check(
+    proxy: AiProxyAdvancedConfig, target: TargetConfig
+) -> Callable[[Exchange, str], None]:
+    """The check of a body ``model``: against the one target, or any target of a pool."""
+    targets = proxy.targets
+    if len(targets) == 1:
+        model_name = target.model.name
+        aliases = frozenset(target.model.model_alias)
+        return lambda ex, requested: _check_model(requested, _served_model(ex, model_name), aliases)
+    allowed = frozenset(
+        name
+        for config in targets
+        for name in (config.model.name, *config.model.model_alias)
+        if name is not None
+    )
+    any_model = None if any(config.model.name is None for config in targets) else ""
+    return lambda ex, requested: _check_pool_model(requested, any_model, allowed)
+
+
+def _check_pool_model(requested: str, any_model: str | None, allowed: frozenset[str]) -> None:
+    """Refuses a body ``model`` no target of a pool serves (*any_model* None: a target
+    without ``model.name`` takes whatever the client names)."""
+    if any_model is None or requested in allowed:
+        return
+    raise BadRequest(
+        "model_mismatch",
+        f"model {requested[:200]!r} is not served here: this route serves "
+        f"{', '.join(repr(name) for name in sorted(allowed))}. To accept this name, list it "
+        "in a target's `model.model_alias`, or set `ignore_body_model: true` in its plugin "
+        "config",
+        param="model",
+    )
 
 
 def _served_model(ex: Exchange, configured: str | None) -> str | None:

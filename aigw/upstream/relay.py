@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import ssl
 import sys
 import time
@@ -45,13 +44,13 @@ from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
 
+from aigw.balancer.criteria import retry_after_s
 from aigw.chain.exchange import Exchange, Handler
 from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import StreamsInFlight
 from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
 from aigw.upstream.headers import REQUEST_POLICY, RESPONSE_POLICY
-from aigw.upstream.http1 import ResponseHead
 from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, UpstreamResponse
 from aigw.upstream.sse import EventTooLarge, SSESplitter, StreamObserver
 from aigw.upstream.target import UpstreamTarget, valid_api_version
@@ -62,7 +61,6 @@ __all__ = [
     "RetryableAnswer",
     "make_relay",
     "read_body_usage",
-    "retry_after_s",
 ]
 
 MODEL_HEADER = "X-AIGW-LLM-Model"
@@ -92,25 +90,6 @@ class RetryableAnswer(Exception):
         super().__init__(f"upstream answered {status}")
         self.status = status
         self.retry_after_s = retry_after_s
-
-
-def retry_after_s(headers: ResponseHead | web.StreamResponse) -> float | None:
-    """The wait an answer asks for: ``retry-after-ms`` first (Azure's and the SDK's
-    preference), else ``retry-after`` in seconds; None when neither is a usable number.
-
-    The HTTP-date form of ``retry-after`` is not read: Azure sends seconds.
-    """
-    get = headers.get if isinstance(headers, ResponseHead) else headers.headers.get
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = get(name)
-        if value:
-            try:
-                seconds = float(value) * scale
-            except ValueError:
-                continue
-            if math.isfinite(seconds) and seconds >= 0:
-                return seconds
-    return None
 
 
 def make_relay(
@@ -152,7 +131,7 @@ def make_relay(
             status = upstream.status
             if status in ex.failover_statuses:
                 # Closed unread (finally below): the next target is tried at once.
-                raise RetryableAnswer(status, retry_after_s(upstream.head))
+                raise RetryableAnswer(status, retry_after_s(upstream.headers))
             if 300 <= status < 400:
                 raise UpstreamUnavailable(
                     "upstream_redirect",

@@ -11,12 +11,16 @@ port's limit and listen queue, leaves ``/status`` and ``/metrics`` reachable.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from aigw.balancer.metrics import BALANCER_METRICS, PoolView
+from aigw.balancer.status import pool_views, targets_status
 from aigw.metrics import METRICS
 from aigw.reload import Reloader
+from aigw.route import CompiledRoute
 
 __all__ = ["ADMIN_MAX_CONNECTIONS", "build_admin_app"]
 
@@ -25,11 +29,32 @@ ADMIN_MAX_CONNECTIONS = 16
 
 
 def build_admin_app(reloader: Reloader, *, worker: int | None = None) -> web.Application:
-    """``GET /status`` (config state as JSON), ``GET /metrics`` and ``GET /healthz``."""
+    """``GET /status`` (config state as JSON), ``GET /metrics`` and ``GET /healthz``.
+
+    ``/status`` adds ``targets``: every balanced route's targets with their state
+    (``aigw.balancer.status``); ``/metrics`` reads the target state gauge from the
+    same serving table.
+    """
     pid = os.getpid()
 
+    def serving() -> tuple[CompiledRoute, ...]:
+        table = reloader.table
+        return () if table is None else table.routes
+
+    def pools() -> Iterator[PoolView]:
+        return pool_views(serving())
+
+    BALANCER_METRICS.watch(pools)
+
     async def status(_request: web.Request) -> web.Response:
-        return web.json_response({**reloader.status(), "pid": pid, "worker": worker})
+        return web.json_response(
+            {
+                **reloader.status(),
+                "targets": targets_status(serving()),
+                "pid": pid,
+                "worker": worker,
+            }
+        )
 
     async def metrics(_request: web.Request) -> web.Response:
         body = generate_latest(METRICS.registry)

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from aigw.chain.exchange import Exchange, Handler
+from aigw.balancer.metrics import BALANCER_METRICS
+from aigw.chain.exchange import Attempt, Exchange, Handler
 from aigw.chain.info import RouteInfo
 from aigw.consumers.metrics import AUTH_FAILURE_REASONS, CONSUMER_METRICS, RouteConsumerMetrics
 from aigw.listener.connection import client_connection, cut_outcome
@@ -94,8 +95,13 @@ def access_log(info: RouteInfo, metrics: RouteMetrics, next_: Handler) -> Handle
                 _emit(ex, info, _resolved_fields(static, resolved), status)
                 _count(ex, resolved.metrics, status)
             _count_consumer(ex, consumer_metrics, status)
+            attempts = ex.attempts
+            if attempts:  # a balanced route's
+                balancer_metrics.count(attempts)
             metrics.leave()
 
+    # Any route may be compiled with a balancer; series appear only once counted.
+    balancer_metrics = BALANCER_METRICS.bind(info.name, stage)
     return stage
 
 
@@ -181,6 +187,11 @@ def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) ->
         event["ttft_ms"] = _ms_between(ex.started_ns, ex.first_token_ns)
     if ex.usage_unavailable is not None:
         event["usage_unavailable"] = ex.usage_unavailable
+    attempts = ex.attempts
+    if attempts is not None:
+        # The target that answered (None: none did), then every try, in order.
+        event["target"] = ex.target_name
+        event["attempts"] = [_attempt(attempt) for attempt in attempts]
     if info.log_statistics:
         event["response_model"] = ex.response_model
         usage = ex.usage or {}
@@ -199,6 +210,16 @@ def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) ->
         _log.error("request", **event)
     else:
         _log.warning("request", **event)
+
+
+def _attempt(attempt: Attempt) -> dict[str, Any]:
+    # Names only: a target's name is its azure_instance or host, never a credential.
+    return {
+        "target": attempt.target,
+        "status": attempt.status,
+        "error": attempt.error,
+        "ms": attempt.ms,
+    }
 
 
 def _user_agent(value: str | None) -> str | None:

@@ -15,7 +15,8 @@
 How they are fed: the access-log stage calls :meth:`RouteBalancerMetrics.count` with
 ``ex.attempts`` once per balanced request (attempts and failovers need nothing from the
 ``balance`` stage); the ``balance`` stage calls :meth:`RouteBalancerMetrics.ejected`
-when ``TargetState.failed`` returns True; the state gauge reads the pools of the
+(``BALANCER_METRICS.for_route(route)``) when ``TargetState.failed`` returns True; the
+state gauge reads the pools of the
 serving table through the source :meth:`BalancerMetrics.watch` was given (the admin
 listener gives it the reloader's table).
 
@@ -146,6 +147,11 @@ class BalancerMetrics:
         is alive; the totals carry on across recompiles."""
         self._stages[route] = self._stages.get(route, 0) + 1
         weakref.finalize(stage, self._release, route)
+        return RouteBalancerMetrics(self, route)
+
+    def for_route(self, route: str) -> RouteBalancerMetrics:
+        """*route*'s series for a stage compiled with the route's ``access_log`` (the
+        ``balance`` stage): they live as long as the route's access-log binding."""
         return RouteBalancerMetrics(self, route)
 
     def watch(

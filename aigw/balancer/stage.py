@@ -37,6 +37,7 @@ from aiohttp import web
 
 from aigw.balancer.criteria import FailoverPolicy, Failure, retry_after_s
 from aigw.balancer.members import Member
+from aigw.balancer.metrics import BALANCER_METRICS
 from aigw.balancer.pickers import Picker
 from aigw.chain.exchange import Attempt, Exchange, Handler
 from aigw.errors import (
@@ -140,6 +141,7 @@ class _Balancer:
         "_max_attempts",
         "_max_fails",
         "_members",
+        "_metrics",
         "_next",
         "_pick",
         "_policy",
@@ -157,6 +159,7 @@ class _Balancer:
         self._tokens_field = pool.tokens_field
         self._next = next_
         self._clock = clock
+        self._metrics = BALANCER_METRICS.for_route(pool.route)
         self._by_method: dict[str, frozenset[int]] = {}
 
     async def stage(self, ex: Exchange) -> web.StreamResponse:
@@ -308,9 +311,10 @@ class _Balancer:
         return False
 
     def _failed(self, member: Member) -> None:
-        member.state.failed(
+        if member.state.failed(
             self._clock(), max_fails=self._max_fails, fail_timeout_s=self._fail_timeout_s
-        )
+        ):
+            self._metrics.ejected(member.name)
 
     def _answered(self, member: Member, ex: Exchange, response: web.StreamResponse) -> None:
         """Records in the member's state what its relayed answer says of it."""

@@ -250,3 +250,17 @@ def test_targets_status_lists_only_balanced_routes_in_config_order() -> None:
         ("eastus", 50, "closed"),
     ]
     assert list(pool_views(routes)) == [("pooled", [("sweden", a), ("eastus", b)])]
+
+
+async def test_the_balance_stage_counts_an_ejection_once() -> None:
+    from aigw.balancer.stage import balance
+    from tests.unit.test_balance_stage import OK, Clock, Relay, fails, make_pool, send, target
+
+    pool = make_pool([target("a"), target("b")], max_fails=2, fail_timeout=10_000)
+    stage = balance(pool, Relay(a=fails("upstream_unreachable"), b=OK), clock=Clock())
+    ejections = BALANCER_METRICS.ejections
+    before = ejections[("r", "a")].value if ("r", "a") in ejections else 0
+    for _ in range(6):  # a fails twice (ejected), then only b is picked
+        await send(stage)
+    assert ejections[("r", "a")].value == before + 1
+    assert ("r", "b") not in ejections

@@ -1,6 +1,8 @@
 """One identity's access token: cached, refreshed before expiry, one fetch at a time.
 
-A token's life, with ``margin = min(5 min, 10 % of its lifetime)``:
+A token's life, with ``margin = min(5 min, 10 % of its lifetime)``, but at least
+1 s (a request under load can take that long to reach Azure with the token) and
+at most half the lifetime (short tokens, as in tests, are still used):
 
 * until ``expires_on - margin`` it is fresh: ``token()`` returns it at once;
 * then, until ``expires_on - margin / 2``, it is still handed out while one
@@ -46,6 +48,7 @@ _log = get_logger("aigw.identity")
 
 _MAX_MARGIN_S: Final = 300.0
 _MARGIN_FRACTION: Final = 0.1
+_MIN_MARGIN_S: Final = 1.0
 _MAX_BACKOFF_FACTOR: Final = 16
 
 
@@ -201,7 +204,7 @@ class TokenSource:
         lifetime = expires_on - fetched_at
         if lifetime <= 0:
             raise _ExpiredOnArrival
-        margin = min(_MAX_MARGIN_S, _MARGIN_FRACTION * lifetime)
+        margin = min(_MAX_MARGIN_S, lifetime / 2, max(_MARGIN_FRACTION * lifetime, _MIN_MARGIN_S))
         return _Token(info.token, expires_on, expires_on - margin, expires_on - margin / 2)
 
     def _credential_now(self) -> AsyncSupportsTokenInfo:

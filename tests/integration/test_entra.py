@@ -216,7 +216,12 @@ def test_token_endpoint_down_is_a_prompt_502_naming_it(
 ) -> None:
     (tmp_path / "entra.yaml").write_text(_entra_route("entra"))
     down = f"http://127.0.0.1:{_closed_port()}/msi/token"
-    env = {"AZURE_INSTANCE": "entraresource", "IDENTITY_ENDPOINT": down, "IDENTITY_HEADER": "h"}
+    env = {
+        "AZURE_INSTANCE": "entraresource",
+        "IDENTITY_ENDPOINT": down,
+        "IDENTITY_HEADER": "h",
+        "PYTHONWARNINGS": "always::ResourceWarning",
+    }
     gateway = GatewayProcess(tmp_path, "--azure-base-url", entra_mock.url, env=env)
     try:
         started = time.monotonic()
@@ -230,6 +235,10 @@ def test_token_endpoint_down_is_a_prompt_502_naming_it(
             lambda: [e for e in gateway.events() if e.get("event") == "entra_token_failed"]
         )
         assert failed[0]["reason"] == "connect_error"
+        # azure-identity's aiohttp session is closed at shutdown.
+        gateway.proc.terminate()
+        assert gateway.proc.wait(15) == 0
+        assert "Unclosed" not in gateway.raw_log()
     finally:
         gateway.close()
 

@@ -6,13 +6,19 @@ import asyncio
 import gc
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from azure.identity.aio import (
+    ClientSecretCredential,
+    ManagedIdentityCredential,
+    WorkloadIdentityCredential,
+)
 from structlog.testing import capture_logs
 
 from aigw.config.model import AuthConfig
-from aigw.identity import IdentityRegistry, TokenSource, TokenUnavailable, identity_of
+from aigw.identity import Identity, IdentityRegistry, TokenSource, TokenUnavailable, identity_of
 from aigw.testing.entra import TokenEndpoint, issue_token, verify_token
 
 SECRET = "entra-test-signing-secret"
@@ -268,3 +274,27 @@ def test_verify_token_accepts_only_issued_unexpired_tokens() -> None:
     forged = issue_token(SECRET, expires_on=int(now) + 10_000, client_id=None, serial=1)
     assert not verify_token(f"{head}.{forged.split('.')[1]}.{signature}", SECRET, now)
     assert not verify_token("not-a-token", SECRET, now)
+
+
+async def test_each_kind_builds_its_azure_identity_credential(tmp_path: Path) -> None:
+    token_file = tmp_path / "federated-token"
+    token_file.write_text("federated")
+    workload_env = {"AZURE_FEDERATED_TOKEN_FILE": str(token_file), "AZURE_TENANT_ID": "tenant"}
+    app = AuthConfig(
+        azure_use_managed_identity=True,
+        azure_client_id="app",
+        azure_tenant_id="tenant",
+        azure_client_secret="client-secret-value-123",
+    )
+    uami = AuthConfig(azure_use_managed_identity=True, azure_client_id="c")
+    cases: list[tuple[Identity, type[object]]] = [
+        (identity_of(app, {}), ClientSecretCredential),
+        (identity_of(uami, workload_env), WorkloadIdentityCredential),
+        (identity_of(MI, {}), ManagedIdentityCredential),
+    ]
+    for identity, expected in cases:
+        credential = identity.build(1.0)
+        assert isinstance(credential, expected)
+        await credential.close()
+    with pytest.raises(ValueError, match="azure_client_id or AZURE_CLIENT_ID"):
+        identity_of(MI, workload_env)  # workload identity names its app

@@ -174,27 +174,29 @@ class _Balancer:
         ex.attempts = attempts
         tried: list[int] = []
         last_error: GatewayError | None = None
-        while True:
+        max_attempts = self._max_attempts
+        # Counted here, not by the picker's exclusions: a bound whatever it picks.
+        for number in range(1, max_attempts + 1):
             now = clock()
             index = pick(hash_key, tried, now)
             if index is None:
-                # Everything that could be was tried, or nothing is available at all.
-                raise last_error or nothing_available(members, now)
+                break  # everything that could be was tried, or nothing is available at all
             tried.append(index)
             member = members[index]
             ex.target = member.target
             if member.rewrites_body:
                 ex.upstream_body = member.body(payload, sent_body)
+            final = number == max_attempts
             # Statuses are given up only when another attempt may follow; the last
             # attempt's answer is relayed as it is (a 429 with Azure's retry-after).
-            statuses = moving if self._another_available(tried, now) else _NONE
-            final = len(tried) >= self._max_attempts
+            statuses = _NONE if final or not self._others_available(tried, now) else moving
             try:
                 return await self._attempt(ex, attempts, member, statuses, final, now)
             except _MoveOn as move:
                 last_error = move.error
                 ex.upstream_body = sent_body
                 _reset(ex)
+        raise last_error or nothing_available(members, clock())
 
     async def _attempt(
         self,
@@ -302,9 +304,8 @@ class _Balancer:
                 self._by_method[method] = found
         return found
 
-    def _another_available(self, tried: list[int], now: float) -> bool:
-        if len(tried) >= self._max_attempts:
-            return False
+    def _others_available(self, tried: list[int], now: float) -> bool:
+        """Whether a member not tried yet could take an attempt now."""
         for index, member in enumerate(self._members):
             if index not in tried and member.state.available(now):
                 return True

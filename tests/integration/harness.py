@@ -101,9 +101,10 @@ class MockProcess:
         self._call("DELETE", "/_mock/requests")
         self._call("DELETE", "/_mock/faults")
 
-    def fail_next(self, count: int, status: int, **params: Any) -> None:
-        """The next *count* requests answer *status* with Azure's body (a 429 carries
-        ``retry-after`` 1 s and ``retry-after-ms`` unless *params* say otherwise)."""
+    def fail_next(self, count: int | None, status: int, **params: Any) -> None:
+        """The next *count* requests (None: all, until cleared) answer *status* with
+        Azure's body (a 429 carries ``retry-after`` 1 s and ``retry-after-ms`` unless
+        *params* say otherwise)."""
         self.fault("status", status=status, count=count, **params)
 
     def slow_first_byte(self, ms: float, count: int = 1) -> None:

@@ -27,6 +27,8 @@ REGIONS = ("sweden", "eastus")
 ROUTES: dict[str, dict[str, Any]] = {
     # POSTs move on after an answer only with non_idempotent (nginx's rule).
     "obs-cooling": {"algorithm": "priority", "failover_criteria": ["http_429", "non_idempotent"]},
+    # Without non_idempotent a POST moves on only when it was never sent: a dead region.
+    "obs-dead": {"algorithm": "priority", "failover_criteria": ["error"]},
     "obs-breaker": {
         "algorithm": "priority",
         "failover_criteria": ["error", "http_500", "non_idempotent"],
@@ -224,6 +226,43 @@ def test_an_ejection_opens_then_half_opens_then_closes(
         == 1
     )
     assert sample(samples, "aigw_target_ejections_total", route="obs-breaker", target="sweden") == 1
+
+
+def test_a_dead_region_is_an_error_attempt(
+    gateway: GatewayProcess, regions: dict[str, MockProcess]
+) -> None:
+    sweden = regions["sweden"]
+    sweden.refuse_connections()
+    try:
+        line = gateway.access_log(call(gateway, "obs-dead"))
+    finally:
+        sweden.accept_connections()
+    assert line["target"] == "eastus"
+    assert [(a["target"], a["status"], a["error"]) for a in line["attempts"]] == [
+        ("sweden", None, "upstream_unreachable"),
+        ("eastus", 200, None),
+    ]
+    samples = scrape(gateway)
+    assert (
+        sample(
+            samples,
+            "aigw_upstream_requests_total",
+            route="obs-dead",
+            target="sweden",
+            status="upstream_unreachable",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            samples, "aigw_failovers_total", route="obs-dead", **{"from": "sweden"}, reason="error"
+        )
+        == 1
+    )
+    (shown,) = tail(gateway, "--route", "obs-dead")
+    assert shown.endswith("unreachable→200 via eastus")
+    # Back: the region answers again.
+    assert gateway.access_log(call(gateway, "obs-dead"))["target"] == "sweden"
 
 
 def test_status_lists_balanced_routes_only_with_every_target(gateway: GatewayProcess) -> None:

@@ -260,7 +260,7 @@ def test_a_dead_region_is_an_error_attempt(
         == 1
     )
     (shown,) = tail(gateway, "--route", "obs-dead")
-    assert shown.endswith("unreachable→200 via eastus")
+    assert shown.endswith("  unreachable→200 via eastus")
     # Back: the region answers again.
     assert gateway.access_log(call(gateway, "obs-dead"))["target"] == "sweden"
 

@@ -99,19 +99,20 @@ class RouteBalancerMetrics:
 
     def count(self, attempts: list[Attempt]) -> None:
         """Counts one request's attempts, and a failover for every attempt but the last."""
-        last = len(attempts) - 1
-        for index, attempt in enumerate(attempts):
-            status: int | str = (
-                attempt.status if attempt.status is not None else (attempt.error or "error")
-            )
-            key = (attempt.target, status)
-            series = self._attempts.get(key)
+        # PERF: once per balanced request; most have one attempt, so the failover
+        # loop is skipped without slicing.
+        children = self._attempts
+        for attempt in attempts:
+            status = attempt.status
+            key = (attempt.target, status if status is not None else attempt.error or "error")
+            series = children.get(key)
             if series is None:
-                series = self._attempts[key] = self._metrics.series(
-                    self._metrics.upstream_requests, (self._route, attempt.target, str(status))
+                series = children[key] = self._metrics.series(
+                    self._metrics.upstream_requests, (self._route, key[0], str(key[1]))
                 )
             series.value += 1
-            if index < last:
+        if len(attempts) > 1:
+            for attempt in attempts[:-1]:
                 moved = (attempt.target, failover_reason(attempt))
                 series = self._failovers.get(moved)
                 if series is None:

@@ -22,7 +22,10 @@ update`` only if that fails) and runs everything on 127.0.0.1 on free ports:
 6. ``access``: CPU per request of a plain route, of the same route with
    key-auth + acl + a local token limit (1,000 consumers in conf.d), and with the
    token limit in a ``redis-server`` started on a free port (``scenario_access.py``;
-   installs the Debian package ``redis-server`` when missing).
+   installs the Debian package ``redis-server`` when missing);
+7. ``balancer``: CPU per request of a two-target round-robin route against one
+   target, and latency while one of two targets answers 429 to every request
+   (``scenario_balancer.py``; nginx regions, 20 ms ones for latency).
 
 Targets side by side: direct (the upstream alone), nginx reverse proxy, bare
 aiohttp proxy (and on uvloop), aigw 1 worker and ``--workers 2`` (reported as
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime
+import importlib
 import json
 import math
 import os
@@ -58,7 +62,7 @@ from typing import Any, NoReturn
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-SCENARIOS = ("proxy", "streams", "routes", "reload", "attacks", "access")
+SCENARIOS = ("proxy", "streams", "routes", "reload", "attacks", "access", "balancer")
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 
 
@@ -201,12 +205,16 @@ def _render(paths: list[Path]) -> int:
 
 
 def _with_access(text: str, results: dict[str, Any]) -> str:
-    """The report with the access scenario's section (rendered by its own module) added."""
-    if "access" not in results:
-        return text
-    import scenario_access
+    """The report with the access and balancer sections (rendered by their own modules) added."""
+    if "access" in results:
+        import scenario_access
 
-    return text + "\n" + "\n".join(scenario_access.render(results["access"]))
+        text += "\n" + "\n".join(scenario_access.render(results["access"]))
+    if "balancer" in results:
+        import scenario_balancer
+
+        text += "\n" + "\n".join(scenario_balancer.render(results["balancer"]))
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.only or list(SCENARIOS)
     try:
         upstream = None
-        if {"proxy", "streams", "reload", "access"} & set(selected):
+        if {"proxy", "streams", "reload", "access", "balancer"} & set(selected):
             upstream = tg.start_nginx_upstream(procs, workdir / "upstream")
             say(f"upstream: nginx fixed body on {upstream.url} (echo: {upstream.extra['echo']})")
         for name in SCENARIOS:
@@ -303,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                     # Its own defaults: 6 phases x 2 proxies per round keep 2 rounds ~5 min.
                     rounds = args.rounds or (1 if quick else 2)
                     results[name] = scenario_attacks.run(ctx, rounds=rounds, seconds=10.0)
-                elif name == "access":
-                    import scenario_access
-
+                elif name in ("access", "balancer"):
+                    # scenario_access / scenario_balancer: the same signature.
+                    module = importlib.import_module(f"scenario_{name}")
                     assert upstream is not None
-                    results[name] = scenario_access.run(ctx, upstream)
+                    results[name] = module.run(ctx, upstream)
                 else:
                     import scenario_reload
 

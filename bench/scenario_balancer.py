@@ -16,8 +16,10 @@ Targets, in alternating rounds (ABCDE, EDCBA, ...):
 * ``direct``: ``west`` without a proxy: at the 20 ms point, one upstream round trip;
 * ``one``: the suite's route file, one target (``west``), no balancer: the chain of
   every other scenario (``credentials > relay``);
-* ``rr2``: the same route as a pool of ``west`` and ``east``, round-robin, weights
-  100:100, ``failover_criteria: [error, timeout, http_429, non_idempotent]``;
+* ``rr2``: the same route as a pool of two targets, round-robin, weights 100:100,
+  ``failover_criteria: [error, timeout, http_429, non_idempotent]``: ``west`` and
+  another deployment of the same nginx (see `VARIANTS` for why); ``rr2-regions``:
+  the same pool over ``west`` and ``east``;
 * ``rr2-429``: the pool of ``throttled`` and ``west``: ``throttled`` cools down for
   a second after each 429, so about one request a second pays a failover;
 * ``rr2-429-nowait``: the pool of ``throttled-nowait`` and ``west``: it never cools
@@ -69,16 +71,19 @@ class Variant:
         name: Label in the report.
         regions: The pool's regions in order (first the throttled one, if any);
             empty: the suite's one-target route, no balancer.
+        points: The load points it is measured at.
     """
 
     key: str
     name: str
     regions: tuple[str, ...] = ()
+    points: tuple[str, ...] = ("c32", "c1-20ms")
 
 
 VARIANTS = (
     Variant("one", "one target, no balancer"),
-    Variant("rr2", "two targets, round-robin", ("west", "east")),
+    Variant("rr2", "two targets, round-robin (one nginx)", ("west", "west-b"), ("c32",)),
+    Variant("rr2-regions", "two targets, round-robin (two nginx)", ("west", "east"), ("c32",)),
     Variant("rr2-429", "two targets, one answering 429 (retry-after 1 s)", ("throttled", "west")),
     Variant(
         "rr2-429-nowait",
@@ -86,6 +91,12 @@ VARIANTS = (
         ("throttled-nowait", "west"),
     ),
 )
+"""``rr2`` is the CPU bar's pool: its second target is another deployment of the same
+nginx process (``west-b``), so that both routes' upstream work lands on one busy
+nginx worker. ``rr2-regions`` spreads it over two nginx processes, as two regions
+are: on a 2-core machine each is then idle more often, and every send to it pays
+the wake-up of a sleeping process in aigw's system time, which a remote region
+would not cost."""
 
 LATENCY_POINT = Point("c1-20ms", "concurrency 1, 20 ms upstream", 1, tg.SLOW_DEPLOYMENT)
 """One request at a time to the 20 ms deployment: its latency has no queueing in it."""
@@ -100,7 +111,7 @@ _TARGET = """\
             log_statistics: true
           model:
             provider: azure
-            name: {deployment}
+            name: {model}
             options:
               azure_instance: {instance}
               azure_deployment_id: {deployment}
@@ -123,10 +134,14 @@ plugins:
 {targets}"""
 
 
-def pool_route(deployment: str, regions: list[tuple[str, str]]) -> str:
-    """The suite's route for *deployment* as a pool of (region name, origin URL)."""
+def pool_route(deployment: str, regions: list[tuple[str, str, str]]) -> str:
+    """The suite's route for *deployment* as a pool of (region name, origin URL, suffix).
+
+    A region's target is the deployment named *deployment* plus its suffix.
+    """
     targets = "".join(
-        _TARGET.format(deployment=deployment, instance=name, url=url) for name, url in regions
+        _TARGET.format(model=deployment, deployment=deployment + suffix, instance=name, url=url)
+        for name, url, suffix in regions
     )
     return _POOL_ROUTE.format(deployment=deployment, targets=targets)
 
@@ -170,7 +185,7 @@ def start_throttled(procs: tg.Processes, workdir: Path, *, retry_after: bool) ->
 
 
 def start_variant(
-    ctx: Context, upstream: tg.Target, variant: Variant, origins: dict[str, str]
+    ctx: Context, upstream: tg.Target, variant: Variant, origins: dict[str, tuple[str, str]]
 ) -> tg.Target:
     """One ``aigw serve`` with its own conf.d: a route file per deployment measured."""
     workdir = ctx.workdir / f"balancer-{variant.key}"
@@ -180,10 +195,11 @@ def start_variant(
         if not variant.regions:
             tg.write_route_file(conf, deployment)
         else:
-            regions = [(name, origins[name]) for name in variant.regions]
+            regions = [(name, *origins[name]) for name in variant.regions]
             (conf / f"{deployment}.yaml").write_text(pool_route(deployment, regions))
     target = tg.start_aigw(ctx.procs, workdir, upstream.url, workers=1, deployments=())
     target.key, target.name = variant.key, variant.name
+    target.extra["points"] = variant.points
     return target
 
 
@@ -291,11 +307,13 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
         start_throttled(ctx.procs, ctx.workdir / "throttled", retry_after=True),
         start_throttled(ctx.procs, ctx.workdir / "throttled-nowait", retry_after=False),
     ]
+    # Region -> (origin, suffix of the deployment's name there).
     origins = {
-        "west": upstream.url,
-        "east": regions[0].url,
-        "throttled": regions[1].url,
-        "throttled-nowait": regions[2].url,
+        "west": (upstream.url, ""),
+        "west-b": (upstream.url, "-b"),
+        "east": (regions[0].url, ""),
+        "throttled": (regions[1].url, ""),
+        "throttled-nowait": (regions[2].url, ""),
     }
     live: list[tg.Target] = [tg.direct(upstream)]
     result: dict[str, Any] = {"rounds": ctx.rounds, "duration": ctx.duration, "points": {}}
@@ -308,7 +326,8 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
             _warm_up(ctx, live, upstream, points[0], served)
         for point in points:
             say(f"scenario balancer: {point.title}, {ctx.rounds} rounds of {ctx.duration} s")
-            runs = _run_point(ctx, point, live, upstream, served)
+            measured = [t for t in live if point.key in t.extra.get("points", (point.key,))]
+            runs = _run_point(ctx, point, measured, upstream, served)
             errors = {k: sum(sum(r["errors"].values()) for r in rows) for k, rows in runs.items()}
             if any(errors.values()):
                 raise RuntimeError(f"non-2xx answers or socket errors during the runs: {errors}")

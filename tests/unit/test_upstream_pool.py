@@ -14,15 +14,20 @@ import asyncio
 import errno
 import random
 import re
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import cast
 
 import pytest
+import uvloop
 
 from aigw.upstream import connection as connection_mod
 from aigw.upstream.connection import Origin, UpstreamDisconnected
@@ -1485,13 +1490,18 @@ class _ClosingUpstream:
     first connection waits for ``finish`` and then either resets itself
     (``"reset"``: SO_LINGER 0, a TCP RST, as Azure's load balancer does to an
     idle connection) or reads the next request and closes without answering
-    (``"read, then close"``: the server's FIN crossed that request).
+    (``"read, then close"``: the server's FIN crossed that request). With
+    *tls*, connections are TLS (for ``localhost``).
     """
 
-    def __init__(self, ending: str) -> None:
+    def __init__(self, ending: str, tls: ssl.SSLContext | None = None) -> None:
         self.ending = ending
+        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.origin = Origin("http", "127.0.0.1", self.listener.getsockname()[1])
+        port = self.listener.getsockname()[1]
+        self.origin = (
+            Origin("https", "localhost", port) if tls else Origin("http", "127.0.0.1", port)
+        )
         self.accepted = 0
         self.requests: list[tuple[int, bytes]] = []
         self.finish = threading.Event()
@@ -1531,6 +1541,12 @@ class _ClosingUpstream:
 
     def _serve(self, sock: socket.socket, index: int) -> None:
         pending = b""
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            except OSError:
+                return
+            self._sockets.append(sock)
         with sock, suppress(OSError):
             while (got := self._read_request(sock, pending)) is not None:
                 request, pending = got
@@ -1641,3 +1657,63 @@ async def test_a_reset_on_a_new_connection_is_not_resent(serve: Serve, pool: Ups
     with pytest.raises((UpstreamDisconnected, ConnectionResetError)):
         await get(pool, server.origin)
     assert server.accepted == 1
+
+
+@pytest.fixture(scope="module")
+def localhost_tls(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts for ``localhost``: a self-signed certificate, trusted."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI")
+    folder: Path = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_failed_send_is_seen_on_each_event_loop_and_under_tls(
+    run: Callable[[Awaitable[None]], None],
+    tls: bool,
+    localhost_tls: tuple[ssl.SSLContext, ssl.SSLContext],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uvloop (aigw's loop) sends at once and closes the descriptor on failure;
+    # under TLS the send is the transport's below, which neither loop exposes:
+    # the poll after the write must see the reset in all four cases.
+    server_tls, client_tls = localhost_tls
+    upstream = _ClosingUpstream("reset", server_tls if tls else None)
+
+    async def scenario() -> None:
+        pool = UpstreamPool(ssl_context=client_tls if tls else None)
+        try:
+            assert await fetch(pool, upstream.origin) == b"conn0"
+            upstream.finish.set()
+            assert upstream.finished.wait(5)
+            time.sleep(0.05)  # noqa: ASYNC251 - the loop must not read the reset first
+            monkeypatch.setattr(
+                connection_mod.UpstreamConnection, "has_pending_input", lambda _: False
+            )
+            async with guard():
+                resp = await get(pool, upstream.origin, method="POST", body=b"{}")
+            assert await _read_and_release(resp) == b"conn1"
+        finally:
+            await pool.close()
+
+    try:
+        run(scenario())
+        assert [index for index, r in upstream.requests if r.startswith(b"POST")] == [1]
+    finally:
+        upstream.close()

@@ -219,7 +219,9 @@ class UpstreamPool:
             ssl.SSLError: the TLS handshake failed (e.g. certificate not trusted).
             ConnectTimeout: no connection within *connect_timeout* (a TimeoutError).
             TimeoutError: the write or the response head took too long.
-            UpstreamDisconnected: the connection closed before the head.
+            UpstreamDisconnected: the connection closed before the head (on a
+                reused connection, after the one resend the keep-alive race
+                allows: see the module docstring).
             ProtocolError: the upstream's answer is not valid HTTP/1.1, or a
                 header value holds a line break.
         """

@@ -1483,20 +1483,22 @@ async def test_pool_close_leaves_busy_connections_until_released(
 
 
 class _ClosingUpstream:
-    """An upstream in its own thread whose first connection ends after one answer.
+    """An upstream in its own thread whose first connections end after one answer.
 
     Every connection answers requests with ``conn<index>`` (reading their
-    Content-Length bodies) and records them. After its first answer, the
-    first connection waits for ``finish`` and then either resets itself
+    Content-Length bodies) and records them. After its first answer, each of
+    the first *closing* connections waits for ``finish`` and then either resets itself
     (``"reset"``: SO_LINGER 0, a TCP RST, as Azure's load balancer does to an
     idle connection) or reads the next request and closes without answering
     (``"read, then close"``: the server's FIN crossed that request). With
     *tls*, connections are TLS (for ``localhost``).
     """
 
-    def __init__(self, ending: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, ending: str, tls: ssl.SSLContext | None = None, closing: int = 1) -> None:
         self.ending = ending
         self.tls = tls
+        self.closing = closing
+        self.ended = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         port = self.listener.getsockname()[1]
         self.origin = (
@@ -1552,9 +1554,9 @@ class _ClosingUpstream:
                 request, pending = got
                 self.requests.append((index, request))
                 sock.sendall(response(f"conn{index}".encode()))
-                if index == 0:
+                if index < self.closing:
                     break
-            if index != 0:
+            if index >= self.closing:
                 return
             self.finish.wait(5)
             if self.ending == "reset":
@@ -1564,7 +1566,9 @@ class _ClosingUpstream:
                 if got is not None:
                     self.requests.append((index, got[0]))
             sock.close()
-            self.finished.set()
+            self.ended += 1
+            if self.ended == self.closing:
+                self.finished.set()
 
     def close(self) -> None:
         self.finish.set()
@@ -1606,6 +1610,31 @@ async def test_a_post_whose_send_fails_on_a_reused_connection_is_resent_on_a_new
         assert [index for index, _ in posts] == [1], "the POST reached the upstream exactly once"
         assert posts[0][1].endswith(b'{"n": 1}')
         assert pool.open_connections == 1
+    finally:
+        upstream.close()
+
+
+async def test_the_resend_opens_a_new_connection_rather_than_take_another_idle_one(
+    pool: UpstreamPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upstream reset both pooled connections at once; the check misses
+    # both. Taking the second for the resend would fail again.
+    upstream = _ClosingUpstream("reset", closing=2)
+    try:
+        first, second = await asyncio.gather(get(pool, upstream.origin), get(pool, upstream.origin))
+        assert {await _read_and_release(first), await _read_and_release(second)} == {
+            b"conn0",
+            b"conn1",
+        }
+        assert pool.idle_connections(upstream.origin) == 2
+        upstream.finish.set()
+        assert upstream.finished.wait(5)
+        time.sleep(0.05)  # noqa: ASYNC251 - the loop must not read the resets first
+        monkeypatch.setattr(connection_mod.UpstreamConnection, "has_pending_input", lambda _: False)
+        async with guard():
+            resp = await get(pool, upstream.origin, method="POST", body=b"{}")
+        assert await _read_and_release(resp) == b"conn2"
+        assert upstream.accepted == 3
     finally:
         upstream.close()
 

@@ -121,7 +121,19 @@ ROUTES: dict[str, tuple[dict[str, Any], list[tuple[str, int]]]] = {
         [("sweden", 100), ("eastus", 100)],
     ),
     "secrets": ({"algorithm": "round-robin"}, [("sweden", 100), ("eastus", 100)]),
+    "usage": ({"algorithm": "lowest-usage"}, [("sweden", 100), ("westus", 100)]),
+    "timeouts": (
+        {"algorithm": "priority", "failover_criteria": ["error", "timeout", "non_idempotent"]},
+        [("sweden", 100), ("eastus", 50)],
+    ),
+    "notimeout": ({"algorithm": "priority"}, [("sweden", 100), ("eastus", 50)]),
 }
+
+TARGET_FIELDS = {"timeouts": ["read_timeout: 300"], "notimeout": ["read_timeout: 300"]}
+"""Fields every target of a route gets besides the usual ones."""
+
+TOKENS = {"sweden": 8, "eastus": 8, "westus": 32}
+"""Completion tokens per answer: westus spends four times sweden's (lowest-usage)."""
 
 
 def key_of(region: str) -> str:
@@ -151,6 +163,7 @@ def pool_route(
         lines += [
             f"        - weight: {weight}",
             "          route_type: llm/v1/chat",
+            *(f"          {field}" for field in TARGET_FIELDS.get(name, ())),
             f"          auth: {{header_name: api-key, header_value: {key_of(region)}}}",
             "          model:",
             "            provider: azure",
@@ -174,7 +187,8 @@ def regions() -> Iterator[dict[str, MockProcess]]:
                 for arg in ("--deployment", f"{name}={SNAPSHOT.format(region=region)}")
             ]
             mocks[region] = MockProcess(
-                "--api-key", key_of(region), "--region", region, *deployments
+                *("--api-key", key_of(region), "--region", region),
+                *("--tokens", str(TOKENS[region]), *deployments),
             )
         yield mocks
     finally:
@@ -336,6 +350,17 @@ def test_least_connections_avoids_the_region_busy_with_a_slow_stream(
     assert set(chat(c, "leastconn") for _ in range(4)) == {"sweden", "eastus"}
 
 
+def test_lowest_usage_spreads_tokens_not_requests(
+    balanced: GatewayProcess, regions: dict[str, MockProcess]
+) -> None:
+    # Each westus answer spends 32 completion tokens, each sweden one 8 (and
+    # both the same prompt): sweden takes about 2.5 requests for each of westus'.
+    c = client(balanced)
+    answered = Counter(chat(c, "usage") for _ in range(35))
+    assert answered["sweden"] + answered["westus"] == 35
+    assert answered["sweden"] >= 2 * answered["westus"] >= 2, answered
+
+
 # -- failover ---------------------------------------------------------------------------------
 
 
@@ -397,6 +422,24 @@ def test_without_non_idempotent_a_post_that_was_sent_never_fails_over(
     with pytest.raises(openai.RateLimitError):
         chat(c, "postonly")
     assert received(regions["eastus"], "postonly") == []
+
+
+def test_a_read_timeout_fails_over_only_with_non_idempotent(
+    balanced: GatewayProcess, regions: dict[str, MockProcess]
+) -> None:
+    # Targets' read_timeout is 300 ms; sweden's first byte comes after 1.5 s.
+    sweden = regions["sweden"]
+    c = client(balanced)
+    sweden.slow_first_byte(1500, count=1)
+    started = time.monotonic()
+    assert chat(c, "timeouts") == "eastus"
+    assert time.monotonic() - started < 1.2  # after the timeout, not the slow answer
+    sweden.clear_faults()
+    sweden.slow_first_byte(1500, count=1)
+    with pytest.raises(openai.APIStatusError) as info:
+        chat(c, "notimeout")  # a POST that was sent: the timeout is the answer
+    assert info.value.status_code == 504
+    assert received(regions["eastus"], "notimeout") == []
 
 
 def test_a_refused_connection_moves_on_even_without_non_idempotent(

@@ -1614,6 +1614,21 @@ async def test_a_post_whose_send_fails_on_a_reused_connection_is_resent_on_a_new
         upstream.close()
 
 
+async def test_an_idle_connection_whose_end_was_read_is_not_taken(
+    serve: Serve, pool: UpstreamPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop has read the upstream's FIN (eof_received) in the very turn
+    # that also read the next client request; connection_lost comes a turn
+    # later, and the socket, once read, no longer polls as pending.
+    server = await serve(answer_each(_ok))
+    assert await fetch(pool, server.origin) == b"conn0"
+    (conn,) = pool._idle[server.origin]
+    conn.eof_received()
+    monkeypatch.setattr(connection_mod.UpstreamConnection, "has_pending_input", lambda _: False)
+    assert await fetch(pool, server.origin) == b"conn1"
+    assert [index for index, _ in server.requests] == [0, 1]
+
+
 async def test_the_resend_opens_a_new_connection_rather_than_take_another_idle_one(
     pool: UpstreamPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

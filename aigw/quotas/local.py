@@ -12,6 +12,7 @@ Not thread-safe by design: only the worker's event-loop thread touches it.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 __all__ = ["DEFAULT_MAX_KEYS", "LocalCounters"]
@@ -61,6 +62,49 @@ class LocalCounters:
         """``(current, previous, elapsed_ms)`` per window for *key* at *now_ms*."""
         entry = self._entry(key, now_ms)
         return [(entry[b + 1], entry[b + 2], now_ms - entry[b]) for b, _size in self._sizes]
+
+    def headroom(
+        self, key: str, now_ms: int, limits: tuple[int, ...], reservation: int, sliding: bool
+    ) -> tuple[int, int, int, int] | None:
+        """The admitted case of `aigw.quotas.windows.admission`, read straight off the entry.
+
+        Returns ``(limit, remaining, reset_ms, window_ms)`` of the most constrained
+        window when every window admits a request reserving *reservation*; None
+        when one would not, and the caller decides with the general code.
+
+        PERF: nearly every request is far from its limit, and this is the whole
+        cost of deciding it: no per-window objects, no function call per window
+        (a test checks it agrees with ``admission`` on random counters).
+        """
+        entry = self._entry(key, now_ms)
+        tight_left = math.inf
+        tight = (0, 0, 0, 0)
+        for (b, size), limit in zip(self._sizes, limits, strict=True):
+            current = entry[b + 1]
+            if current < 0:
+                current = 0
+            previous = entry[b + 2]
+            elapsed = now_ms - entry[b]
+            spent: float = current
+            if sliding and previous > 0:
+                spent += previous * (size - elapsed) / size
+            if reservation > 0 and spent >= limit - min(reservation, limit - 1):
+                return None
+            if spent >= limit:
+                return None
+            left = limit - spent
+            if left < tight_left:
+                tight_left = left
+                if current > 0:
+                    reset = size - elapsed if not sliding else 2 * size - elapsed
+                elif sliding and previous > 0:
+                    reset = size - elapsed
+                else:
+                    reset = 0
+                tight = (limit, 0, reset, size)
+        limit, _, reset, size = tight
+        reserved = min(max(reservation, 0), limit)
+        return limit, max(math.floor(tight_left) - reserved, 0), reset, size
 
     def add(self, key: str, now_ms: int, amount: int) -> None:
         """Counts *amount* tokens in every window holding *now_ms*."""

@@ -31,7 +31,7 @@ from aigw.config.model import TokenLimitConfig
 from aigw.errors import TooManyRequests
 from aigw.quotas.limiter import Limiter
 from aigw.quotas.metrics import QUOTA_METRICS
-from aigw.quotas.windows import Admission, format_duration
+from aigw.quotas.windows import Admission, format_duration, reset_header_value
 
 __all__ = ["limits_of", "prompt_estimate", "token_limit", "windows_of"]
 
@@ -119,7 +119,7 @@ def _headers(verdict: Admission) -> tuple[tuple[str, str], ...]:
     return (
         ("x-ratelimit-limit-tokens", str(verdict.limit)),
         ("x-ratelimit-remaining-tokens", str(verdict.remaining)),
-        ("x-ratelimit-reset-tokens", format_duration(verdict.reset_ms)),
+        ("x-ratelimit-reset-tokens", reset_header_value(verdict.reset_ms)),
     )
 
 

@@ -20,6 +20,7 @@ until admission is the largest of the windows' waits.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, NamedTuple
 
@@ -31,6 +32,7 @@ __all__ = [
     "estimate",
     "format_duration",
     "full_reset_ms",
+    "reset_header_value",
     "threshold",
     "wait_ms",
     "window_start",
@@ -201,3 +203,14 @@ def format_duration(ms: int) -> str:
     if minutes:
         return f"{minutes}m{text}"
     return text
+
+
+def reset_header_value(ms: int) -> str:
+    """``x-ratelimit-reset-tokens`` for a reset *ms* away: whole seconds (rounded up) from
+    one second on, as OpenAI's own values are, milliseconds below."""
+    return _reset_text(ms if ms < 1000 else -(-ms // 1000) * 1000)
+
+
+# PERF: one string per distinct value (at most a day of seconds plus a second of ms),
+# rendered once, not per answer.
+_reset_text = functools.lru_cache(maxsize=4096)(format_duration)

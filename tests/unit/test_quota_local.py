@@ -278,3 +278,39 @@ async def test_a_routes_series_stay_while_a_stage_of_it_lives() -> None:
     gc.collect()
     assert "quota-metrics" not in QUOTA_METRICS.rejections
     assert "quota-metrics" not in QUOTA_METRICS.charged
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+def test_the_admitted_shortcut_agrees_with_the_window_math(kind: str) -> None:
+    """`LocalCounters.headroom` (the per-request shortcut) decides and reports exactly as
+    `windows.admission` does, over random counters, windows, limits and reservations."""
+    import random
+
+    from aigw.quotas.windows import WindowCounts, admission
+
+    rng = random.Random(11)
+    sizes = (10_000, 60_000)
+    for _ in range(3000):
+        store = LocalCounters(sizes)
+        now = rng.randrange(200_000, 400_000)
+        # Counts in the previous and the current windows, some past the limits.
+        store.add("k", now - rng.randrange(10_000, 20_000), rng.randrange(0, 1200))
+        store.add("k", now, rng.randrange(-50, 900))
+        limits = (rng.randrange(1, 1500), rng.randrange(1, 3000))
+        reservation = rng.choice((0, 0, rng.randrange(1, 1600)))
+        counts = store.counts("k", now)
+        windows = tuple(
+            WindowCounts(size, limit, *count)
+            for size, limit, count in zip(sizes, limits, counts, strict=True)
+        )
+        reference = admission(kind, windows, reservation)  # type: ignore[arg-type]
+        fast = store.headroom("k", now, limits, reservation, kind == "sliding")
+        if not reference.admitted:
+            assert fast is None
+            continue
+        assert fast == (
+            reference.limit,
+            reference.remaining,
+            reference.reset_ms,
+            reference.window_ms,
+        )

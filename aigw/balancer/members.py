@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aigw.balancer.state import TargetKey, TargetState, TargetStates
@@ -52,6 +52,8 @@ class Member:
             target adds to the body; empty when the route's targets share them (the
             body stage then adds them once).
         state: The target's balancer state, shared across routes and reloads.
+        own_body: An attempt here sends a body of its own (defaults or a
+            body-param key); else the body stage's bytes as they are.
     """
 
     name: str
@@ -61,11 +63,11 @@ class Member:
     tokens: TokenSource | None
     defaults: tuple[tuple[str, Any], ...]
     state: TargetState
+    own_body: bool = field(init=False)
 
-    @property
-    def rewrites_body(self) -> bool:
-        """An attempt here sends a body of its own (defaults or a body-param key)."""
-        return bool(self.defaults) or (self.key is not None and self.key.uses_body)
+    def __post_init__(self) -> None:
+        own = bool(self.defaults) or (self.key is not None and self.key.uses_body)
+        object.__setattr__(self, "own_body", own)
 
     def body(self, payload: dict[str, Any] | None, sent: bytes) -> bytes:
         """The bytes an attempt here sends: *sent* (the body stage's), with this target's

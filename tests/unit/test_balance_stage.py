@@ -8,6 +8,7 @@ set ``ex.outcome`` and raise. A fake clock drives cooldowns and the breaker.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any, cast
@@ -41,8 +42,9 @@ from aigw.errors import (
     UpstreamUnavailable,
 )
 from aigw.identity import IdentityRegistry, TokenSource, TokenUnavailable
-from aigw.upstream.pool import UpstreamPool
-from aigw.upstream.relay import RetryableAnswer
+from aigw.upstream.pool import ConnectTimeout, UpstreamPool
+from aigw.upstream.relay import RetryableAnswer, make_relay
+from aigw.upstream.target import compile_target
 
 ALL_CRITERIA: tuple[FailoverCriterion, ...] = (
     "error",
@@ -472,3 +474,92 @@ def test_attempt_is_a_plain_record() -> None:
         "error": None,
         "ms": 1.5,
     }
+
+
+# the relay seam -----------------------------------------------------------------
+
+
+async def test_the_relay_gives_up_a_failover_status_unsent_and_closes_that_response() -> None:
+    requests: list[bytes] = []
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(cast("asyncio.Task[Any]", asyncio.current_task()))
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\nretry-after-ms: 250\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+        await writer.drain()
+        await reader.read()  # until aigw closes the connection
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    pool = UpstreamPool()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        config = target("a", upstream_url=f"http://127.0.0.1:{port}/openai/deployments/a/chat")
+        relay = make_relay(compile_target(config), require_done=True, model_header=True)
+        ex = exchange()
+        ex.pool = pool
+        ex.failover_statuses = frozenset({429})
+        with pytest.raises(RetryableAnswer) as info:
+            await relay(ex)
+        assert (info.value.status, info.value.retry_after_s) == (429, 0.25)
+        assert pool.open_connections == 0 and len(requests) == 1
+        # Not a failover status: relayed as it came.
+        ex = exchange()
+        ex.pool = pool
+        response = await relay(ex)
+        assert response.status == 429 and response.headers["retry-after-ms"] == "250"
+    finally:
+        await pool.close()
+        await asyncio.wait(handlers, timeout=5)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_relay_tells_a_connect_timeout_from_a_read_timeout() -> None:
+    class TimingOut:
+        def __init__(self, error: TimeoutError) -> None:
+            self.error = error
+
+        async def request(self, *args: object, **kwargs: object) -> None:
+            raise self.error
+
+    relay = make_relay(compile_target(target("a")), require_done=True, model_header=True)
+    for error, outcome in (
+        (ConnectTimeout("no connection"), "upstream_connect_timeout"),
+        (TimeoutError("no head"), "upstream_timeout"),
+    ):
+        ex = exchange()
+        ex.pool = cast(UpstreamPool, TimingOut(error))
+        with pytest.raises(UpstreamTimeout):
+            await relay(ex)
+        assert ex.outcome == outcome
+
+
+async def test_the_pool_raises_connect_timeout_when_no_connection_comes_in_time() -> None:
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")  # the body never comes
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    pool = UpstreamPool(limit=1)
+    origin = compile_target(
+        target("a", upstream_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x")
+    ).origin
+    try:
+        busy = await pool.request(origin, "GET", "/", [], b"", connect_timeout=1, read_timeout=1)
+        # The only connection is busy: the wait for one is the connect phase, and times out.
+        with pytest.raises(ConnectTimeout):
+            await pool.request(origin, "GET", "/", [], b"", connect_timeout=0.05, read_timeout=1)
+        busy.close()
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()

@@ -172,6 +172,9 @@ class _Balancer:
             moving = self._moving_statuses(request.method)
         payload, sent_body = ex.payload, ex.upstream_body
         members, pick, clock = self._members, self._pick, self._clock
+        # One member (an Entra target alone): the relay's own target is the same,
+        # and on a templated route only the relay knows the resolved one.
+        pooled = len(members) > 1
         attempts: list[Attempt] = []
         ex.attempts = attempts
         tried: list[int] = []
@@ -185,7 +188,8 @@ class _Balancer:
                 break  # everything that could be was tried, or nothing is available at all
             tried.append(index)
             member = members[index]
-            ex.target = member.target
+            if pooled:
+                ex.target = member.target
             if member.own_body:
                 ex.upstream_body = member.body(payload, sent_body)
             final = number == max_attempts

@@ -106,8 +106,11 @@ class Relay:
         self.sent: list[dict[str, Any]] = []
 
     async def __call__(self, ex: Exchange) -> web.StreamResponse:
-        assert ex.target is not None
-        name = next(n for n in self.plays if ex.target.origin.host.startswith(n))
+        if ex.target is None:  # a one-member pool: the relay's own target
+            assert len(self.plays) == 1
+            name = next(iter(self.plays))
+        else:
+            name = next(n for n in self.plays if ex.target.origin.host.startswith(n))
         self.sent.append(
             {
                 "target": name,

@@ -181,6 +181,7 @@ def make_pool(
     *,
     identities: IdentityRegistry | None = None,
     shared_defaults: bool = True,
+    route: str = "r",
     **balancer: Any,
 ) -> Pool:
     config = BalancerConfig(**{"failover_criteria": ALL_CRITERIA, **balancer})
@@ -192,7 +193,7 @@ def make_pool(
         shared_defaults=shared_defaults,
     )
     return Pool(
-        route="r",
+        route=route,
         members=members,
         picker=make_picker(config, [m.weight for m in members], [m.state for m in members]),
         policy=FailoverPolicy.from_criteria(config.failover_criteria),
@@ -324,7 +325,14 @@ async def test_every_target_cooling_answers_429_at_once_with_the_smallest_wait()
 
 async def test_breaker_ejects_after_max_fails_and_503_names_the_soonest_probe() -> None:
     clock = Clock()
-    pool = make_pool([target("a"), target("b")], max_fails=2, fail_timeout=10_000, retries=0)
+    # Its own route name: the ejections it causes are counted in the process's metrics.
+    pool = make_pool(
+        [target("a"), target("b")],
+        max_fails=2,
+        fail_timeout=10_000,
+        retries=0,
+        route="breaker-test",
+    )
     relay = Relay(a=answer(500), b=answer(500))
     stage = balance(pool, relay, clock=clock)
     for _ in range(4):  # retries 0: each request one attempt, relayed as it is
@@ -544,12 +552,16 @@ async def test_the_relay_tells_a_connect_timeout_from_a_read_timeout() -> None:
 
 
 async def test_the_pool_raises_connect_timeout_when_no_connection_comes_in_time() -> None:
+    handlers: set[asyncio.Task[Any]] = set()
+
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(cast("asyncio.Task[Any]", asyncio.current_task()))
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")  # the body never comes
         await writer.drain()
         await reader.read()
         writer.close()
+        await writer.wait_closed()
 
     server = await asyncio.start_server(upstream, "127.0.0.1", 0)
     pool = UpstreamPool(limit=1)
@@ -564,5 +576,6 @@ async def test_the_pool_raises_connect_timeout_when_no_connection_comes_in_time(
         busy.close()
     finally:
         await pool.close()
+        await asyncio.wait(handlers, timeout=5)
         server.close()
         await server.wait_closed()

@@ -179,6 +179,7 @@ class _Balancer:
         ex.attempts = attempts
         tried: list[int] = []
         last_error: GatewayError | None = None
+        last_detail: tuple[str, str | None] = ("ok", None)  # its outcome and log detail
         max_attempts = self._max_attempts
         # Counted here, not by the picker's exclusions: a bound whatever it picks.
         for number in range(1, max_attempts + 1):
@@ -202,9 +203,14 @@ class _Balancer:
                 return await self._attempt(ex, attempts, member, statuses, final, now)
             except _MoveOn as move:
                 last_error = move.error
+                last_detail = (ex.outcome, ex.error)
                 ex.upstream_body = sent_body
                 _reset(ex)
-        raise last_error or nothing_available(members, clock())
+        if last_error is not None:
+            # The access log says what went wrong with it, as without a failover.
+            ex.outcome, ex.error = last_detail
+            raise last_error
+        raise nothing_available(members, clock())
 
     async def _attempt(
         self,

@@ -579,3 +579,14 @@ async def test_the_pool_raises_connect_timeout_when_no_connection_comes_in_time(
         await asyncio.wait(handlers, timeout=5)
         server.close()
         await server.wait_closed()
+
+
+async def test_when_no_target_is_left_the_last_error_keeps_its_outcome_for_the_log() -> None:
+    clock = Clock()
+    pool = make_pool([target("a"), target("b")], algorithm="priority")
+    member(pool, "b").state.cool_down(clock.now + 10)
+    relay = Relay(a=fails("upstream_unreachable"), b=OK)
+    ex = exchange()
+    with pytest.raises(UpstreamUnavailable):
+        await balance(pool, relay, clock=clock)(ex)
+    assert ex.outcome == "upstream_unreachable" and relay.targets() == ["a"]

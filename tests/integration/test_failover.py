@@ -59,6 +59,19 @@ _DELTA = json.dumps(
 ).encode()
 
 
+_STREAM_BODY = (
+    b"data: " + _DELTA + b"\n\n"
+    b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"gpt-4o",'
+    b'"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\n'
+    b"data: [DONE]\n\n"
+)
+STREAM_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n"
+    % len(_STREAM_BODY)
+) + _STREAM_BODY
+"""A whole, short chat stream: one delta, the usage chunk, [DONE]."""
+
+
 class Region:
     """One upstream: answers ``queue`` first, then ``default``; records request heads."""
 
@@ -365,3 +378,23 @@ def test_retries_exhausted_relay_the_last_answer(
     line = gateway.access_log("exhausted")
     assert [a["target"] for a in line["attempts"]] == ["sweden", "eastus"]
     assert line["target"] == "eastus" and line["status"] == 503
+
+
+def test_a_stream_fails_over_before_its_first_byte(
+    tmp_path: Path, regions: dict[str, Region], gateway_factory: list[GatewayProcess]
+) -> None:
+    regions["sweden"].queue = [too_many(2)]
+    regions["eastus"].default = STREAM_ANSWER
+    gateway = serve(tmp_path, two_regions(regions))
+    gateway_factory.append(gateway)
+    stream = client(gateway).chat.completions.create(
+        model="pool", messages=QUESTION, stream=True, extra_headers={"x-request-id": "s429"}
+    )
+    text = "".join(delta.choices[0].delta.content or "" for delta in stream if delta.choices)
+    assert text == "hel"
+    line = gateway.access_log("s429")
+    assert [(a["target"], a["status"]) for a in line["attempts"]] == [
+        ("sweden", 429),
+        ("eastus", 200),
+    ]
+    assert line["outcome"] == "ok" and line["target"] == "eastus"

@@ -538,6 +538,10 @@ def check(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> tupl
     with pytest.MonkeyPatch.context() as patch:
         for name, value in ENV.items():
             patch.setenv(name, value)
+        # `aigw check` configures logging for the process (structlog caches loggers
+        # on first use): in-process, that would hide later tests' log lines from
+        # their capture_logs.
+        patch.setattr("aigw.cli.configure_logging", lambda *args, **kwargs: None)
         status = main(["check", "--conf-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     return status, out, err

@@ -12,21 +12,17 @@ from typing import Any
 import uvloop
 
 from aigw import __version__
-from aigw.config.errors import ConfigError
-from aigw.config.model import AiProxyAdvancedConfig, BalancerConfig, RouteFile
+from aigw.check import run_check
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener import ListenerSettings
 from aigw.logs import LogFile, configure_logging
-from aigw.reload import FileState, Reloader
 from aigw.server import DEFAULT_POOL_SIZE, ServeSettings, serve
 from aigw.systemd import Notifier
-from aigw.table import RouteTable, plugin_names
 from aigw.tail import register as register_tail
 from aigw.tail import run as run_tail
-from aigw.upstream.target import compile_target
 from aigw.workers import Supervisor
 
-__all__ = ["check_warnings", "main", "render_table"]
+__all__ = ["main"]
 
 
 def _listen_address(value: str) -> tuple[str, int]:
@@ -236,215 +232,13 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
     )
 
 
-def _check(args: argparse.Namespace) -> int:
-    # The same code path as the gateway's own loads and reloads.
-    reloader = Reloader(args.conf_dir, os.environ, azure_base_url=args.azure_base_url)
-    try:
-        report = reloader.load_initial("check")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    assert reloader.table is not None
-    table = render_table(
-        reloader.table,
-        args.conf_dir,
-        len(report.rejected),
-        reloader.files(),
-        azure_base_url=args.azure_base_url,
-    )
-    print(table)
-    for warning in check_warnings(reloader.table):
-        print(f"warning: {warning}", file=sys.stderr)
-    for error in report.rejected:
-        for issue in error.issues:
-            print(f"error: {issue}", file=sys.stderr)
-    return 1 if report.rejected else 0
-
-
-_LISTED_FILES = 20
-"""Consumer files ``aigw check`` lists by name; past it, how many more."""
-
-
-def render_table(
-    table: RouteTable,
-    conf_dir: Path,
-    rejected: int,
-    files: Sequence[FileState] = (),
-    *,
-    azure_base_url: str | None = None,
-) -> str:
-    """The serving table as ``aigw check`` prints it: consumers, global plugins, routes.
-
-    Args:
-        table: The table.
-        conf_dir: The directory it was loaded from.
-        rejected: How many files were refused.
-        files: The reloader's file states, for the consumer and global plugins files.
-        azure_base_url: The ``--azure-base-url`` override, for a pool's upstream URLs.
-    """
-    lines = [f"{conf_dir}: {len(table.routes)} route(s) accepted, {rejected} file(s) rejected"]
-    serving = [f for f in files if f.state != "rejected"]
-    lines.append(f"  consumers: {len(table.consumers)}")
-    consumer_files = [f for f in serving if f.kind == "consumer"]
-    for file in consumer_files[:_LISTED_FILES]:
-        lines.append(f"    {file.name}: {file.consumers} consumer(s)")
-    if len(consumer_files) > _LISTED_FILES:
-        lines.append(f"    ... and {len(consumer_files) - _LISTED_FILES} more file(s)")
-    owners = {name: f.name for f in serving if f.kind == "plugins" for name in f.plugins or ()}
-    named = [f"{name} ({owners.get(name, '?')})" for name in plugin_names(table.global_plugins)]
-    lines.append(f"  global plugins: {', '.join(named) or 'none'}")
-    for route in table.routes:
-        methods = ",".join(route.file.route.methods or ("*",))
-        target = route.target
-        upstream = target.url("{client path}") if target.fixed_path is None else target.url("")
-        lines.append(f"  {route.name}  ({route.info.source})")
-        for path in route.file.route.paths:
-            lines.append(f"    {methods} {path}")
-        proxy = route.file.proxy
-        if len(proxy.targets) > 1:
-            lines.extend(_pool_lines(proxy, azure_base_url))
-        else:
-            version = target.default_api_version
-            lines.append(f"    -> {upstream}  api-version: client's, else {version}")
-        if proxy.balancer is not None:
-            lines.append(f"    balancer: {_describe_balancer(proxy.balancer)}")
-        lines.append(f"    chain: {' > '.join(route.stages)}")
-    return "\n".join(lines)
-
-
-def _target_names(proxy: AiProxyAdvancedConfig, azure_base_url: str | None = None) -> list[str]:
-    """Each target's name for people: its ``azure_instance``, else its upstream host, made
-    unique within the route by ``#2``, ``#3``."""
-    names: list[str] = []
-    for config in proxy.targets:
-        name = config.model.options.azure_instance
-        if not name:
-            name = compile_target(config, azure_base_url=azure_base_url).origin.host
-        taken = sum(1 for other in names if other == name or other.startswith(f"{name}#"))
-        names.append(f"{name}#{taken + 1}" if taken else name)
-    return names
-
-
-def _pool_lines(proxy: AiProxyAdvancedConfig, azure_base_url: str | None) -> list[str]:
-    lines = []
-    for name, config in zip(_target_names(proxy, azure_base_url), proxy.targets, strict=True):
-        target = compile_target(config, azure_base_url=azure_base_url)
-        upstream = target.url("{client path}") if target.fixed_path is None else target.url("")
-        deployment = target.deployment or "-"
-        lines.append(
-            f"    -> {name}  weight {config.weight}  deployment {deployment}  {upstream}  "
-            f"api-version: client's, else {target.default_api_version}"
-        )
-    return lines
-
-
-def _describe_balancer(balancer: BalancerConfig) -> str:
-    parts: list[str] = [balancer.algorithm]
-    if balancer.algorithm == "consistent-hashing":
-        parts.append(f"hash on {balancer.hash_on_header}")
-    elif balancer.algorithm == "lowest-latency":
-        parts.append(f"latency {balancer.latency_strategy}")
-    elif balancer.algorithm == "lowest-usage":
-        parts.append(f"usage {balancer.tokens_count_strategy}")
-    parts.append(f"retries {balancer.retries}")
-    criteria = ", ".join(balancer.failover_criteria) or "nothing"
-    parts.append(f"failover on {criteria}")
-    if balancer.max_fails and balancer.fail_timeout:
-        parts.append(
-            f"circuit breaker: {balancer.max_fails} failure(s) within {balancer.fail_timeout} ms "
-            f"eject for {balancer.fail_timeout} ms"
-        )
-    else:
-        parts.append("circuit breaker off")
-    return "; ".join(parts)
-
-
-def check_warnings(table: RouteTable) -> list[str]:
-    """What ``aigw check`` warns about: valid config that likely does not do what was meant."""
-    warnings: list[str] = []
-    global_limit = table.global_plugins.token_limit
-    # Said once for the global plugin, if any route uses it, not once per route.
-    if (
-        global_limit is not None
-        and global_limit.strategy == "local"
-        and any(route.file.plugins.token_limit is None for route in table.routes)
-    ):
-        warnings.append(_per_worker("the global ai-rate-limiting-advanced"))
-    for route in table.routes:
-        own = route.file.plugins
-        plugins = own.over(table.global_plugins)
-        where = f"route {route.name} ({route.info.source})"
-        warnings.extend(f"{where}: {warning}" for warning in _balancer_warnings(route.file))
-        limit = plugins.token_limit
-        if own.token_limit is not None and own.token_limit.strategy == "local":
-            warnings.append(_per_worker(f"{where}: ai-rate-limiting-advanced"))
-        if plugins.key_auth is not None:
-            if not table.consumers:
-                warnings.append(
-                    f"{where}: key-auth and no consumer file: every request is refused 401"
-                )
-            continue
-        if plugins.acl is not None:
-            warnings.append(
-                f"{where}: acl without key-auth (on the route or global): "
-                "every request is refused 401"
-            )
-        if limit is not None and limit.identifier in ("consumer", "credential"):
-            warnings.append(
-                f"{where}: ai-rate-limiting-advanced identifier: {limit.identifier} without "
-                "key-auth (on the route or global): counted per client IP"
-            )
-    return warnings
-
-
-def _balancer_warnings(file: RouteFile) -> list[str]:
-    """A balancer that is valid but will not do what its fields suggest."""
-    balancer = file.proxy.balancer
-    if balancer is None:
-        return []
-    warnings: list[str] = []
-    methods = file.route.methods
-    statuses = [name for name in balancer.failover_criteria if name.startswith("http_")]
-    if (
-        (methods is None or "POST" in methods)
-        and statuses
-        and ("non_idempotent" not in balancer.failover_criteria)
-    ):
-        warnings.append(
-            f"failover_criteria has {', '.join(statuses)} but not non_idempotent: 429/5xx "
-            "answers never fail over on POST without non_idempotent, as nginx and Kong do"
-        )
-    if balancer.max_fails > 0 and balancer.fail_timeout == 0:
-        warnings.append(
-            f"max_fails: {balancer.max_fails} with fail_timeout: 0: the circuit breaker is off "
-            "(fail_timeout 0 turns it off)"
-        )
-    default_header = BalancerConfig().hash_on_header
-    if (
-        balancer.algorithm != "consistent-hashing"
-        and balancer.hash_on_header.lower() != default_header.lower()
-    ):
-        warnings.append(
-            f"hash_on_header is set but algorithm is {balancer.algorithm}: only "
-            "consistent-hashing reads it"
-        )
-    return warnings
-
-
-def _per_worker(what: str) -> str:
-    return (
-        f"{what} has strategy: local, counted per worker process: with --workers N each "
-        "worker enforces its own limit; use strategy: redis to share one"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aigw`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "check":
         # The report is the output; the reloader's own log events would repeat it.
         configure_logging("critical", stream=sys.stderr)
-        return _check(args)
+        return run_check(args.conf_dir, args.azure_base_url)
     if args.command == "tail":
         return run_tail(args)
     log_file = LogFile(args.log_file) if args.log_file is not None else None

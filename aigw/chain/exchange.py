@@ -70,7 +70,9 @@ class Exchange:
     consumers: ConsumerIndex = EMPTY_CONSUMERS
     consumer: Consumer | None = None
     credential_id: str | None = None
-    # Headers every answer carries, relayed or aigw's own (``x-ratelimit-*``).
+    # Headers every answer carries, relayed or aigw's own: names from
+    # aigw.upstream.headers.ANSWER_HEADER_NAMES (a token quota's x-ratelimit-*),
+    # which replace the upstream's own.
     response_headers: tuple[tuple[str, str], ...] = ()
 
     # Request body: what the client sent, and what goes upstream (differs only

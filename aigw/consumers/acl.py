@@ -3,10 +3,16 @@
 The route's groups are a frozenset built when the route compiles, and the
 allow and deny cases are two different stages, so a request costs one
 ``isdisjoint`` of two small frozensets and no allocation.
+
+PERF: the stage only decides before the rest of the chain runs, so it is a
+plain function that returns the rest's awaitable (or raises) instead of a
+coroutine awaiting it: no frame of its own on the request's await chain,
+which every suspension of the request would pass through.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Final
 
 from aiohttp import web
@@ -42,24 +48,24 @@ def acl(route: str, config: AclConfig, next_: Handler) -> Handler:
 
     if allow:
 
-        async def allow_stage(ex: Exchange) -> web.StreamResponse:
+        def allow_stage(ex: Exchange) -> Awaitable[web.StreamResponse]:
             consumer = ex.consumer
             if consumer is None:
                 ex.outcome = MISSING_KEY_OUTCOME
                 raise refuse(ex, unauthorized(missing))
             if allow.isdisjoint(consumer.groups):
                 raise refuse(ex, Forbidden(ACCESS_DENIED, refused))
-            return await next_(ex)
+            return next_(ex)
 
         return allow_stage
 
-    async def deny_stage(ex: Exchange) -> web.StreamResponse:
+    def deny_stage(ex: Exchange) -> Awaitable[web.StreamResponse]:
         consumer = ex.consumer
         if consumer is None:
             ex.outcome = MISSING_KEY_OUTCOME
             raise refuse(ex, unauthorized(missing))
         if not deny.isdisjoint(consumer.groups):
             raise refuse(ex, Forbidden(ACCESS_DENIED, refused))
-        return await next_(ex)
+        return next_(ex)
 
     return deny_stage

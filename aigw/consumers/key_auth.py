@@ -17,7 +17,7 @@ each ``reason``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Final
 
 from aiohttp import web
@@ -141,7 +141,9 @@ def key_auth(config: KeyAuthConfig, next_: Handler) -> Handler:
     query_plan = _query_plan(config)
     message = f"{DENIED_MESSAGE} Send a consumer key in {key_places(config)}."
 
-    async def stage(ex: Exchange) -> web.StreamResponse:
+    # PERF: a plain function returning the rest of the chain's awaitable (see
+    # aigw.consumers.acl): no frame of its own on the request's await chain.
+    def stage(ex: Exchange) -> Awaitable[web.StreamResponse]:
         request = ex.request
         key = find_key(request, headers_plan, query_plan)
         # A missing key costs what an unknown one does: hash and probe a dummy.
@@ -154,6 +156,6 @@ def key_auth(config: KeyAuthConfig, next_: Handler) -> Handler:
                 error.close_connection = True
             raise error
         ex.consumer, ex.credential_id = found
-        return await next_(ex)
+        return next_(ex)
 
     return stage

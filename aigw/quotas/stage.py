@@ -32,6 +32,7 @@ from aigw.errors import TooManyRequests
 from aigw.quotas.limiter import Limiter
 from aigw.quotas.metrics import QUOTA_METRICS
 from aigw.quotas.windows import Admission, format_duration, reset_header_value
+from aigw.upstream.headers import ANSWER_HEADER_NAMES
 
 __all__ = ["limits_of", "prompt_estimate", "token_limit", "windows_of"]
 
@@ -115,11 +116,14 @@ def prompt_estimate(payload: dict[str, Any] | None) -> int:
     return -(-text // _BYTES_PER_TOKEN) + output
 
 
+_LIMIT, _REMAINING, _RESET = ANSWER_HEADER_NAMES
+
+
 def _headers(verdict: Admission) -> tuple[tuple[str, str], ...]:
     return (
-        ("x-ratelimit-limit-tokens", str(verdict.limit)),
-        ("x-ratelimit-remaining-tokens", str(verdict.remaining)),
-        ("x-ratelimit-reset-tokens", reset_header_value(verdict.reset_ms)),
+        (_LIMIT, str(verdict.limit)),
+        (_REMAINING, str(verdict.remaining)),
+        (_RESET, reset_header_value(verdict.reset_ms)),
     )
 
 
@@ -175,7 +179,8 @@ def token_limit(
             verdict = limiter.admit_local(key, admitted_at, limits, reservation)
             decided_remotely = False
         if not hide:
-            ex.response_headers = (*ex.response_headers, *_headers(verdict))
+            # Nothing else sets them before this stage (see ANSWER_HEADER_NAMES).
+            ex.response_headers = _headers(verdict)
         if not verdict.admitted:
             raise refuse(verdict)
         try:

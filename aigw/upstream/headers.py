@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["REQUEST_POLICY", "RESPONSE_POLICY", "HeaderPolicy"]
+__all__ = [
+    "ANSWERED_RESPONSE_POLICY",
+    "ANSWER_HEADER_NAMES",
+    "REQUEST_POLICY",
+    "RESPONSE_POLICY",
+    "HeaderPolicy",
+]
 
 
 class HeaderPolicy:
@@ -24,21 +30,30 @@ class HeaderPolicy:
     one dict lookup per header.
     """
 
-    __slots__ = ("_cache", "_names", "_prefixes")
+    __slots__ = ("_cache", "_except", "_names", "_prefixes")
 
     _CACHE_LIMIT = 4096
 
-    def __init__(self, names: Iterable[str], prefixes: Iterable[str]) -> None:
+    def __init__(
+        self, names: Iterable[str], prefixes: Iterable[str], except_names: Iterable[str] = ()
+    ) -> None:
         self._names = frozenset(n.lower() for n in names)
         self._prefixes = tuple(p.lower() for p in prefixes)
+        self._except = frozenset(n.lower() for n in except_names)
         self._cache: dict[str, bool] = {}
+
+    def without(self, names: Iterable[str]) -> HeaderPolicy:
+        """This policy, except *names* (with their own cache)."""
+        return HeaderPolicy(self._names, self._prefixes, self._except | set(names))
 
     def allows(self, name: str) -> bool:
         """True if a header called *name* may cross."""
         allowed = self._cache.get(name)
         if allowed is None:
             lower = name.lower()
-            allowed = lower in self._names or lower.startswith(self._prefixes)
+            allowed = (
+                lower in self._names or lower.startswith(self._prefixes)
+            ) and lower not in self._except
             # Bounded, so a client sending random header names cannot grow it.
             if len(self._cache) < self._CACHE_LIMIT:
                 self._cache[name] = allowed
@@ -93,3 +108,14 @@ RESPONSE_POLICY = HeaderPolicy(
     prefixes=("x-ratelimit-", "x-ms-", "ms-azureml-model-error-"),
 )
 """Upstream response headers relayed to the client."""
+
+ANSWER_HEADER_NAMES = (
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+"""The headers aigw may answer with itself (``Exchange.response_headers``: a token quota's
+state), which then replace the upstream's own of the same name."""
+
+ANSWERED_RESPONSE_POLICY = RESPONSE_POLICY.without(ANSWER_HEADER_NAMES)
+"""`RESPONSE_POLICY` for an answer that carries aigw's own ``ANSWER_HEADER_NAMES``."""

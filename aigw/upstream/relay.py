@@ -50,7 +50,7 @@ from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import StreamsInFlight
 from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
-from aigw.upstream.headers import REQUEST_POLICY, RESPONSE_POLICY
+from aigw.upstream.headers import ANSWERED_RESPONSE_POLICY, REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, UpstreamResponse
 from aigw.upstream.sse import EventTooLarge, SSESplitter, StreamObserver
 from aigw.upstream.target import UpstreamTarget, valid_api_version
@@ -142,9 +142,13 @@ def make_relay(
             if length is not None and length > max_body:
                 ex.error = f"the upstream announced a body of {length} bytes"
                 raise _too_large(ex, max_body)
-            headers = RESPONSE_POLICY.filter(upstream.headers)
-            if ex.response_headers:
-                headers = _with_answer_headers(headers, ex.response_headers)
+            answer_headers = ex.response_headers
+            if answer_headers:
+                # aigw's own x-ratelimit-*-tokens replace the upstream's.
+                headers = ANSWERED_RESPONSE_POLICY.filter(upstream.headers)
+                headers += answer_headers
+            else:
+                headers = RESPONSE_POLICY.filter(upstream.headers)
             headers.append(("x-request-id", ex.request_id))
             if model_header and status < 300:
                 headers.append((MODEL_HEADER, chosen.label))
@@ -175,14 +179,6 @@ def make_relay(
                 upstream.close()
 
     return relay
-
-
-def _with_answer_headers(
-    headers: list[tuple[str, str]], extra: tuple[tuple[str, str], ...]
-) -> list[tuple[str, str]]:
-    """*headers* with aigw's answer headers (``x-ratelimit-*``) replacing the upstream's own."""
-    names = {name.lower() for name, _ in extra}
-    return [header for header in headers if header[0].lower() not in names] + list(extra)
 
 
 def _media_type(content_type: str) -> str:

@@ -53,6 +53,9 @@ from aigw.upstream.relay import CONNECT_PHASE_OUTCOMES, RetryableAnswer
 __all__ = ["Pool", "balance", "nothing_available"]
 
 _NONE: frozenset[int] = frozenset()
+_TOKEN_UNAVAILABLE = "token_unavailable"
+"""The outcome of an attempt on an Entra target whose token endpoint is down: nothing
+was sent, so it moves on like a refused connection."""
 _ONLY_401 = frozenset({401})
 
 # ex.outcome of an answer that started and then failed upstream (the breaker counts it).
@@ -115,14 +118,6 @@ def nothing_available(members: tuple[Member, ...], now: float) -> GatewayError:
         f"every target of this route is failing; retry after {seconds} s",
         headers={"retry-after": str(seconds)},
     )
-
-
-class _MoveOn(Exception):
-    """An attempt failed in a way that tries the next target; *error* answers if none is left."""
-
-    def __init__(self, error: GatewayError | None) -> None:
-        super().__init__()
-        self.error = error
 
 
 def balance(pool: Pool, next_: Handler, *, clock: Callable[[], float] = time.monotonic) -> Handler:
@@ -200,61 +195,57 @@ class _Balancer:
             if moving and (final or not self._others_available(tried, now)):
                 statuses = _NONE
             try:
-                return await self._attempt(ex, attempts, member, statuses, final, now)
-            except _MoveOn as move:
-                last_error = move.error
-                last_detail = (ex.outcome, ex.error)
-                ex.upstream_body = sent_body
-                _reset(ex)
+                # PERF: a key target's attempt is one coroutine (_once), not two:
+                # every suspension of the request passes through each frame.
+                if member.tokens is None:
+                    return await self._once(ex, attempts, member, statuses, now)
+                return await self._attempt_entra(ex, attempts, member, statuses, now)
+            except RetryableAnswer as answer:
+                self._refused(member, answer)
+                # Nothing to relay now: if no target is left after all, the answer is
+                # "nothing available", with the cooldown just learnt.
+                last_error = None
+            except (UpstreamUnavailable, UpstreamTimeout) as error:
+                self._failed(member)
+                failure = _failure(ex.outcome, error)
+                if final or not self._policy.moves_on(request.method, failure):
+                    raise
+                last_error = error
+            last_detail = (ex.outcome, ex.error)
+            ex.upstream_body = sent_body
+            _reset(ex)
         if last_error is not None:
             # The access log says what went wrong with it, as without a failover.
             ex.outcome, ex.error = last_detail
             raise last_error
         raise nothing_available(members, clock())
 
-    async def _attempt(
+    async def _attempt_entra(
         self,
         ex: Exchange,
         attempts: list[Attempt],
         member: Member,
         statuses: frozenset[int],
-        final: bool,
         now: float,
     ) -> web.StreamResponse:
-        """Tries *member*; raises ``_MoveOn`` when the next target should be tried."""
-        # An Entra target's first try gives up a 401 too: once more with a fresh token.
-        entra_retry = member.tokens is not None
-        while True:
+        """An attempt on an Entra target: a 401 invalidates the token (in ``_once``) and
+        is tried once more with a fresh one. A token endpoint that is down is this
+        target's failure before anything was sent (the stage decides what follows)."""
+        try:
             try:
-                allowed = statuses | _ONLY_401 if entra_retry else statuses
-                return await self._once(ex, attempts, member, allowed, now)
+                return await self._once(ex, attempts, member, statuses | _ONLY_401, now)
             except RetryableAnswer as answer:
-                if answer.status == 401 and entra_retry:
-                    entra_retry = False
-                    _reset(ex)
-                    continue
-                self._refused(member, answer)
-                # Nothing to relay now: if no target is left after all, the answer is
-                # "nothing available", with the cooldown just learnt.
-                raise _MoveOn(None) from None
-            except (UpstreamUnavailable, UpstreamTimeout) as error:
-                self._failed(member)
-                failure = _failure(ex.outcome, error)
-                if final or not self._policy.moves_on(ex.request.method, failure):
+                if answer.status != 401:
                     raise
-                raise _MoveOn(error) from None
-            except TokenUnavailable as exc:
-                self._failed(member)
-                token_error = UpstreamUnavailable(
-                    "token_unavailable",
-                    f"no Microsoft Entra ID token for this route's target {member.name}: the "
-                    f"token endpoint {exc.endpoint} is unavailable; quote request id "
-                    f"{ex.request_id}",
-                )
-                unsent = Failure("connect_error", sent=False)
-                if final or not self._policy.moves_on(ex.request.method, unsent):
-                    raise token_error from None
-                raise _MoveOn(token_error) from None
+            _reset(ex)
+            return await self._once(ex, attempts, member, statuses, now)
+        except TokenUnavailable as exc:
+            raise UpstreamUnavailable(
+                _TOKEN_UNAVAILABLE,
+                f"no Microsoft Entra ID token for this route's target {member.name}: the "
+                f"token endpoint {exc.endpoint} is unavailable; quote request id "
+                f"{ex.request_id}",
+            ) from None
 
     async def _once(
         self,
@@ -286,7 +277,7 @@ class _Balancer:
                 member.tokens.invalidate(token)
             raise
         except TokenUnavailable as exc:
-            ex.outcome = "token_unavailable"
+            ex.outcome = _TOKEN_UNAVAILABLE
             ex.error = f"target {member.name}: {exc}"
             attempts.append(Attempt(member.name, None, ex.outcome, _ms(started)))
             raise
@@ -387,7 +378,7 @@ def _failure(outcome: str, error: GatewayError) -> Failure:
     """The criteria's view of a relay error, from the outcome the relay recorded."""
     if outcome == "upstream_connect_timeout":
         return Failure("connect_timeout", sent=False)
-    if outcome in CONNECT_PHASE_OUTCOMES:
+    if outcome in CONNECT_PHASE_OUTCOMES or outcome == _TOKEN_UNAVAILABLE:
         return Failure("connect_error", sent=False)
     return Failure("timeout" if isinstance(error, UpstreamTimeout) else "error", sent=True)
 

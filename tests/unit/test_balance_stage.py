@@ -590,3 +590,22 @@ async def test_when_no_target_is_left_the_last_error_keeps_its_outcome_for_the_l
     with pytest.raises(UpstreamUnavailable):
         await balance(pool, relay, clock=clock)(ex)
     assert ex.outcome == "upstream_unreachable" and relay.targets() == ["a"]
+
+
+async def test_a_token_endpoint_down_moves_a_post_on_without_non_idempotent() -> None:
+    # Nothing was sent to the Entra target: a POST moves on under `error` alone, as after
+    # a refused connection, and the target's breaker counts one failure.
+    identities = FakeIdentities()
+    identities.tokens.down = True
+    pool = make_pool(
+        [target("a", ENTRA, weight=200), target("b")],
+        identities=identities,
+        algorithm="priority",
+        failover_criteria=("error",),
+        max_fails=1,
+    )
+    relay = Relay(a=OK, b=OK)
+    clock = Clock()
+    ex, response = await send(balance(pool, relay, clock=clock))
+    assert response.status == 200 and ex.target_name == "b"
+    assert member(pool, "a").state.status(clock.now) == "open"

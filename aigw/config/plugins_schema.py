@@ -67,16 +67,20 @@ _INSTEAD = {
     "key-auth-enc": "`key-auth` already stores only key digests",
 }
 
-_KEY_AUTH_KEYS = ("key_names", "key_in_header", "key_in_query", "hide_credentials")
+_KEY_AUTH_KEYS = (
+    "key_names",
+    "key_in_header",
+    "key_in_query",
+    "hide_credentials",
+    "run_on_preflight",
+)
 _KONG_KEY_AUTH = {
     "anonymous": "is not supported: every request on a key-auth route must carry a consumer's "
     "key; leave key-auth off a route that anyone may use",
     "key_in_body": "is not supported: the key is checked before the body is read, so a "
     "stranger costs no body read; send the key in a header",
-    "run_on_preflight": "is not supported: aigw checks the key on every request, "
-    "`OPTIONS` included",
-    "realm": "is not supported: aigw answers 401 with an OpenAI-style JSON error, "
-    "without a `WWW-Authenticate` challenge",
+    "realm": "is not supported: aigw's 401 is an OpenAI-style JSON error whose challenge is "
+    'always `WWW-Authenticate: Key realm="aigw"`',
 }
 _ACL_KEYS = ("allow", "deny")
 _KONG_ACL = {
@@ -248,6 +252,15 @@ def _key_auth(c: Checker, entry: PluginEntry) -> KeyAuthConfig:
         )
     else:
         c.boolean(m, path, "hide_credentials", default=True)
+    # Kong's default, and what aigw does: a key is asked of every request.
+    if m.get("run_on_preflight") is False:
+        c.report(
+            child(path, "run_on_preflight"),
+            "`false` is not supported: aigw checks the key on every request, `OPTIONS` "
+            "included (`true`, the only behaviour, may be written)",
+        )
+    else:
+        c.boolean(m, path, "run_on_preflight", default=True)
     in_header = c.boolean(m, path, "key_in_header", default=True)
     in_query = c.boolean(m, path, "key_in_query", default=False)
     if not in_header and not in_query:

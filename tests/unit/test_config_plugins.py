@@ -248,7 +248,7 @@ def test_key_auth_defaults() -> None:
 
 def test_key_auth_fields_are_read_lower_cased_and_de_duplicated() -> None:
     config = "key_names: [Api-Key, authorization, API-KEY], key_in_query: true, "
-    config += "key_in_header: false, hide_credentials: true"
+    config += "key_in_header: false, hide_credentials: true, run_on_preflight: true"
     assert plugins_of(key_auth(config)).key_auth == KeyAuthConfig(
         key_names=("api-key", "authorization"), key_in_header=False, key_in_query=True
     )
@@ -278,8 +278,9 @@ KEY_AUTH_ERRORS = [
     ),
     ("anonymous: x", "anonymous", "`anonymous` is not supported: every request on a key-auth"),
     ("key_in_body: true", "key_in_body", "is checked before the body is read"),
-    ("run_on_preflight: true", "run_on_preflight", "`OPTIONS` included"),
-    ("realm: aigw", "realm", "without a `WWW-Authenticate` challenge"),
+    ("run_on_preflight: false", "run_on_preflight", "`OPTIONS` included"),
+    ("run_on_preflight: 'no'", "run_on_preflight", "expected a boolean"),
+    ("realm: aigw", "realm", 'always `WWW-Authenticate: Key realm="aigw"`'),
 ]
 
 

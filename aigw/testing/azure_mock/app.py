@@ -1,9 +1,9 @@
-"""The mock's aiohttp application: Azure data-plane routes, control API, request recording."""
+"""The mock's aiohttp application: Azure data-plane routes and request recording (the
+``/_mock/`` control API is `aigw.testing.azure_mock.control`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import random
@@ -24,7 +24,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDictProxy
 
 from .config import MockConfig
-from .faults import Fault, FaultQueue, FaultSpecError, parse_fault
+from .control import add_control_routes
+from .faults import Fault, FaultQueue
 from .payload import BadRequest, parse_embeddings, parse_generation
 from .wire import (
     API_VERSION_NOT_SUPPORTED,
@@ -236,86 +237,10 @@ class MockState:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    # ------------------------------------------------------------------ control API
-
-    async def health(self, request: web.Request) -> web.Response:
-        """``GET /_mock/health``."""
-        return web.json_response({"ok": True})
-
-    async def get_requests(self, request: web.Request) -> web.Response:
-        """``GET /_mock/requests[?settle_ms=N]``; waits up to N ms for in-flight requests."""
-        settle = request.query.get("settle_ms")
-        if settle:
-            try:
-                timeout = float(settle) / 1000
-            except ValueError:
-                return web.json_response({"error": "settle_ms must be a number"}, status=400)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
-        return web.json_response([record.to_json() for record in self.records])
-
-    async def delete_requests(self, request: web.Request) -> web.Response:
-        """``DELETE /_mock/requests``."""
-        self.records.clear()
-        return web.json_response({"ok": True})
-
-    async def get_faults(self, request: web.Request) -> web.Response:
-        """``GET /_mock/faults``: pending faults with their remaining counts."""
-        return web.json_response(self.faults.to_json())
-
-    async def post_faults(self, request: web.Request) -> web.Response:
-        """``POST /_mock/faults`` with one fault object or a list of them."""
-        try:
-            posted = await request.json()
-        except json.JSONDecodeError:
-            return web.json_response({"error": "body must be JSON"}, status=400)
-        specs = posted if isinstance(posted, list) else [posted]
-        try:
-            parsed = [parse_fault(spec) for spec in specs]
-        except FaultSpecError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        for fault, count in parsed:
-            self.faults.add(fault, count)
-        return web.json_response({"ok": True, "pending": self.faults.to_json()})
-
-    async def delete_faults(self, request: web.Request) -> web.Response:
-        """``DELETE /_mock/faults``."""
-        self.faults.clear()
-        return web.json_response({"ok": True})
-
-    async def post_connections(self, request: web.Request) -> web.Response:
-        """``POST /_mock/connections`` ``{"refuse": true, "for_ms": N | null}``: stop listening.
-
-        New connections are refused (ECONNREFUSED) and open ones, idle or busy, are
-        aborted, as when the region's process dies; after ``for_ms`` (``null``: until
-        the CLI process gets SIGUSR1, or ``MockServer.accept_connections()``) the same
-        port listens again. Only this request's connection is spared, to answer it
-        (with ``Connection: close``).
-        """
-        try:
-            posted = await request.json()
-        except json.JSONDecodeError:
-            return web.json_response({"error": "body must be JSON"}, status=400)
-        if not isinstance(posted, dict) or posted.get("refuse") is not True:
-            return web.json_response({"error": 'expected {"refuse": true}'}, status=400)
-        unknown = set(posted) - {"refuse", "for_ms"}
-        if unknown:
-            return web.json_response({"error": f"unknown fields: {sorted(unknown)}"}, status=400)
-        for_ms = posted.get("for_ms")
-        if for_ms is not None and (
-            isinstance(for_ms, bool) or not isinstance(for_ms, int | float) or for_ms <= 0
-        ):
-            message = "'for_ms' must be a positive number or null"
-            return web.json_response({"error": message}, status=400)
-        if self.listener is None:
-            message = "refusing connections needs the mock's own server (MockServer or the CLI)"
-            return web.json_response({"error": message}, status=501)
-        # Refused before answering: a client that connects again as soon as it has
-        # the answer must find the port closed.
-        await self.listener.refuse_connections(
-            None if for_ms is None else for_ms / 1000, spare=request.transport
-        )
-        return web.json_response({"ok": True}, headers={"Connection": "close"})
+    @property
+    def idle(self) -> asyncio.Event:
+        """Set while no request is in flight."""
+        return self._idle
 
     # ------------------------------------------------------------------ data plane
 
@@ -733,12 +658,6 @@ def build_app(config: MockConfig | None = None) -> web.Application:
     # Real prompts with images exceed aiohttp's 1 MiB default.
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = state
-    app.router.add_get("/_mock/health", state.health)
-    app.router.add_get("/_mock/requests", state.get_requests)
-    app.router.add_delete("/_mock/requests", state.delete_requests)
-    app.router.add_get("/_mock/faults", state.get_faults)
-    app.router.add_post("/_mock/faults", state.post_faults)
-    app.router.add_delete("/_mock/faults", state.delete_faults)
-    app.router.add_post("/_mock/connections", state.post_connections)
+    add_control_routes(app, state)
     app.router.add_route("*", "/{tail:.*}", state.api)
     return app

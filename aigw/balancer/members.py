@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aigw.balancer.state import TargetKey, TargetState, TargetStates
-from aigw.chain.body import dump_json, option_defaults
+from aigw.chain.body import dump_json, missing_defaults, option_defaults
 from aigw.chain.credentials import KeyCredential
 from aigw.config.model import AuthConfig, TargetConfig
 from aigw.identity import IdentityRegistry, TokenSource
@@ -76,12 +76,9 @@ class Member:
         if payload is None:
             return sent
         copy: dict[str, Any] | None = None
-        for name, value in self.defaults:
-            if name not in payload and not (
-                name == "max_tokens" and "max_completion_tokens" in payload
-            ):
-                copy = copy if copy is not None else dict(payload)
-                copy[name] = value
+        for name, value in missing_defaults(payload, self.defaults):
+            copy = copy if copy is not None else dict(payload)
+            copy[name] = value
         if self.key is not None:
             for name, value in self.key.body_fields(payload):
                 copy = copy if copy is not None else dict(payload)

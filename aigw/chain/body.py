@@ -32,7 +32,7 @@ the client's bytes go upstream as they came.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -47,7 +47,7 @@ from aigw.errors import BadRequest, RequestTimeout, ServiceUnavailable
 from aigw.limits import Limits
 from aigw.upstream.target import DEFAULT_API_VERSION, valid_api_version
 
-__all__ = ["body_checks", "option_defaults", "shared_option_defaults"]
+__all__ = ["body_checks", "missing_defaults", "option_defaults", "shared_option_defaults"]
 
 _STREAMING_TYPES = frozenset({"llm/v1/chat", "llm/v1/completions"})
 _REQUIRED_FIELD = {
@@ -109,10 +109,8 @@ def body_checks(
                 ex.stream = True
                 if _usage_available(ex, usage_by_default):
                     changed |= _ask_for_usage(ex, payload)
-            for key, value in defaults:
-                if key not in payload and not (
-                    key == "max_tokens" and "max_completion_tokens" in payload
-                ):
+            if defaults:
+                for key, value in missing_defaults(payload, defaults):
                     payload[key] = value
                     changed = True
         ex.payload = payload
@@ -136,6 +134,16 @@ def option_defaults(target: TargetConfig) -> tuple[tuple[str, Any], ...]:
         )
         if value is not None
     )
+
+
+def missing_defaults(
+    payload: dict[str, Any], defaults: tuple[tuple[str, Any], ...]
+) -> Iterator[tuple[str, Any]]:
+    """The option *defaults* that *payload* lacks: the client's value always stands, and a
+    client that sets ``max_completion_tokens`` gets no ``max_tokens`` beside it."""
+    for key, value in defaults:
+        if key not in payload and not (key == "max_tokens" and "max_completion_tokens" in payload):
+            yield key, value
 
 
 def shared_option_defaults(

@@ -48,8 +48,8 @@ from typing import Any
 
 import targets as tg
 from context import Context, say
-from measure import cpu_seconds, free_port, median
-from scenario_proxy import POINTS, _run_point, _warm_up, summarise_point
+from measure import cpu_seconds, free_port
+from scenario_proxy import POINTS, _run_point, _warm_up, fmt, summarise_paired
 
 __all__ = [
     "BREAKDOWN",
@@ -331,36 +331,9 @@ def _check_plugins(live: list[tg.Target]) -> dict[str, Any]:
 # -- summary and report ----------------------------------------------------------------
 
 
-def _cpu_us(row: dict[str, Any]) -> float:
-    return float(row["proxy_cores"] / row["rps"] * 1e6) if row["rps"] else math.nan
-
-
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
     """Medians per target, and ratios and added latency paired per round with ``plain``."""
-    base = summarise_point(runs)
-    plain = {row["round"]: row for row in runs.get(BASELINE, [])}
-    out: dict[str, dict[str, float]] = {}
-    for key, rows in runs.items():
-        pairs = [(r, plain[r["round"]]) for r in rows if r["round"] in plain]
-        s = base[key]
-        out[key] = {
-            "rps": s["rps"],
-            "p50_ms": s["p50_ms"],
-            "p99_ms": s["p99_ms"],
-            "cpu_us_per_request": s["cpu_us_per_request"],
-            "errors": s["errors"],
-            "rss_peak_mib": s["rss_peak_mib"],
-            "cpu_x_plain": median(_cpu_us(r) / _cpu_us(p) for r, p in pairs),
-            "cpu_added_us": median(_cpu_us(r) - _cpu_us(p) for r, p in pairs),
-            "rps_x_plain": median(r["rps"] / p["rps"] for r, p in pairs if p["rps"]),
-            "added_p50_ms": median((r["p50_us"] - p["p50_us"]) / 1000 for r, p in pairs),
-            "added_p99_ms": median((r["p99_us"] - p["p99_us"]) / 1000 for r, p in pairs),
-        }
-    return out
-
-
-def _fmt(value: float, spec: str, suffix: str = "") -> str:
-    return "—" if value is None or math.isnan(value) else f"{value:{spec}}{suffix}"
+    return summarise_paired(runs, BASELINE)
 
 
 def render(res: dict[str, Any]) -> list[str]:
@@ -379,11 +352,11 @@ def render(res: dict[str, Any]) -> list[str]:
     names = {v.key: v.name for v in (*VARIANTS, *BREAKDOWN)}
     for key, s in res["summary"].items():
         out.append(
-            f"| {names.get(key, key)} | {_fmt(s['rps'], ',.0f')} "
-            f"| {_fmt(s['cpu_us_per_request'], '.1f', ' µs')} | {_fmt(s['cpu_x_plain'], '.3f')} "
-            f"| {_fmt(s['cpu_added_us'], '+.1f', ' µs')} | {_fmt(s['rps_x_plain'], '.3f')} "
-            f"| {_fmt(s['p50_ms'], '.2f', ' ms')} | {_fmt(s['p99_ms'], '.2f', ' ms')} "
-            f"| {_fmt(s['added_p50_ms'], '+.2f', ' ms')} |"
+            f"| {names.get(key, key)} | {fmt(s['rps'], ',.0f')} "
+            f"| {fmt(s['cpu_us_per_request'], '.1f', ' µs')} | {fmt(s['cpu_x_plain'], '.3f')} "
+            f"| {fmt(s['cpu_added_us'], '+.1f', ' µs')} | {fmt(s['rps_x_plain'], '.3f')} "
+            f"| {fmt(s['p50_ms'], '.2f', ' ms')} | {fmt(s['p99_ms'], '.2f', ' ms')} "
+            f"| {fmt(s['added_p50_ms'], '+.2f', ' ms')} |"
         )
     local = res["summary"].get("local", {}).get("cpu_x_plain", math.nan)
     verdict = "PASS" if local <= 1.10 else "MISS"
@@ -394,8 +367,8 @@ def render(res: dict[str, Any]) -> list[str]:
     redis = res.get("redis")
     if redis:
         out.append(
-            f"redis-server {redis['version']}: {_fmt(redis['cpu_us_per_request'], '.1f', ' µs')} "
-            f"of its own CPU and {_fmt(redis['commands_per_request'], '.2f')} commands per "
+            f"redis-server {redis['version']}: {fmt(redis['cpu_us_per_request'], '.1f', ' µs')} "
+            f"of its own CPU and {fmt(redis['commands_per_request'], '.2f')} commands per "
             "request of the `redis` target."
         )
     out.append("")

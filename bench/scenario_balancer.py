@@ -49,8 +49,8 @@ from typing import Any
 
 import targets as tg
 from context import Context, say
-from measure import free_port, median
-from scenario_proxy import POINTS, Point, _run_point, _warm_up, summarise_point
+from measure import free_port
+from scenario_proxy import POINTS, Point, _run_point, _warm_up, fmt, summarise_paired
 
 __all__ = ["VARIANTS", "Variant", "render", "run"]
 
@@ -206,36 +206,9 @@ def start_variant(
 # -- summary and report ----------------------------------------------------------------
 
 
-def _cpu_us(row: dict[str, Any]) -> float:
-    return float(row["proxy_cores"] / row["rps"] * 1e6) if row["rps"] else math.nan
-
-
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
     """Medians per target, and ratios and added latency paired per round with ``one``."""
-    base = summarise_point(runs)
-    one = {row["round"]: row for row in runs.get(BASELINE, [])}
-    out: dict[str, dict[str, float]] = {}
-    for key, rows in runs.items():
-        pairs = [(r, one[r["round"]]) for r in rows if r["round"] in one]
-        s = base[key]
-        out[key] = {
-            "rps": s["rps"],
-            "p50_ms": s["p50_ms"],
-            "p99_ms": s["p99_ms"],
-            "mean_ms": median(r["mean_us"] / 1000 for r in rows),
-            "cpu_us_per_request": s["cpu_us_per_request"],
-            "errors": s["errors"],
-            "cpu_x_one": median(_cpu_us(r) / _cpu_us(p) for r, p in pairs),
-            "rps_x_one": median(r["rps"] / p["rps"] for r, p in pairs if p["rps"]),
-            "added_p50_ms": median((r["p50_us"] - p["p50_us"]) / 1000 for r, p in pairs),
-            "added_p99_ms": median((r["p99_us"] - p["p99_us"]) / 1000 for r, p in pairs),
-            "added_mean_ms": median((r["mean_us"] - p["mean_us"]) / 1000 for r, p in pairs),
-        }
-    return out
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "—" if value is None or math.isnan(value) else f"{value:{spec}}{suffix}"
+    return summarise_paired(runs, BASELINE)
 
 
 def verdicts(res: dict[str, Any]) -> dict[str, Any]:
@@ -276,12 +249,12 @@ def render(res: dict[str, Any]) -> list[str]:
         ]
         for target, s in point["summary"].items():
             out.append(
-                f"| {names.get(target, target)} | {_fmt(s['rps'], ',.0f')} "
-                f"| {_fmt(s['cpu_us_per_request'], '.1f', ' µs')} "
-                f"| {_fmt(s['cpu_x_one'], '.3f')} | {_fmt(s['rps_x_one'], '.3f')} "
-                f"| {_fmt(s['p50_ms'], '.3f', ' ms')} | {_fmt(s['mean_ms'], '.3f', ' ms')} "
-                f"| {_fmt(s['p99_ms'], '.3f', ' ms')} | {_fmt(s['added_p50_ms'], '+.3f', ' ms')} "
-                f"| {_fmt(s['added_mean_ms'], '+.3f', ' ms')} |"
+                f"| {names.get(target, target)} | {fmt(s['rps'], ',.0f')} "
+                f"| {fmt(s['cpu_us_per_request'], '.1f', ' µs')} "
+                f"| {fmt(s['cpu_x_one'], '.3f')} | {fmt(s['rps_x_one'], '.3f')} "
+                f"| {fmt(s['p50_ms'], '.3f', ' ms')} | {fmt(s['mean_ms'], '.3f', ' ms')} "
+                f"| {fmt(s['p99_ms'], '.3f', ' ms')} | {fmt(s['added_p50_ms'], '+.3f', ' ms')} "
+                f"| {fmt(s['added_mean_ms'], '+.3f', ' ms')} |"
             )
     v = res["verdicts"]
     out += [

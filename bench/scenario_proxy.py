@@ -165,6 +165,45 @@ def summarise_point(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str
     return out
 
 
+def cpu_us(row: dict[str, Any]) -> float:
+    """aigw's CPU microseconds per request served in one run (NaN when nothing was served)."""
+    return float(row["proxy_cores"] / row["rps"] * 1e6) if row["rps"] else math.nan
+
+
+def summarise_paired(
+    runs: dict[str, list[dict[str, Any]]], baseline: str
+) -> dict[str, dict[str, float]]:
+    """Medians per target, and ratios and added figures paired per round with *baseline*
+    (the keys name it: ``cpu_x_{baseline}``, ``rps_x_{baseline}``)."""
+    base = summarise_point(runs)
+    by_round = {row["round"]: row for row in runs.get(baseline, [])}
+    out: dict[str, dict[str, float]] = {}
+    for key, rows in runs.items():
+        pairs = [(r, by_round[r["round"]]) for r in rows if r["round"] in by_round]
+        s = base[key]
+        out[key] = {
+            "rps": s["rps"],
+            "p50_ms": s["p50_ms"],
+            "p99_ms": s["p99_ms"],
+            "mean_ms": median(r["mean_us"] / 1000 for r in rows),
+            "cpu_us_per_request": s["cpu_us_per_request"],
+            "errors": s["errors"],
+            "rss_peak_mib": s["rss_peak_mib"],
+            f"cpu_x_{baseline}": median(cpu_us(r) / cpu_us(p) for r, p in pairs),
+            "cpu_added_us": median(cpu_us(r) - cpu_us(p) for r, p in pairs),
+            f"rps_x_{baseline}": median(r["rps"] / p["rps"] for r, p in pairs if p["rps"]),
+            "added_p50_ms": median((r["p50_us"] - p["p50_us"]) / 1000 for r, p in pairs),
+            "added_p99_ms": median((r["p99_us"] - p["p99_us"]) / 1000 for r, p in pairs),
+            "added_mean_ms": median((r["mean_us"] - p["mean_us"]) / 1000 for r, p in pairs),
+        }
+    return out
+
+
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    """*value* for a report table; an em dash when there is none."""
+    return "—" if value is None or math.isnan(value) else f"{value:{spec}}{suffix}"
+
+
 def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
     """Runs every load point; returns raw runs and summaries for the report and JSON."""
     result: dict[str, Any] = {"points": {}, "targets": {}, "upstream": {}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,54 @@ class GatewayProcess:
                 self.proc.wait()
         self._out.close()
         self._dir.cleanup()
+
+
+@contextlib.contextmanager
+def mock_regions(args: Mapping[str, Sequence[str]]) -> Iterator[dict[str, MockProcess]]:
+    """One mock process per region ("region" -> its CLI arguments), all closed on exit."""
+    mocks: dict[str, MockProcess] = {}
+    try:
+        for region, region_args in args.items():
+            mocks[region] = MockProcess(*region_args)
+        yield mocks
+    finally:
+        for mock in mocks.values():
+            mock.close()
+
+
+def pool_route_file(
+    name: str,
+    balancer: dict[str, Any],
+    targets: Sequence[tuple[str, int, str, str]],
+    target_fields: Sequence[str] = (),
+) -> str:
+    """A route file whose path is ``/openai/deployments/NAME/chat/completions`` (POST) and
+    whose targets are (region, weight, api-key, mock base URL): the region names the
+    target (``azure_instance``), the mock serves deployment NAME; *target_fields* are
+    extra YAML lines for every target (``read_timeout: 500``)."""
+    lines = [
+        "route:",
+        f"  name: {name}",
+        f"  paths: [/openai/deployments/{name}/chat/completions]",
+        "  methods: [POST]",
+        "plugins:",
+        "  - name: ai-proxy-advanced",
+        "    config:",
+        f"      balancer: {json.dumps(balancer)}",
+        "      targets:",
+    ]
+    for region, weight, key, base_url in targets:
+        lines += [
+            f"        - weight: {weight}",
+            "          route_type: llm/v1/chat",
+            *(f"          {field}" for field in target_fields),
+            f"          auth: {{header_name: api-key, header_value: {key}}}",
+            "          model:",
+            "            provider: azure",
+            f"            name: {name}",
+            "            options:",
+            f"              azure_instance: {region}",
+            f"              azure_deployment_id: {name}",
+            f"              upstream_url: {base_url}/openai/deployments/{name}/chat/completions",
+        ]
+    return "\n".join(lines) + "\n"

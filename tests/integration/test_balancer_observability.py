@@ -19,7 +19,14 @@ import pytest
 from openai import AzureOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import REPO, GatewayProcess, MockProcess, wait_until
+from tests.integration.harness import (
+    REPO,
+    GatewayProcess,
+    MockProcess,
+    mock_regions,
+    pool_route_file,
+    wait_until,
+)
 from tests.integration.test_sdk import QUESTION, sync_client
 
 REGIONS = ("sweden", "eastus")
@@ -40,47 +47,22 @@ SECRETS = {region: f"key-of-{region}-5b1f0e" for region in REGIONS}
 
 
 def route_file(name: str, balancer: dict[str, Any], mocks: dict[str, MockProcess]) -> str:
-    lines = [
-        "route:",
-        f"  name: {name}",
-        f"  paths: [/openai/deployments/{name}/chat/completions]",
-        "  methods: [POST]",
-        "plugins:",
-        "  - name: ai-proxy-advanced",
-        "    config:",
-        f"      balancer: {json.dumps(balancer)}",
-        "      targets:",
+    targets = [
+        (region, weight, SECRETS[region], mocks[region].url)
+        for region, weight in zip(REGIONS, (100, 50), strict=True)
     ]
-    for region, weight in zip(REGIONS, (100, 50), strict=True):
-        lines += [
-            f"        - weight: {weight}",
-            "          route_type: llm/v1/chat",
-            f"          auth: {{header_name: api-key, header_value: {SECRETS[region]}}}",
-            "          model:",
-            "            provider: azure",
-            f"            name: {name}",
-            "            options:",
-            f"              azure_instance: {region}",
-            f"              azure_deployment_id: {name}",
-            f"              upstream_url: {mocks[region].url}/openai/deployments/{name}"
-            "/chat/completions",
-        ]
-    return "\n".join(lines) + "\n"
+    return pool_route_file(name, balancer, targets)
 
 
 @pytest.fixture(scope="module")
 def regions() -> Iterator[dict[str, MockProcess]]:
-    mocks: dict[str, MockProcess] = {}
-    try:
-        for region in REGIONS:
-            deployments = [arg for name in ROUTES for arg in ("--deployment", f"{name}=gpt-4o")]
-            mocks[region] = MockProcess(
-                "--api-key", SECRETS[region], "--region", region, *deployments
-            )
+    deployments = [arg for name in ROUTES for arg in ("--deployment", f"{name}=gpt-4o")]
+    args = {
+        region: ["--api-key", SECRETS[region], "--region", region, *deployments]
+        for region in REGIONS
+    }
+    with mock_regions(args) as mocks:
         yield mocks
-    finally:
-        for mock in mocks.values():
-            mock.close()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,13 @@ import openai
 import pytest
 from openai import AsyncAzureOpenAI, AzureOpenAI
 
-from tests.integration.harness import GatewayProcess, MockProcess, wait_until
+from tests.integration.harness import (
+    GatewayProcess,
+    MockProcess,
+    mock_regions,
+    pool_route_file,
+    wait_until,
+)
 from tests.integration.rawnet import COMPLETION_ANSWER
 from tests.integration.test_sdk import API_VERSION, QUESTION, sync_client
 
@@ -147,53 +153,25 @@ def pool_route(
     mocks: dict[str, MockProcess],
 ) -> str:
     """A route file: path ``/openai/deployments/NAME/...``, one target per (region, weight)."""
-    lines = [
-        "route:",
-        f"  name: {name}",
-        f"  paths: [/openai/deployments/{name}/chat/completions]",
-        "  methods: [POST]",
-        "plugins:",
-        "  - name: ai-proxy-advanced",
-        "    config:",
-        f"      balancer: {json.dumps(balancer)}",
-        "      targets:",
-    ]
-    for region, weight in targets:
-        url = f"{mocks[region].url}/openai/deployments/{name}/chat/completions"
-        lines += [
-            f"        - weight: {weight}",
-            "          route_type: llm/v1/chat",
-            *(f"          {field}" for field in TARGET_FIELDS.get(name, ())),
-            f"          auth: {{header_name: api-key, header_value: {key_of(region)}}}",
-            "          model:",
-            "            provider: azure",
-            f"            name: {name}",
-            "            options:",
-            f"              azure_instance: {region}",
-            f"              azure_deployment_id: {name}",
-            f"              upstream_url: {url}",
-        ]
-    return "\n".join(lines) + "\n"
+    pool = [(region, weight, key_of(region), mocks[region].url) for region, weight in targets]
+    return pool_route_file(name, balancer, pool, TARGET_FIELDS.get(name, ()))
 
 
 @pytest.fixture(scope="module")
 def regions() -> Iterator[dict[str, MockProcess]]:
-    mocks: dict[str, MockProcess] = {}
-    try:
-        for region in REGIONS:
-            deployments = [
+    args = {
+        region: [
+            *("--api-key", key_of(region), "--region", region, "--tokens", str(TOKENS[region])),
+            *(
                 arg
                 for name in ROUTES
                 for arg in ("--deployment", f"{name}={SNAPSHOT.format(region=region)}")
-            ]
-            mocks[region] = MockProcess(
-                *("--api-key", key_of(region), "--region", region),
-                *("--tokens", str(TOKENS[region]), *deployments),
-            )
+            ),
+        ]
+        for region in REGIONS
+    }
+    with mock_regions(args) as mocks:
         yield mocks
-    finally:
-        for mock in mocks.values():
-            mock.close()
 
 
 @pytest.fixture(scope="module")

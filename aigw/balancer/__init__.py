@@ -11,7 +11,8 @@ Modules:
   ``balancer.algorithm``; ``pick`` returns the member for the next attempt.
 * ``criteria``: ``FailoverPolicy`` (``failover_criteria``, nginx's
   ``proxy_next_upstream`` rules) decides whether a failed attempt moves on;
-  ``retry_after_s`` reads a 429's ``retry-after-ms`` / ``retry-after``.
+  ``retry_after_s`` (from ``aigw.upstream.retry_after``, where the relay reads it)
+  reads a 429's ``retry-after-ms`` / ``retry-after``.
 * ``members`` and ``stage``: a route's targets compiled with their credentials, and
   the ``balance`` chain stage that runs the attempts.
 

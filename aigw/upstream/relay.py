@@ -44,7 +44,6 @@ from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
 
-from aigw.balancer.criteria import retry_after_s
 from aigw.chain.exchange import Exchange, Handler
 from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from aigw.limits import DEFAULT_LIMITS, Limits
@@ -52,6 +51,7 @@ from aigw.metrics import StreamsInFlight
 from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
 from aigw.upstream.headers import ANSWERED_RESPONSE_POLICY, REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, UpstreamResponse
+from aigw.upstream.retry_after import retry_after_s
 from aigw.upstream.sse import EventTooLarge, SSESplitter, StreamObserver
 from aigw.upstream.target import UpstreamTarget, valid_api_version
 

@@ -19,7 +19,10 @@ from aigw.upstream.pool import UpstreamPool
 from aigw.upstream.target import UpstreamTarget
 
 if TYPE_CHECKING:
+    from aigw.apis.operations import ApiStyle, Operation
+    from aigw.realtime.stats import SessionStats
     from aigw.templates.resolve import Resolved
+    from aigw.upstream.body_stream import BodyStream
 
 __all__ = ["Attempt", "Exchange", "Handler"]
 
@@ -74,6 +77,21 @@ class Exchange:
     # aigw.upstream.headers.ANSWER_HEADER_NAMES (a token quota's x-ratelimit-*),
     # which replace the upstream's own.
     response_headers: tuple[tuple[str, str], ...] = ()
+
+    # The Azure operation this request asks for and how the client named the
+    # deployment (aigw.apis.operations); None on a route whose route_type and
+    # path fix both (its compiled target's path is used as it is).
+    operation: Operation | None = None
+    api_style: ApiStyle | None = None
+    # The model dispatcher (aigw.apis.dispatch) read the body, and parsed its
+    # JSON into ``payload``, before the route was known; it holds the body's
+    # budget reservation, so the route's body stage neither reads nor releases.
+    body_preread: bool = False
+    # A multipart body sent upstream as it arrives (never held whole); the
+    # relay sends it instead of ``upstream_body``.
+    upstream_stream: BodyStream | None = None
+    # A realtime WebSocket session's counters (aigw.realtime), for its log line.
+    session: SessionStats | None = None
 
     # Request body: what the client sent, and what goes upstream (differs only
     # when aigw rewrote the JSON: defaults, include_usage, body-param auth).

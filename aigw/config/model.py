@@ -41,7 +41,22 @@ __all__ = [
     "WindowType",
 ]
 
-RouteType = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings", "preserve"]
+RouteType = Literal[
+    "llm/v1/chat",
+    "llm/v1/completions",
+    "llm/v1/embeddings",
+    "llm/v1/responses",
+    "image/v1/images/generations",
+    "image/v1/images/edits",
+    "audio/v1/audio/speech",
+    "audio/v1/audio/transcriptions",
+    "audio/v1/audio/translations",
+    "realtime/v1/realtime",
+    "preserve",
+    "auto",
+]
+"""Kong's route types (``aigw.apis.operations`` holds what each means), ``preserve``
+(pass-through) and ``auto`` (a model route: the operation comes from the request path)."""
 StreamingMode = Literal["allow", "deny", "always"]
 ParamLocation = Literal["query", "body"]
 LimitIdentifier = Literal["consumer", "credential", "ip", "header"]
@@ -253,13 +268,22 @@ class RouteConfig:
     Attributes:
         name: ``[A-Za-z0-9._-]+``, unique across conf.d.
         paths: Path templates; ``/literal`` or ``~regex``. Checked in depth by the router.
+            May be empty on a model route.
         methods: Upper-cased HTTP methods; ``None`` matches any method.
+        models: The model names this route serves on the model-in-body APIs
+            (``/openai/v1/…``, ``/openai/responses``, realtime's ``deployment``/``model``
+            query): the body's ``model`` picks the route (``aigw.apis.dispatch``).
+        deployment_paths: On a model route, also serve the classic
+            ``/openai/deployments/{model}/…`` paths of each model (the default), so one
+            file covers both SDK styles.
     """
 
     name: str
     paths: tuple[str, ...]
     # None = any; upper-cased, validated against known HTTP methods.
     methods: tuple[str, ...] | None = None
+    models: tuple[str, ...] = ()
+    deployment_paths: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,8 +55,10 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from aigw.upstream.body_stream import BodyStream
 from aigw.upstream.connection import Origin, UpstreamConnection, UpstreamDisconnected
 from aigw.upstream.http1 import ProtocolError, ResponseHead, encode_request
+from aigw.upstream.websocket import WebSocketDialer
 
 __all__ = [
     "ConnectError",
@@ -178,6 +180,8 @@ class UpstreamPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self.websockets = WebSocketDialer(ssl_context=ssl_context, limit=limit)
+        """Upstream WebSocket sessions (the Realtime API), closed with the pool."""
 
     @property
     def open_connections(self) -> int:
@@ -194,7 +198,7 @@ class UpstreamPool:
         method: str,
         target: str,
         headers: list[tuple[str, str]],
-        body: bytes,
+        body: bytes | BodyStream,
         *,
         connect_timeout: float | None,
         read_timeout: float | None,
@@ -207,7 +211,7 @@ class UpstreamPool:
             method: HTTP method.
             target: Path and query (``/openai/...?api-version=...``).
             headers: Headers to send besides ``Host`` and ``Content-Length``.
-            body: The request body.
+            body: The request body: bytes, or a stream sent as it arrives.
             connect_timeout: Bound on getting a connection (pool wait,
                 connect and TLS handshake together).
             read_timeout: Bound on each wait for bytes: the response head,
@@ -225,6 +229,8 @@ class UpstreamPool:
             ProtocolError: the upstream's answer is not valid HTTP/1.1, or a
                 header value holds a line break.
         """
+        if not isinstance(body, bytes):
+            raise NotImplementedError("streamed request bodies: issue 13, in progress")
         wire = encode_request(method, target, origin.host_header, headers, body)
         conn = self._take_idle(origin)
         if conn is None:
@@ -264,6 +270,7 @@ class UpstreamPool:
     async def close(self) -> None:
         """Closes every idle connection; busy ones close as their responses finish."""
         self._closed = True
+        await self.websockets.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -40,6 +40,7 @@ from aigw.config.model import (
     StreamingMode,
     TargetConfig,
 )
+from aigw.config.model_route_schema import check_model_targets, route_models
 from aigw.config.plugins_schema import ACCESS_PLUGINS, access_plugins, plugin_entries
 from aigw.config.target_schema import PARAM_LOCATIONS, PROVIDERS, ROUTE_TYPES, validate_target
 from aigw.config.yaml_strict import NodePosition
@@ -63,7 +64,7 @@ FileKind = Literal["route", "consumer", "plugins"]
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 _TOP_KEYS = ("route", "plugins")
-_ROUTE_KEYS = ("name", "paths", "methods")
+_ROUTE_KEYS = ("name", "paths", "methods", "models", "deployment_paths")
 _CONFIG_KEYS = (
     "targets",
     "balancer",
@@ -101,6 +102,10 @@ _KONG_PLUGIN = dict.fromkeys(
     ("enabled", "protocols", "instance_name", "ordering", "tags", "id", "consumer"), ""
 ) | dict.fromkeys(("route", "service"), "is not needed: the plugin applies to this file's route")
 _KONG_CONFIG = dict.fromkeys(("embeddings", "vectordb", "llm_format", "genai_category", "acls"), "")
+_PATHS_OR_MODELS = (
+    "missing required key `paths`; a route claims request paths, or models with `models` "
+    "(the body's `model` then chooses the route)"
+)
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
 
 
@@ -167,7 +172,7 @@ def validate(
     if root is None:
         return Validated(None, None, tuple(c.issues))
     route = _route(c, root)
-    proxy, plugins = _plugins(c, root)
+    proxy, plugins = _plugins(c, root, model_route=_is_model_route(root))
     c.check_captures(route.paths)
     if c.issues:
         return Validated(None, None, tuple(c.issues))
@@ -182,9 +187,13 @@ def _route(c: Checker, root: Mapping[str, object]) -> RouteConfig:
     if m is None:
         return RouteConfig("", ())
     name = c.text(m, "route", "name", required=True, check=_check_route_name)
+    models = route_models(c, m.get("models"))
     paths: list[str] = []
     if m.get("paths") is None:
-        c.absent(m, "route", "paths")
+        if "paths" in m:
+            c.report("route.paths", "must have a value; got null")
+        elif m.get("models") is None:
+            c.missing("route", "paths", _PATHS_OR_MODELS)
     else:
         for path, value in c.strings(m["paths"], "route.paths"):
             if value[0] not in "/~":
@@ -195,7 +204,21 @@ def _route(c: Checker, root: Mapping[str, object]) -> RouteConfig:
                 paths.append(value)
         if isinstance(m["paths"], list) and not m["paths"]:
             c.report("route.paths", "must list at least one path")
-    return RouteConfig(name or "", tuple(paths), _methods(c, m.get("methods")))
+    deployment_paths = c.boolean(m, "route", "deployment_paths", default=True)
+    if "deployment_paths" in m and m.get("models") is None:
+        c.report(
+            "route.deployment_paths",
+            "has no effect without `route.models`: it adds each model's "
+            "/openai/deployments/{model}/... paths",
+            key=True,
+        )
+    return RouteConfig(
+        name or "",
+        tuple(paths),
+        _methods(c, m.get("methods")),
+        models=models,
+        deployment_paths=deployment_paths,
+    )
 
 
 def _methods(c: Checker, value: object) -> tuple[str, ...] | None:
@@ -229,7 +252,16 @@ _ONE_PROXY = (
 )
 
 
-def _plugins(c: Checker, root: Mapping[str, object]) -> tuple[AiProxyAdvancedConfig, AccessPlugins]:
+def _is_model_route(root: Mapping[str, object]) -> bool:
+    """The file claims models (``route.models`` written, valid or not): its targets then
+    default to ``auto`` and follow a model route's rules."""
+    route = root.get("route")
+    return isinstance(route, dict) and route.get("models") is not None
+
+
+def _plugins(
+    c: Checker, root: Mapping[str, object], *, model_route: bool
+) -> tuple[AiProxyAdvancedConfig, AccessPlugins]:
     config = AiProxyAdvancedConfig(targets=())
     if root.get("plugins") is None:
         c.absent(root, ROOT, "plugins")
@@ -242,17 +274,19 @@ def _plugins(c: Checker, root: Mapping[str, object]) -> tuple[AiProxyAdvancedCon
     if value == [] or (complete and not proxies):
         c.report("plugins", _ONE_PROXY)
     for entry in proxies:
-        config = _proxy(c, entry.entry, entry.path)
+        config = _proxy(c, entry.entry, entry.path, model_route=model_route)
     return config, access_plugins(c, entries)
 
 
-def _proxy(c: Checker, plugin: Mapping[str, object], plugin_path: str) -> AiProxyAdvancedConfig:
+def _proxy(
+    c: Checker, plugin: Mapping[str, object], plugin_path: str, *, model_route: bool
+) -> AiProxyAdvancedConfig:
     m = c.section(plugin, plugin_path, "config", _CONFIG_KEYS, _KONG_CONFIG, required=True)
     path = child(plugin_path, "config")
     if m is None:
         return AiProxyAdvancedConfig(targets=())
     max_body = c.integer(m, path, "max_request_body_size", low=0)
-    targets = _targets(c, m, path)
+    targets = _targets(c, m, path, model_route=model_route)
     pool = balancer(c, m, path)
     if pool is None and len(targets) > 1:
         pool = BalancerConfig()  # Kong's defaults; one target without a section stays as today
@@ -269,7 +303,7 @@ def _proxy(c: Checker, plugin: Mapping[str, object], plugin_path: str) -> AiProx
 
 
 def _targets(
-    c: Checker, config: Mapping[str, object], config_path: str
+    c: Checker, config: Mapping[str, object], config_path: str, *, model_route: bool
 ) -> tuple[TargetConfig, ...]:
     if config.get("targets") is None:
         c.absent(config, config_path, "targets")
@@ -281,12 +315,16 @@ def _targets(
     targets: list[tuple[int, TargetConfig]] = []
     route_types: dict[int, str] = {}
     for index, entry in enumerate(entries or ()):
-        target = validate_target(c, entry, item(path, index))
+        target = validate_target(c, entry, item(path, index), model_route=model_route)
         if target is not None:
             targets.append((index, target))
-            if isinstance(entry, dict) and entry.get("route_type") in ROUTE_TYPES:
+            written = entry.get("route_type") if isinstance(entry, dict) else None
+            # On a model route a target without route_type is `auto`: it must match the others.
+            if written in ROUTE_TYPES or (model_route and written is None):
                 route_types[index] = target.route_type
     check_pool(c, path, len(entries or ()), targets, route_types)
+    if model_route:
+        check_model_targets(c, path, targets)
     return tuple(target for _, target in targets)
 
 

@@ -24,6 +24,7 @@ from aigw.config.model import (
     RouteType,
     TargetConfig,
 )
+from aigw.config.model_route_schema import route_type
 
 __all__ = ["PARAM_LOCATIONS", "PROVIDERS", "ROUTE_TYPES", "validate_target"]
 
@@ -109,8 +110,14 @@ _GUID = re.compile(r"[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}\Z")
 _DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\Z")
 
 
-def validate_target(c: Checker, value: object, path: str) -> TargetConfig | None:
-    """One ``targets[i]`` entry at *path*, or None when it is not a mapping (reported)."""
+def validate_target(
+    c: Checker, value: object, path: str, *, model_route: bool = False
+) -> TargetConfig | None:
+    """One ``targets[i]`` entry at *path*, or None when it is not a mapping (reported).
+
+    On a model route (*model_route*: ``route.models`` is set) ``route_type`` defaults to
+    ``auto`` and may not be ``preserve``; elsewhere it is required and may not be ``auto``.
+    """
     m = c.mapping(value, path, _TARGET_KEYS, _KONG_TARGET)
     if m is None:
         return None
@@ -119,7 +126,7 @@ def validate_target(c: Checker, value: object, path: str) -> TargetConfig | None
     read_timeout = c.integer(m, path, "read_timeout", low=1, high=_MAX_TIMEOUT_MS)
     weight = c.integer(m, path, "weight", low=1, high=65535)
     target = TargetConfig(
-        route_type=c.choice(m, path, "route_type", ROUTE_TYPES, default="preserve", required=True),
+        route_type=route_type(c, m, path, ROUTE_TYPES, model_route=model_route),
         auth=_auth(c, m, path),
         model=_model(c, m, path),
         logging=_logging(c, m, path),

@@ -5,6 +5,7 @@
 #                           raw numbers in bench/results/latest.json (+ latest.md)
 #   bench/run.sh --quick    ~3 minute smoke run
 #   bench/run.sh --only attacks   issue 9's attacks against aigw and nginx, ~5 minutes
+#   bench/run.sh --only models    model routing vs path routing, CPU per request, ~2 minutes
 #   bench/run.sh --help     options (--only SCENARIO, --rounds, --duration, --streams, ...)
 #
 # Installs wrk and nginx-light with apt-get when missing (needs root); the Python

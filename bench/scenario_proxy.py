@@ -66,7 +66,8 @@ POINTS = (
 def _one_run(
     target: tg.Target, upstream: tg.Target, point: Point, duration: int, script: Path
 ) -> tuple[WrkResult, dict[str, float]]:
-    url = target.url + tg.chat_path(point.deployment)
+    # A target may be asked on a path of its own (scenario_models: the v1 path).
+    url = target.url + target.extra.get("path", tg.chat_path(point.deployment))
     cpu0, up0, t0 = cpu_seconds(target.pid), cpu_seconds(upstream.pid), time.monotonic()
     with RssSampler(target.pid) as sampler:
         result = run_wrk(url, script=script, connections=point.connections, duration_s=duration)

@@ -25,7 +25,10 @@ update`` only if that fails) and runs everything on 127.0.0.1 on free ports:
    installs the Debian package ``redis-server`` when missing);
 7. ``balancer``: CPU per request of a two-target round-robin route against one
    target, and latency while one of two targets answers 429 to every request
-   (``scenario_balancer.py``; nginx regions, 20 ms ones for latency).
+   (``scenario_balancer.py``; nginx regions, 20 ms ones for latency);
+8. ``models``: CPU per request of the same chat request through a model route
+   (``route.models``, asked on ``/openai/v1/chat/completions``) against a path route
+   (``scenario_models.py``; the bar: within 5 %).
 
 Targets side by side: direct (the upstream alone), nginx reverse proxy, bare
 aiohttp proxy (and on uvloop), aigw 1 worker and ``--workers 2`` (reported as
@@ -62,7 +65,7 @@ from typing import Any, NoReturn
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-SCENARIOS = ("proxy", "streams", "routes", "reload", "attacks", "access", "balancer")
+SCENARIOS = ("proxy", "streams", "routes", "reload", "attacks", "access", "balancer", "models")
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 
 
@@ -205,15 +208,12 @@ def _render(paths: list[Path]) -> int:
 
 
 def _with_access(text: str, results: dict[str, Any]) -> str:
-    """The report with the access and balancer sections (rendered by their own modules) added."""
-    if "access" in results:
-        import scenario_access
-
-        text += "\n" + "\n".join(scenario_access.render(results["access"]))
-    if "balancer" in results:
-        import scenario_balancer
-
-        text += "\n" + "\n".join(scenario_balancer.render(results["balancer"]))
+    """The report with the access, balancer and models sections (rendered by their own
+    modules) added."""
+    for name in ("access", "balancer", "models"):
+        if name in results:
+            module = importlib.import_module(f"scenario_{name}")
+            text += "\n" + "\n".join(module.render(results[name]))
     return text
 
 
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.only or list(SCENARIOS)
     try:
         upstream = None
-        if {"proxy", "streams", "reload", "access", "balancer"} & set(selected):
+        if {"proxy", "streams", "reload", "access", "balancer", "models"} & set(selected):
             upstream = tg.start_nginx_upstream(procs, workdir / "upstream")
             say(f"upstream: nginx fixed body on {upstream.url} (echo: {upstream.extra['echo']})")
         for name in SCENARIOS:
@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                     # Its own defaults: 6 phases x 2 proxies per round keep 2 rounds ~5 min.
                     rounds = args.rounds or (1 if quick else 2)
                     results[name] = scenario_attacks.run(ctx, rounds=rounds, seconds=10.0)
-                elif name in ("access", "balancer"):
-                    # scenario_access / scenario_balancer: the same signature.
+                elif name in ("access", "balancer", "models"):
+                    # scenario_access / _balancer / _models: the same signature.
                     module = importlib.import_module(f"scenario_{name}")
                     assert upstream is not None
                     results[name] = module.run(ctx, upstream)

@@ -1,8 +1,14 @@
 """A faithful Azure OpenAI mock upstream for tests, benchmarks and demos.
 
-It reproduces the data plane the ``openai`` SDK's ``AzureOpenAI`` client talks to,
-``POST /openai/deployments/{deployment}/chat/completions|completions|embeddings
-?api-version=...``, with Azure's bodies, headers, SSE framing and error texts. Run it as
+It reproduces the data plane the ``openai`` SDK's ``AzureOpenAI`` and ``OpenAI`` clients
+talk to, with Azure's bodies, headers, SSE framing and error texts:
+
+* classic: ``POST /openai/deployments/{deployment}/chat/completions|completions|embeddings
+  ?api-version=YYYY-MM-DD[-preview]``;
+* v1: ``POST /openai/v1/chat/completions|completions|embeddings[?api-version=v1|preview]``,
+  the deployment being the body's ``model`` (missing: 400 "you must provide a model
+  parameter"; unknown: 404 ``DeploymentNotFound``), with ``api-key`` or
+  ``Authorization: Bearer`` (the resource key, ``--bearer-token``'s, or an Entra token). Run it as
 ``python -m aigw.testing.azure_mock --port 0 --port-file PATH`` (``--help`` lists the
 flags), or in-process with :func:`build_app` or :class:`MockServer`.
 
@@ -13,8 +19,9 @@ Control API (same port; these requests are not recorded):
 ``GET /_mock/requests[?settle_ms=N]``
     Every data-plane request, oldest first: ``seq, method, path`` (raw, no query),
     ``query`` (object), ``headers`` (lower-cased names, repeats joined with ``", "``),
-    ``body`` (UTF-8, invalid bytes replaced), ``deployment`` (from the path, even if
-    unknown), ``stream``, ``status`` (``null`` if nothing was sent), ``fault`` (the fault
+    ``body`` (UTF-8, invalid bytes replaced), ``body_size``, ``operation`` (``chat``,
+    ``responses``, ``speech``...), ``deployment`` (from the path, body ``model``, form
+    field or query, even if unknown), ``stream``, ``status`` (``null`` if nothing was sent), ``fault`` (the fault
     that request consumed), ``apim_request_id`` and ``stream_outcome``: ``null`` |
     ``"completed"`` | ``"client_disconnected"`` | ``"cut"`` (non-stream requests stay
     ``null`` unless the client left before the answer, e.g. during ``hang`` or a delay),

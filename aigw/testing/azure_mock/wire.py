@@ -46,7 +46,18 @@ __all__ = [
     "stream_plan",
 ]
 
-Operation = Literal["chat", "completions", "embeddings"]
+Operation = Literal[
+    "chat",
+    "completions",
+    "embeddings",
+    "responses",
+    "images",
+    "image_edits",
+    "speech",
+    "transcriptions",
+    "translations",
+    "realtime",
+]
 
 JSON_CT: Final = "application/json; charset=utf-8"
 SSE_CT: Final = "text/event-stream; charset=utf-8"
@@ -111,11 +122,25 @@ _OPERATION_ID: Final[dict[Operation, str]] = {
     "chat": "ChatCompletions_Create",
     "completions": "Completions_Create",
     "embeddings": "Embeddings_Create",
+    "responses": "Responses_Create",
+    "images": "ImageGenerations_Create",
+    "image_edits": "ImageEdits_Create",
+    "speech": "AudioSpeech_Create",
+    "transcriptions": "Transcriptions_Create",
+    "translations": "Translations_Create",
+    "realtime": "Realtime_Connect",
 }
 _OPERATION_NAME: Final[dict[Operation, str]] = {
     "chat": "chatCompletion",
     "completions": "completion",
     "embeddings": "embeddings",
+    "responses": "responses",
+    "images": "imageGenerations",
+    "image_edits": "imageEdits",
+    "speech": "audioSpeech",
+    "transcriptions": "audioTranscription",
+    "translations": "audioTranslation",
+    "realtime": "realtime",
 }
 
 # JSON strings that mark where per-request values go in a cached template.

@@ -498,6 +498,19 @@ class UpstreamConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.resume_reading()
 
+    def send_more(self, parts: list[bytes]) -> None:
+        """Writes more of a request body sent as it arrives (after ``start`` sent its head).
+
+        Raises:
+            UpstreamDisconnected, ProtocolError: the connection failed meanwhile.
+        """
+        if self._error is not None:
+            raise self._error
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise UpstreamDisconnected("the upstream closed the connection during the request body")
+        transport.writelines(parts)
+
     @property
     def writing_paused(self) -> bool:
         """The kernel's send buffer is full: the request is still being sent."""

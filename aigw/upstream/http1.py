@@ -7,7 +7,8 @@ no control characters in values, no obsolete line folding, CRLF line ends),
 ``Transfer-Encoding``, and chunk framing are refused there, in C, as bytes
 arrive. This module holds what is left, pure and testable on its own:
 
-* ``encode_request``: the request head aigw sends;
+* ``encode_request``: the request head aigw sends (``encode_stream_head`` for a
+  body sent as it arrives);
 * ``read_head``: the fields of a head llhttp has accepted, plus the checks
   llhttp does not make in its default (strict) mode: the HTTP version is 1.0
   or 1.1, the status is in 100-599, and ``Transfer-Encoding`` is exactly one
@@ -30,6 +31,7 @@ __all__ = [
     "ResponseHead",
     "check_status_line",
     "encode_request",
+    "encode_stream_head",
     "read_head",
 ]
 
@@ -113,6 +115,33 @@ def encode_request(
     # surrogateescape gives back the exact bytes aiohttp's server decoded.
     encoded = head.encode("utf-8", "surrogateescape")
     return encoded + body if body else encoded
+
+
+def encode_stream_head(
+    method: str, target: str, host: str, headers: list[tuple[str, str]], length: int | None
+) -> bytes:
+    """Serialises the head of a request whose body follows as a stream.
+
+    Args:
+        length: The body's size when known (sent as ``Content-Length``); None
+            announces ``Transfer-Encoding: chunked`` and the body is then framed
+            in chunks by the sender.
+
+    Raises:
+        ProtocolError: a header name or value holds a line break.
+    """
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    for name, value in headers:
+        parts.append(f"{name}: {value}\r\n")
+    parts.append(f"{framing}\r\n\r\n")
+    head = "".join(parts)
+    # As encode_request: one CR and one LF per line, or a value carried its own.
+    # The request line and Host share parts[0]; the framing line ends with the blank one.
+    lines = len(parts) + 2
+    if head.count("\n") != lines or head.count("\r") != lines:
+        raise ProtocolError("a header name or value contains a line break")
+    return head.encode("utf-8", "surrogateescape")
 
 
 def check_status_line(head: bytes | bytearray, start: int, status: int) -> None:

@@ -37,6 +37,10 @@ response read back, and either
 * the method is idempotent (GET, HEAD, OPTIONS, TRACE) and the connection was
   closed or reset before the answer (Go's ``errServerClosedIdle``).
 
+A streamed body (``BodyStream``, a multipart upload) is resent only in the
+first case, and only while none of it was taken from the stream: its pieces
+come from the client once (``_request_stream``).
+
 A POST that was written and then met a closed connection is not retried: a
 server that read it and died is indistinguishable from one that closed first,
 and a model call may have been acted on (and billed). Go does the same for a
@@ -57,7 +61,8 @@ from functools import partial
 
 from aigw.upstream.body_stream import BodyStream
 from aigw.upstream.connection import Origin, UpstreamConnection, UpstreamDisconnected
-from aigw.upstream.http1 import ProtocolError, ResponseHead, encode_request
+from aigw.upstream.http1 import ProtocolError, ResponseHead, encode_request, encode_stream_head
+from aigw.upstream.stream_send import send_stream
 from aigw.upstream.websocket import WebSocketDialer
 
 __all__ = [
@@ -211,7 +216,9 @@ class UpstreamPool:
             method: HTTP method.
             target: Path and query (``/openai/...?api-version=...``).
             headers: Headers to send besides ``Host`` and ``Content-Length``.
-            body: The request body: bytes, or a stream sent as it arrives.
+            body: The request body: bytes, or a stream sent as it arrives
+                (``aigw.upstream.stream_send``: Content-Length or chunked,
+                paced by the upstream; an early answer stops it).
             connect_timeout: Bound on getting a connection (pool wait,
                 connect and TLS handshake together).
             read_timeout: Bound on each wait for bytes: the response head,
@@ -228,9 +235,19 @@ class UpstreamPool:
                 allows: see the module docstring).
             ProtocolError: the upstream's answer is not valid HTTP/1.1, or a
                 header value holds a line break.
+            GatewayError: a streamed body's client broke a bound (413, 408);
+                the upstream connection is closed.
         """
         if not isinstance(body, bytes):
-            raise NotImplementedError("streamed request bodies: issue 13, in progress")
+            return await self._request_stream(
+                origin,
+                method,
+                encode_stream_head(method, target, origin.host_header, headers, body.length),
+                body,
+                connect_timeout,
+                read_timeout,
+                write_timeout,
+            )
         wire = encode_request(method, target, origin.host_header, headers, body)
         conn = self._take_idle(origin)
         if conn is None:
@@ -266,6 +283,53 @@ class UpstreamPool:
             self._discard(conn)
             raise
         return UpstreamResponse(self, conn, head, read_timeout)
+
+    async def _request_stream(
+        self,
+        origin: Origin,
+        method: str,
+        head: bytes,
+        body: BodyStream,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        write_timeout: float | None,
+    ) -> UpstreamResponse:
+        """``request`` for a body sent as it arrives (``aigw.upstream.stream_send``).
+
+        The keep-alive race allows one resend only while nothing of the body
+        was asked of the stream: the head's send failed on a reused
+        connection. Once a piece was taken it is gone (the client sent it
+        once), so any later failure is final.
+        """
+        conn = self._take_idle(origin)
+        if conn is None:
+            conn = await self._acquire(origin, connect_timeout)
+        if not self._start(conn, method, head):
+            # The keep-alive race (module docstring): once, on a new connection
+            # (whose send is never found unsent: only a reused one's is checked).
+            conn = await self._acquire(origin, connect_timeout, new=True)
+            self._start(conn, method, head)
+        try:
+            await send_stream(conn, body, write_timeout)
+            response_head = await conn.read_head(read_timeout)
+        except BaseException:
+            # Also a client body that broke a bound: the upstream has part of
+            # a request that will never be complete.
+            self._discard(conn)
+            raise
+        return UpstreamResponse(self, conn, response_head, read_timeout)
+
+    def _start(self, conn: UpstreamConnection, method: str, head: bytes) -> bool:
+        """Sends a request head; False (and *conn* closed) when it never left."""
+        try:
+            conn.start(head, head_request=method == "HEAD")
+        except BaseException:
+            self._discard(conn)
+            raise
+        if conn.unsent:
+            self._discard(conn)
+            return False
+        return True
 
     async def close(self) -> None:
         """Closes every idle connection; busy ones close as their responses finish."""

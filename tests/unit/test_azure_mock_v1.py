@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from openai.types.responses import ResponseCompletedEvent
 from pytest_aiohttp import AiohttpClient
 
 from aigw.testing.azure_mock import MockConfig, build_app
@@ -173,4 +175,207 @@ async def test_openai_sdk_v1_chat_stream_and_embeddings(
         ("/openai/v1/chat/completions", "gpt-4o", f"Bearer {KEY}"),
         ("/openai/v1/chat/completions", "gpt-4.1-mini", f"Bearer {KEY}"),
         ("/openai/v1/embeddings", "text-embedding-3-small", f"Bearer {KEY}"),
+    ]
+
+
+# ---------------------------------------------------------------- Responses
+
+RESPONSES = "/openai/responses?api-version=2025-04-01-preview"
+ASK = {"model": "gpt-4o", "input": "say hello to me"}
+
+
+def typed_events(raw: str) -> list[tuple[str, dict[str, Any]]]:
+    """(``event:`` name, parsed ``data:``) of each SSE event."""
+    events = []
+    for block in raw.split("\n\n"):
+        if not block:
+            continue
+        name, data = block.split("\n")
+        assert name.startswith("event: ") and data.startswith("data: "), block
+        events.append((name[7:], json.loads(data[6:])))
+    return events
+
+
+@pytest.mark.parametrize("path", [RESPONSES, "/openai/v1/responses"])
+async def test_responses_json(client: Client, path: str) -> None:
+    resp = await post(client, path, ASK)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["object"] == "response" and body["status"] == "completed"
+    assert body["id"].startswith("resp_")
+    assert body["model"] == "gpt-4o-2024-11-20"
+    (message,) = body["output"]
+    assert message["content"][0]["text"] == "I am gpt-4o-2024-11-20. The quick brown fox"
+    assert body["usage"]["input_tokens"] == 4
+    assert body["usage"]["output_tokens"] == 8
+    assert body["usage"]["total_tokens"] == 12
+    (record,) = await records(client)
+    assert record["operation"] == "responses" and record["deployment"] == "gpt-4o"
+
+
+async def test_responses_stream_typed_events(client: Client) -> None:
+    resp = await post(client, RESPONSES, {**ASK, "stream": True})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    raw = await resp.text()
+    assert "[DONE]" not in raw
+    events = typed_events(raw)
+    names = [name for name, _ in events]
+    assert names[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert names[4:12] == ["response.output_text.delta"] * 8
+    assert names[12:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert all(data["type"] == name for name, data in events)
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    completed = events[-1][1]["response"]
+    assert completed["usage"]["output_tokens"] == 8
+    assert (
+        "".join(data["delta"] for name, data in events if name.endswith(".delta"))
+        == (completed["output"][0]["content"][0]["text"])
+    )
+    (record,) = await records(client)
+    assert record["stream"] is True and record["stream_outcome"] == "completed"
+
+
+async def test_responses_max_output_tokens(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(build_app(MockConfig(api_key=KEY, tokens=40)))
+    resp = await post(client, RESPONSES, {**ASK, "max_output_tokens": 20, "stream": True})
+    events = typed_events(await resp.text())
+    assert events[-1][0] == "response.incomplete"
+    final = events[-1][1]["response"]
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["usage"]["output_tokens"] == 20
+    resp = await post(client, RESPONSES, {**ASK, "max_output_tokens": 15})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "max_output_tokens"
+
+
+@pytest.mark.parametrize("version", ["2024-10-21", "2025-01-01-preview"])
+async def test_classic_responses_needs_a_recent_api_version(client: Client, version: str) -> None:
+    resp = await post(client, f"/openai/responses?api-version={version}", ASK)
+    assert resp.status == 400
+    assert "2025-03-01-preview and later" in (await resp.json())["error"]["message"]
+
+
+async def test_classic_responses_without_api_version_is_404(client: Client) -> None:
+    resp = await post(client, "/openai/responses", ASK)
+    assert resp.status == 404
+
+
+async def test_responses_missing_input_and_unknown_previous(client: Client) -> None:
+    resp = await post(client, RESPONSES, {"model": "gpt-4o"})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "input"
+    resp = await post(client, RESPONSES, {**ASK, "previous_response_id": "resp_nope"})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "previous_response_not_found"
+
+
+async def test_responses_on_an_embedding_deployment_is_refused(client: Client) -> None:
+    resp = await post(client, RESPONSES, {**ASK, "model": "text-embedding-3-small"})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "OperationNotSupported"
+
+
+async def test_stored_responses_get_and_delete(client: Client) -> None:
+    created = await (await post(client, "/openai/v1/responses", ASK)).json()
+    rid = created["id"]
+    classic = f"/openai/responses/{rid}?api-version=2025-04-01-preview"
+    for path in (f"/openai/v1/responses/{rid}", classic):
+        resp = await client.get(path, headers=AUTH)
+        assert resp.status == 200, path
+        assert await resp.json() == created
+    follow = await post(client, "/openai/v1/responses", {**ASK, "previous_response_id": rid})
+    assert follow.status == 200
+    resp = await client.delete(f"/openai/v1/responses/{rid}", headers=AUTH)
+    assert await resp.json() == {"id": rid, "object": "response.deleted", "deleted": True}
+    resp = await client.get(f"/openai/v1/responses/{rid}", headers=AUTH)
+    assert resp.status == 404
+    assert (await resp.json())["error"]["message"] == f"Response with id '{rid}' not found."
+    unstored = await (await post(client, "/openai/v1/responses", {**ASK, "store": False})).json()
+    resp = await client.get(f"/openai/v1/responses/{unstored['id']}", headers=AUTH)
+    assert resp.status == 404
+    resp = await client.get(f"/openai/v1/responses/{rid}", headers={"api-key": "wrong"})
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize("path", ["/openai/models?api-version=2024-10-21", "/openai/v1/models"])
+async def test_models_list(client: Client, path: str) -> None:
+    resp = await client.get(path, headers=AUTH)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["object"] == "list"
+    assert "gpt-4o-2024-11-20" in {model["id"] for model in body["data"]}
+
+
+async def test_responses_faults(client: Client) -> None:
+    await client.post("/_mock/faults", json={"fault": "status", "status": 429})
+    resp = await post(client, RESPONSES, ASK)
+    assert resp.status == 429
+    assert "Responses_Create" in (await resp.json())["error"]["message"]
+    await client.post("/_mock/faults", json={"fault": "stream_error_event", "after_events": 5})
+    events = typed_events(await (await post(client, RESPONSES, {**ASK, "stream": True})).text())
+    assert [name for name, _ in events][-2:] == ["response.output_text.delta", "error"]
+    assert events[-1][1]["sequence_number"] == 5
+    await client.post("/_mock/faults", json={"fault": "eof_stream", "after_events": 6})
+    events = typed_events(await (await post(client, RESPONSES, {**ASK, "stream": True})).text())
+    assert len(events) == 6
+    await client.post("/_mock/faults", json={"fault": "delay", "latency_ms": 300})
+    started = asyncio.get_running_loop().time()
+    resp = await post(client, RESPONSES, ASK)
+    assert resp.status == 200
+    assert asyncio.get_running_loop().time() - started >= 0.3
+
+
+def _sync_responses(port: int) -> tuple[str, str, int]:
+    """The sync SDK (v1 client) against the mock: a stream parsed into typed events."""
+    sdk = openai.OpenAI(api_key=KEY, base_url=f"http://127.0.0.1:{port}/openai/v1/", max_retries=0)
+    with sdk:
+        plain = sdk.responses.create(model="gpt-4o", input="hi")
+        with sdk.responses.stream(model="gpt-4o", input="hi") as stream:
+            text = "".join(
+                event.delta for event in stream if event.type == "response.output_text.delta"
+            )
+            final = stream.get_final_response()
+    assert final.usage is not None
+    return plain.output_text, text, final.usage.output_tokens
+
+
+async def test_openai_sdk_responses_sync_and_async(client: Client) -> None:
+    port = client.server.port
+    assert port is not None
+    plain, streamed, output_tokens = await asyncio.to_thread(_sync_responses, port)
+    assert plain == streamed == "I am gpt-4o-2024-11-20. The quick brown fox"
+    assert output_tokens == 8
+    azure = openai.AsyncAzureOpenAI(
+        api_key=KEY,
+        azure_endpoint=f"http://127.0.0.1:{port}",
+        api_version="2025-04-01-preview",
+        max_retries=0,
+    )
+    async with azure:
+        response = await azure.responses.create(model="gpt-4.1-mini", input="hi")
+        assert response.output_text.startswith("I am gpt-4.1-mini")
+        stream = await azure.responses.create(model="gpt-4o", input="hi", stream=True)
+        events = [event async for event in stream]
+        completed = events[-1]
+        assert isinstance(completed, ResponseCompletedEvent)
+        assert completed.response.usage is not None
+        assert completed.response.usage.total_tokens == 9
+        fetched = await azure.responses.retrieve(response.id)
+        assert fetched.id == response.id
+    paths = [r["path"] for r in await records(client)]
+    assert paths[-3:] == [
+        "/openai/responses",
+        "/openai/responses",
+        f"/openai/responses/{response.id}",
     ]

@@ -8,7 +8,14 @@ talk to, with Azure's bodies, headers, SSE framing and error texts:
 * v1: ``POST /openai/v1/chat/completions|completions|embeddings[?api-version=v1|preview]``,
   the deployment being the body's ``model`` (missing: 400 "you must provide a model
   parameter"; unknown: 404 ``DeploymentNotFound``), with ``api-key`` or
-  ``Authorization: Bearer`` (the resource key, ``--bearer-token``'s, or an Entra token). Run it as
+  ``Authorization: Bearer`` (the resource key, ``--bearer-token``'s, or an Entra token);
+* Responses: ``POST /openai/responses?api-version=`` (2025-03-01-preview or later, else
+  400) and ``POST /openai/v1/responses``, the deployment being the body's ``model``:
+  a ``response`` object, or with ``"stream": true`` typed SSE events
+  (``event: response.created`` ... ``response.output_text.delta`` ...
+  ``response.completed`` with ``response.usage``; no ``[DONE]``); stored responses
+  (``GET``/``DELETE /openai/responses/{id}`` and ``/openai/v1/responses/{id}``);
+* ``GET /openai/models`` and ``/openai/v1/models``: the deployments' models. Run it as
 ``python -m aigw.testing.azure_mock --port 0 --port-file PATH`` (``--help`` lists the
 flags), or in-process with :func:`build_app` or :class:`MockServer`.
 
@@ -21,13 +28,15 @@ Control API (same port; these requests are not recorded):
     ``query`` (object), ``headers`` (lower-cased names, repeats joined with ``", "``),
     ``body`` (UTF-8, invalid bytes replaced), ``body_size``, ``operation`` (``chat``,
     ``responses``, ``speech``...), ``deployment`` (from the path, body ``model``, form
-    field or query, even if unknown), ``stream``, ``status`` (``null`` if nothing was sent), ``fault`` (the fault
-    that request consumed), ``apim_request_id`` and ``stream_outcome``: ``null`` |
-    ``"completed"`` | ``"client_disconnected"`` | ``"cut"`` (non-stream requests stay
-    ``null`` unless the client left before the answer, e.g. during ``hang`` or a delay),
-    ``started_at`` / ``ended_at``
-    (Unix time; ``ended_at`` is ``null`` while the handler runs). ``settle_ms`` first waits
-    up to N ms for in-flight requests to finish, so outcomes of just-closed streams are in.
+    field or query, even if unknown), ``stream``, ``status`` (``null`` if nothing was
+    sent), ``fault`` (the fault that request consumed), ``apim_request_id``,
+    ``stream_outcome``: ``null`` | ``"completed"`` | ``"client_disconnected"`` | ``"cut"``
+    (non-stream requests stay ``null`` unless the client left before the answer, e.g.
+    during ``hang`` or a delay), ``form`` and ``file_bytes`` (multipart: the text fields,
+    and the bytes of the file parts, which are never kept), ``session`` (realtime),
+    ``started_at`` / ``ended_at`` (Unix time; ``ended_at`` is ``null`` while the handler
+    runs). ``settle_ms`` first waits up to N ms for in-flight requests to finish, so
+    outcomes of just-closed streams are in.
 ``DELETE /_mock/requests``
     Forget them.
 ``POST /_mock/faults``

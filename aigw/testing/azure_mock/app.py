@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from . import chat
+from . import chat, responses
 from .call import Call
 from .config import MockConfig
 from .control import add_control_routes
@@ -56,6 +56,7 @@ _HANDLERS: Final[Mapping[Operation, Handler]] = {
     "chat": chat.generate,
     "completions": chat.generate,
     "embeddings": chat.embeddings,
+    "responses": responses.create,
 }
 _STREAMING: Final[frozenset[Operation]] = frozenset({"chat", "completions", "responses"})
 _V1_VERSIONS: Final = frozenset({"v1", "preview"})
@@ -82,12 +83,14 @@ class MockState:
         # Set by MockServer: a bare build_app() has no socket of its own to close.
         self.listener: ListenerControl | None = None
         self.settings = MockSettings()
+        self.stored_responses = responses.StoredResponses()
         self._verify_entra = _entra_verifier(config.entra_secret)
         self.faults = FaultQueue()
         self.records: deque[RequestRecord] = deque(maxlen=config.record_limit)
         self._deployments = {
             name: Deployment(name, model, config) for name, model in config.deployments.items()
         }
+        self._started = int(time.time())
         self._seq = 0
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -218,7 +221,17 @@ class MockState:
     async def _endpoint(
         self, request: web.Request, route: Endpoint, record: RequestRecord
     ) -> web.StreamResponse:
-        return self.bare_error(record, 404, RESOURCE_NOT_FOUND)
+        if route.response_id is None:
+            record.status = 200
+            body = responses.models_body(self.config.deployments, self._started)
+        else:
+            status, body = responses.stored_response(
+                self.stored_responses, request.method, route.response_id
+            )
+            record.status = status
+        headers = self._common_headers(record)
+        headers["x-request-id"] = str(uuid.uuid4())
+        return web.Response(status=record.status, body=body, headers=headers)
 
     # ------------------------------------------------------------------ front door
 
@@ -247,6 +260,10 @@ class MockState:
             headers["x-request-id"] = str(uuid.uuid4())
             record.status = 400
             return web.Response(status=400, body=API_VERSION_NOT_SUPPORTED, headers=headers)
+        responses_call = isinstance(route, Endpoint) and route.response_id is not None
+        responses_call = responses_call or (isinstance(route, OpRoute) and route.op == "responses")
+        if responses_call and not v1 and not responses.responses_version_ok(api_version or ""):
+            return self._model_error(record, responses.RESPONSES_VERSION_MESSAGE, None)
         return None
 
     def _auth_error(self, request: web.Request, *, v1: bool) -> bytes | None:

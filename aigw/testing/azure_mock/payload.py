@@ -13,6 +13,7 @@ __all__ = [
     "knows_stream_options",
     "parse_embeddings",
     "parse_generation",
+    "positive_int",
 ]
 
 
@@ -48,7 +49,8 @@ def _type_name(value: object) -> str:
     return names.get(type(value), "an unknown type")
 
 
-def _positive_int(payload: Mapping[str, Any], key: str) -> int | None:
+def positive_int(payload: Mapping[str, Any], key: str) -> int | None:
+    """The positive integer at *key*, or None when absent; a 400 for anything else."""
     value = payload.get(key)
     if value is None:
         return None
@@ -108,7 +110,7 @@ def parse_generation(
             "empty_array",
         )
     # The newer name wins, as it does on the service.
-    limit = _positive_int(payload, "max_completion_tokens") or _positive_int(payload, "max_tokens")
+    limit = positive_int(payload, "max_completion_tokens") or positive_int(payload, "max_tokens")
     stream_options = payload.get("stream_options")
     if "stream_options" in payload and not knows_stream_options(api_version):
         raise BadRequest(
@@ -152,7 +154,7 @@ def parse_embeddings(payload: Mapping[str, Any]) -> tuple[list[str], int, int | 
     """Check an embeddings body; returns (texts, prompt tokens, dimensions, base64?)."""
     value = _required(payload, "input")
     texts = _embedding_texts(value)
-    dimensions = _positive_int(payload, "dimensions")
+    dimensions = positive_int(payload, "dimensions")
     encoding = payload.get("encoding_format")
     if encoding not in ("float", "base64", None):
         raise BadRequest(

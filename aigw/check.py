@@ -8,11 +8,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from aigw.apis.operations import OPERATIONS
 from aigw.config.errors import ConfigError
 from aigw.config.model import BalancerConfig, RouteFile
 from aigw.reload import FileState, Reloader
 from aigw.route import CompiledRoute
-from aigw.table import RouteTable, plugin_names
+from aigw.table import RouteTable, deployment_path, plugin_names
 
 __all__ = ["check_warnings", "render_table", "run_check"]
 
@@ -72,6 +73,11 @@ def render_table(
     owners = {name: f.name for f in serving if f.kind == "plugins" for name in f.plugins or ()}
     named = [f"{name} ({owners.get(name, '?')})" for name in plugin_names(table.global_plugins)]
     lines.append(f"  global plugins: {', '.join(named) or 'none'}")
+    if table.models:
+        lines.append(
+            f"  models: {len(table.models)} on /openai/v1/..., /openai/responses and realtime "
+            "(the body's `model`, or realtime's query, picks the route)"
+        )
     for route in table.routes:
         methods = ",".join(route.file.route.methods or ("*",))
         target = route.target
@@ -79,6 +85,7 @@ def render_table(
         lines.append(f"  {route.name}  ({route.info.source})")
         for path in route.file.route.paths:
             lines.append(f"    {methods} {path}")
+        lines.extend(_model_lines(route, methods))
         proxy = route.file.proxy
         if len(proxy.targets) > 1 and route.pool is not None:
             lines.extend(_pool_lines(route))
@@ -89,6 +96,23 @@ def render_table(
             lines.append(f"    balancer: {_describe_balancer(proxy.balancer)}")
         lines.append(f"    chain: {' > '.join(route.stages)}")
     return "\n".join(lines)
+
+
+def _model_lines(route: CompiledRoute, methods: str) -> list[str]:
+    """A model route's models, the classic paths they claim, and the operations it serves."""
+    config = route.file.route
+    route_type = route.file.proxy.targets[0].route_type
+    if not config.models:
+        return [] if route_type == "preserve" else [f"    operation: {route_type}"]
+    lines = [f"    models: {', '.join(config.models)}"]
+    if config.deployment_paths:
+        lines.extend(f"    {methods} {deployment_path(model)}" for model in config.models)
+    if route_type == "auto":
+        names = ", ".join(op.route_type for op in OPERATIONS)
+        lines.append(f"    operations (auto, from the request path): {names}")
+    else:
+        lines.append(f"    operation: {route_type}")
+    return lines
 
 
 def _pool_lines(route: CompiledRoute) -> list[str]:

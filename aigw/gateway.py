@@ -13,21 +13,15 @@ connection an in-flight stream is using.
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Awaitable
 
 from aiohttp import web
 
-from aigw.chain.access_log import access_log
 from aigw.chain.body_budget import BodyBudget
-from aigw.chain.body_reader import drop_unread_body
-from aigw.chain.errors import error_responses
 from aigw.chain.exchange import Exchange
-from aigw.chain.info import UNMATCHED
-from aigw.chain.request_id import request_id
+from aigw.chain.unmatched import answer_unmatched
 from aigw.errors import BadRequest, GatewayError, MethodNotAllowed, RouteNotFound
 from aigw.logs import scrubber
-from aigw.metrics import METRICS
-from aigw.route import compile_chain
 from aigw.routing import InvalidPath, Match, normalize_request_path
 from aigw.table import RouteTable
 from aigw.upstream.pool import UpstreamPool
@@ -35,25 +29,13 @@ from aigw.upstream.pool import UpstreamPool
 __all__ = ["Gateway"]
 
 
-async def _raise_preset(ex: Exchange) -> web.StreamResponse:
-    assert ex.preset_error is not None
-    raise ex.preset_error
-
-
-# Requests that match no route still get an id, a JSON error and a log line:
-# they run through the same stages as routed ones, compiled once.
-_UNMATCHED_CHAIN = compile_chain(
-    [
-        ("request_id", request_id),
-        ("access_log", partial(access_log, UNMATCHED, METRICS.for_route("-", None))),
-        ("error_responses", lambda next_: error_responses(UNMATCHED, next_)),
-    ],
-    _raise_preset,
-)
-
-
 class Gateway:
     """Dispatches each request to the route its path names.
+
+    On a model-in-body path (``/openai/v1/…``) the trie's value is a model
+    dispatcher (`aigw.apis.dispatch`), called exactly like a route: it picks the
+    route by the body's ``model``, and answers what it cannot route through the
+    same unmatched chain as a path no route claims.
 
     Args:
         table: The first route table to serve.
@@ -117,24 +99,20 @@ class Gateway:
             )
         return await self._reject(request, path, table, error)
 
-    async def _reject(
+    def _reject(
         self, request: web.BaseRequest, path: str, table: RouteTable, error: GatewayError
-    ) -> web.StreamResponse:
-        if drop_unread_body(request):
-            # Answered without reading the body: a client waiting for 100
-            # Continue never sends it, and its next request would be read as it.
-            error.close_connection = True
-        return await _UNMATCHED_CHAIN(self._exchange(request, path, table, error))
+    ) -> Awaitable[web.StreamResponse]:
+        # Requests that match no route still get an id, a JSON error and a log line.
+        return answer_unmatched(self._exchange(request, path, table), error)
 
     def _exchange(
         self,
         request: web.BaseRequest,
         path: str,
         table: RouteTable,
-        preset_error: GatewayError | None = None,
     ) -> Exchange:
         """A new exchange on this worker's pool and body budget, tagged with *table*'s
-        generation; *preset_error* makes the chain answer with it."""
+        generation."""
         return Exchange(
             request=request,
             path=path,
@@ -142,5 +120,4 @@ class Gateway:
             body_budget=self._body_budget,
             generation=table.generation,
             consumers=table.consumers,
-            preset_error=preset_error,
         )

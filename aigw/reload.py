@@ -190,6 +190,7 @@ class Reloader:
                     state="lkg" if error is not None else "active",
                     kind=file_kind(file),
                     route=file.route.name if isinstance(file, RouteFile) else None,
+                    models=file.route.models if isinstance(file, RouteFile) else None,
                     consumers=len(file.consumers) if isinstance(file, ConsumerFile) else None,
                     plugins=None
                     if isinstance(file, RouteFile | ConsumerFile)
@@ -305,7 +306,9 @@ class Reloader:
         first: list[str] = []
         kept: dict[str, ConfigError] = {}
         while True:
-            attempt = offer_files(self._compile, candidates, serving, refused, first, kept, now)
+            attempt = offer_files(
+                self._compile, candidates, serving, refused, first, kept, now, self._limits
+            )
             if attempt.revert:
                 kept[attempt.revert[0]] = attempt.refused[attempt.revert[0]]
                 continue

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from aigw.config.errors import ConfigError
 from aigw.config.model import AccessPlugins, ConfFile, RouteFile
+from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.reload_report import FileKind, file_kind
 from aigw.route import CompiledRoute
 from aigw.table import TableBuilder
@@ -55,6 +56,7 @@ def offer_files(
     first: list[str],
     kept: dict[str, ConfigError],
     now: float,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Attempt:
     """Builds one candidate table; the previous state is not modified.
 
@@ -68,8 +70,9 @@ def offer_files(
         kept: Candidates left out of this attempt, refused with the given
             error; their serving version, if any, is an incumbent.
         now: The time recorded as accepted_at of what this attempt accepts.
+        limits: The process's body deadlines (the model dispatchers read bodies).
     """
-    builder = TableBuilder(compile_route)
+    builder = TableBuilder(compile_route, limits)
     serving, refused = dict(serving_before), dict(refused_before)
     attempt = Attempt(builder, serving, refused)
     offered = {name: version for name, version in candidates.items() if name not in kept}

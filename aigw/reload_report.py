@@ -40,6 +40,8 @@ class FileState:
         kind: What the serving version holds (or, for a rejected file, the
             refused version, when it could be parsed); None when unknown.
         route: The route name of the serving version, for a route file.
+        models: The models the serving version's route serves (``route.models``;
+            empty on a path route), for a route file.
         consumers: How many consumers the serving version defines, for a consumer file.
         plugins: The plugin names the serving version defines, for a global plugins file.
         digest: sha256 of the serving version.
@@ -51,6 +53,7 @@ class FileState:
     state: Literal["active", "lkg", "rejected"]
     kind: FileKind | None = None
     route: str | None = None
+    models: tuple[str, ...] | None = None
     consumers: int | None = None
     plugins: tuple[str, ...] | None = None
     digest: str | None = None
@@ -63,6 +66,7 @@ class FileState:
             "state": self.state,
             "kind": self.kind,
             "route": self.route,
+            "models": list(self.models) if self.models is not None else None,
             "consumers": self.consumers,
             "plugins": list(self.plugins) if self.plugins is not None else None,
             "digest": self.digest,

@@ -12,13 +12,25 @@ gives incumbents precedence over newcomers.
 
 Files are offered kind by kind: global plugins, then consumers, then routes,
 so every route compiles with the final global plugins.
+
+A model route (``route.models``) claims its models the way a path route claims
+paths: a model already served by another file refuses the newcomer whole. Each
+model also claims ``/openai/deployments/{model}/*`` (unless ``deployment_paths:
+false``): a static segment, so it beats ``{deployment}`` templates and loses to a
+route's explicit static path. The first model route adds one trie entry per
+model-in-body path (``/openai/v1/chat/completions``, ``/openai/responses``,
+realtime...), whose value is a `ModelDispatch` bound, at `TableBuilder.build`, to
+the final model index; a path route claiming one of those paths conflicts with it
+like with any path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
+from aigw.apis.dispatch import ModelDispatch, model_dispatchers
 from aigw.config.errors import ConfigError, ConfigIssue
 from aigw.config.model import (
     AccessPlugins,
@@ -28,12 +40,24 @@ from aigw.config.model import (
     RouteFile,
 )
 from aigw.consumers.index import EMPTY_CONSUMERS, Consumer, ConsumerIndex
+from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.route import CompiledRoute
 from aigw.routing import RouteConflict, Router, RouterBuilder, TemplateError
 
-__all__ = ["PLUGIN_NAMES", "RouteTable", "TableBuilder", "plugin_names"]
+__all__ = [
+    "PLUGIN_NAMES",
+    "RouteTable",
+    "Routed",
+    "TableBuilder",
+    "deployment_path",
+    "plugin_names",
+]
 
 _NO_PLUGINS = AccessPlugins()
+
+Routed: TypeAlias = CompiledRoute | ModelDispatch
+"""What the router finds for a path: a route, or the dispatcher that picks one by model.
+Both have ``handler``, which the gateway calls the same way."""
 
 PLUGIN_NAMES = {"key_auth": "key-auth", "acl": "acl", "token_limit": "ai-rate-limiting-advanced"}
 """`AccessPlugins` field -> the plugin's name in a config file (Kong's)."""
@@ -50,18 +74,22 @@ class RouteTable:
 
     Attributes:
         generation: Increases by one with every published table.
-        router: Path trie whose values are compiled routes.
+        router: Path trie whose values are compiled routes and, on the model-in-body
+            paths, model dispatchers.
         routes: Every compiled route, in the order they were added.
         consumers: Every consumer key, by digest (what ``key-auth`` looks up).
         global_plugins: The plugins of conf.d's global plugins files, merged; every
             route's chain was compiled with them.
+        models: Model name -> the route serving it (``route.models``); what the
+            model dispatchers look up.
     """
 
     generation: int
-    router: Router[CompiledRoute]
+    router: Router[Routed]
     routes: tuple[CompiledRoute, ...]
     consumers: ConsumerIndex = EMPTY_CONSUMERS
     global_plugins: AccessPlugins = field(default=_NO_PLUGINS)
+    models: Mapping[str, CompiledRoute] = field(default_factory=dict)
 
     def secrets(self) -> frozenset[str]:
         """Every credential value the table injects or uses (for log scrubbing)."""
@@ -86,12 +114,22 @@ class TableBuilder:
         compile_route: Turns a validated route file and the merged global plugins
             into a compiled route (the reloader passes a cached version, so
             unchanged files are not recompiled).
+        limits: The process's body deadlines, for the model dispatchers' body reads.
     """
 
-    def __init__(self, compile_route: Callable[[RouteFile, AccessPlugins], CompiledRoute]) -> None:
+    def __init__(
+        self,
+        compile_route: Callable[[RouteFile, AccessPlugins], CompiledRoute],
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self._compile = compile_route
-        self._router: RouterBuilder[CompiledRoute] = RouterBuilder()
+        self._limits = limits
+        self._router: RouterBuilder[Routed] = RouterBuilder()
         self._routes: list[CompiledRoute] = []
+        self._models: dict[str, CompiledRoute] = {}  # model name -> the route serving it
+        # The dispatchers' trie entries, added with the first model route; their
+        # values are placeholders until `build` binds the final model index.
+        self._dispatching = False
         self._names: dict[str, str] = {}  # route name -> file
         self._globals = _NO_PLUGINS
         self._global_owners: dict[str, str] = {}  # AccessPlugins field -> file
@@ -125,12 +163,24 @@ class TableBuilder:
             if self._consumers
             else EMPTY_CONSUMERS
         )
+        if self._models:
+            # A copy: the built table's dispatchers never see a model offered later.
+            models = dict(self._models)
+            dispatchers = model_dispatchers(models, self._limits)
+
+            def bind(value: Routed) -> Routed:
+                return dispatchers[value.path] if isinstance(value, ModelDispatch) else value
+
+            router = self._router.build(bind)
+        else:
+            models, router = {}, self._router.build()
         return RouteTable(
             generation=generation,
-            router=self._router.build(),
+            router=router,
             routes=tuple(self._routes),
             consumers=consumers,
             global_plugins=self._globals,
+            models=models,
         )
 
     # -- each kind ----------------------------------------------------------
@@ -140,19 +190,48 @@ class TableBuilder:
         if owner is not None:
             reason = f"route name `{file.route.name}` is already used by {owner}"
             return _refusal(file.source, "route.name", reason)
+        for model in file.route.models:
+            holder = self._models.get(model)
+            if holder is not None:
+                reason = (
+                    f"model `{model}` is already served by route `{holder.name}` "
+                    f"({holder.info.source})"
+                )
+                return _refusal(file.source, "route.models", reason)
         route = self._compile(file, self._globals)
         try:
-            _add_paths(self._router, route)
+            self._add(route)
         except (RouteConflict, TemplateError) as exc:
             # Paths added before the failing one must go too: rebuild the trie
             # from the routes already taken (only on this rare path).
             self._router = RouterBuilder()
+            self._dispatching = False
             for kept in self._routes:
-                _add_paths(self._router, kept)
-            return _refusal(file.source, "route.paths", str(exc))
+                self._add(kept)
+            key = "route.models" if isinstance(exc, _ModelPathConflict) else "route.paths"
+            return _refusal(file.source, key, str(exc))
         self._routes.append(route)
         self._names[file.route.name] = file.source
+        for model in file.route.models:
+            self._models[model] = route
         return None
+
+    def _add(self, route: CompiledRoute) -> None:
+        """Adds *route*'s trie entries (and, with the first model route, the dispatchers')."""
+        _add_paths(self._router, route)
+        config = route.file.route
+        if not config.models:
+            return
+        methods = frozenset(config.methods) if config.methods is not None else None
+        try:
+            if config.deployment_paths:
+                for model in config.models:
+                    self._router.add(deployment_path(model), methods, route, route.file.source)
+            if not self._dispatching:
+                _add_dispatchers(self._router, route.file.source, self._limits)
+                self._dispatching = True
+        except RouteConflict as exc:
+            raise _ModelPathConflict(str(exc)) from exc
 
     def _offer_consumers(self, file: ConsumerFile) -> ConfigError | None:
         # Everything is checked before anything is taken: the file goes in whole or not at all.
@@ -217,7 +296,24 @@ def _refusal(source: str, key_path: str, reason: str) -> ConfigError:
     return ConfigError((ConfigIssue(source, key_path, reason),))
 
 
-def _add_paths(builder: RouterBuilder[CompiledRoute], route: CompiledRoute) -> None:
+class _ModelPathConflict(RouteConflict):
+    """A path a route claims for its models (not one of its ``route.paths``) is taken."""
+
+
+def deployment_path(model: str) -> str:
+    """The classic paths a model route serves for *model*, as a trie template."""
+    return f"/openai/deployments/{model}/*"
+
+
+def _add_dispatchers(builder: RouterBuilder[Routed], source: str, limits: Limits) -> None:
+    """One entry per model-in-body path; the values are placeholders `build` replaces."""
+    label = f"the model routes' dispatcher (with {source})"
+    for path, dispatcher in model_dispatchers({}, limits).items():
+        method = dispatcher.operation.method
+        builder.add(path, frozenset({method}), dispatcher, label)
+
+
+def _add_paths(builder: RouterBuilder[Routed], route: CompiledRoute) -> None:
     methods = route.file.route.methods
     allowed = frozenset(methods) if methods is not None else None
     for path in route.file.route.paths:

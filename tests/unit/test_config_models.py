@@ -102,7 +102,7 @@ _ERRORS = [
         "models: [gpt-4o]",
         "models: ['gpt 4o']",
         "route.models[0]",
-        'must be a deployment name: 1-64 letters, digits, `.`, `_` or `-`, starting with a '
+        "must be a deployment name: 1-64 letters, digits, `.`, `_` or `-`, starting with a "
         'letter or digit; got "gpt 4o"',
     ),
     ("models: [gpt-4o]", "models: [..]", "route.models[0]", "must be a deployment name"),

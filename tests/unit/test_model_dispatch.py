@@ -1,0 +1,350 @@
+"""Model routes in the table (the model index, conflicts, the claimed paths) and the model
+dispatcher (the body's ``model`` picks the route; errors before a route is known)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from aigw.apis.dispatch import ModelDispatch
+from aigw.apis.operations import BY_ROUTE_TYPE, MODEL_PATHS, REALTIME, REALTIME_PATHS
+from aigw.chain.body_budget import BodyBudget
+from aigw.chain.exchange import Exchange
+from aigw.config.loader import parse_route_file
+from aigw.config.model import AccessPlugins, RouteFile
+from aigw.route import CompiledRoute, compile_route
+from aigw.routing import Match
+from aigw.table import RouteTable, TableBuilder
+from tests.unit.test_chain import MiB, exchange
+
+ENV = {"KEY": "azure-key-123456"}
+
+
+def model_route(name: str, *models: str, extra: str = "", route_type: str = "") -> RouteFile:
+    text = f"""route:
+  name: {name}
+  models: [{", ".join(models)}]
+{extra}plugins:
+  - name: ai-proxy-advanced
+    config:
+      targets:
+        - {route_type}auth: {{header_name: api-key, header_value: "${{KEY}}"}}
+          model:
+            provider: azure
+            name: {models[0]}
+            options: {{azure_instance: res, azure_deployment_id: {models[0]}}}
+"""
+    return parse_route_file(f"conf.d/{name}.yaml", text.encode(), ENV)
+
+
+def path_route(name: str, path: str) -> RouteFile:
+    text = f"""route:
+  name: {name}
+  paths: ["{path}"]
+plugins:
+  - name: ai-proxy-advanced
+    config:
+      targets:
+        - route_type: llm/v1/chat
+          auth: {{header_name: api-key, header_value: "${{KEY}}"}}
+          model:
+            provider: azure
+            name: m
+            options: {{azure_instance: res, azure_deployment_id: m}}
+"""
+    return parse_route_file(f"conf.d/{name}.yaml", text.encode(), ENV)
+
+
+class Recorder:
+    """A route's chain that records the exchanges it is handed and the body budget then."""
+
+    def __init__(self) -> None:
+        self.seen: list[Exchange] = []
+        self.budget_used: list[int] = []
+
+    async def __call__(self, ex: Exchange) -> web.StreamResponse:
+        self.seen.append(ex)
+        self.budget_used.append(ex.body_budget.held)
+        return web.Response(status=200)
+
+
+class Compiler:
+    """Compiles each route as chat (the chain is not under test here) with a recording
+    handler, tagged with its own file."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Recorder] = {}
+
+    def __call__(self, file: RouteFile, plugins: AccessPlugins) -> CompiledRoute:
+        targets = tuple(replace(t, route_type="llm/v1/chat") for t in file.proxy.targets)
+        plain = replace(file, proxy=replace(file.proxy, targets=targets), plugins=AccessPlugins())
+        handler = self.handlers.setdefault(file.route.name, Recorder())
+        return replace(compile_route(plain), file=file, handler=handler)
+
+
+def table(*files: RouteFile) -> tuple[RouteTable, Compiler]:
+    compiler = Compiler()
+    builder = TableBuilder(compiler)
+    for file in files:
+        assert builder.offer(file) is None, file.source
+    return builder.build(1), compiler
+
+
+def found(t: RouteTable, path: str, method: str = "POST") -> Match[Any]:
+    match = t.router.match(method, path)
+    assert isinstance(match, Match), (method, path, match)
+    return match
+
+
+def route_at(t: RouteTable, path: str, method: str = "POST") -> str:
+    value = found(t, path, method).value
+    assert isinstance(value, CompiledRoute)
+    return value.name
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def test_a_model_route_claims_its_classic_paths_and_every_model_in_body_path() -> None:
+    t, _ = table(model_route("gpt-4o", "gpt-4o", "gpt-4o-mini"))
+    match = found(t, "/openai/deployments/gpt-4o-mini/audio/speech")
+    assert isinstance(match.value, CompiledRoute) and match.value.name == "gpt-4o"
+    assert match.params == {"*": "audio/speech"}
+    assert set(t.models) == {"gpt-4o", "gpt-4o-mini"}
+    for path, (operation, style) in MODEL_PATHS.items():
+        dispatcher = found(t, path).value
+        assert isinstance(dispatcher, ModelDispatch)
+        assert (dispatcher.operation, dispatcher.style) == (operation, style)
+        assert dispatcher.models["gpt-4o-mini"].name == "gpt-4o"
+    for path in REALTIME_PATHS:
+        dispatcher = found(t, path, "GET").value
+        assert isinstance(dispatcher, ModelDispatch) and dispatcher.operation is REALTIME
+    assert t.routes == (t.models["gpt-4o"],)  # the dispatchers are not routes
+
+
+def test_without_model_routes_the_model_in_body_paths_are_unrouted() -> None:
+    t, _ = table(path_route("p", "/openai/deployments/{deployment}/chat/completions"))
+    assert t.router.match("POST", "/openai/v1/chat/completions") is None
+    assert t.models == {}
+
+
+def test_deployment_paths_false_claims_only_the_model_in_body_paths() -> None:
+    t, _ = table(model_route("gpt-4o", "gpt-4o", extra="  deployment_paths: false\n"))
+    assert t.router.match("POST", "/openai/deployments/gpt-4o/chat/completions") is None
+    assert isinstance(found(t, "/openai/v1/embeddings").value, ModelDispatch)
+
+
+def test_a_model_another_file_serves_is_refused_and_the_first_keeps_it() -> None:
+    builder = TableBuilder(Compiler())
+    assert builder.offer(model_route("a", "gpt-4o")) is None
+    error = builder.offer(model_route("b", "gpt-4o-mini", "gpt-4o"))
+    assert error is not None
+    (issue,) = error.issues
+    assert (issue.file, issue.key_path) == ("conf.d/b.yaml", "route.models")
+    assert issue.reason == "model `gpt-4o` is already served by route `a` (conf.d/a.yaml)"
+    t = builder.build(1)
+    # Nothing of the refused file stays: not its other model, not its classic paths.
+    assert set(t.models) == {"gpt-4o"}
+    assert t.router.match("POST", "/openai/deployments/gpt-4o-mini/chat/completions") is None
+    assert route_at(t, "/openai/deployments/gpt-4o/chat/completions") == "a"
+
+
+def test_an_explicit_static_path_beats_the_model_routes_classic_path() -> None:
+    t, _ = table(
+        model_route("gpt-4o", "gpt-4o"),
+        path_route("pinned", "/openai/deployments/gpt-4o/chat/completions"),
+        path_route("any", "/openai/deployments/{deployment}/chat/completions"),
+    )
+    assert route_at(t, "/openai/deployments/gpt-4o/chat/completions") == "pinned"
+    # The model's static segment beats a {deployment} template...
+    assert route_at(t, "/openai/deployments/gpt-4o/embeddings") == "gpt-4o"
+    # ...which still serves every other deployment.
+    assert route_at(t, "/openai/deployments/other/chat/completions") == "any"
+
+
+def test_a_path_route_on_a_model_in_body_path_conflicts_either_way() -> None:
+    builder = TableBuilder(Compiler())
+    assert builder.offer(model_route("gpt-4o", "gpt-4o")) is None
+    error = builder.offer(path_route("v1", "/openai/v1/chat/completions"))
+    assert error is not None
+    assert error.issues[0].key_path == "route.paths"
+    assert "POST /openai/v1/chat/completions is already claimed by the model routes'" in str(error)
+    # The trie rebuilt without the refused file keeps the dispatchers.
+    assert isinstance(found(builder.build(1), "/openai/v1/chat/completions").value, ModelDispatch)
+
+    builder = TableBuilder(Compiler())
+    assert builder.offer(path_route("v1", "/openai/v1/chat/completions")) is None
+    error = builder.offer(model_route("gpt-4o", "gpt-4o"))
+    assert error is not None
+    assert error.issues[0].key_path == "route.models"
+    assert "is already claimed by conf.d/v1.yaml" in str(error)
+    t = builder.build(1)
+    # The refused model route left nothing behind: no classic path, no dispatcher.
+    assert t.router.match("POST", "/openai/deployments/gpt-4o/chat/completions") is None
+    assert t.router.match("POST", "/openai/v1/embeddings") is None
+    assert route_at(t, "/openai/v1/chat/completions") == "v1"
+    # While a path route holds a model-in-body path, no model route fits.
+    assert builder.offer(model_route("other", "other")) is not None
+
+
+def test_a_built_table_never_sees_models_offered_later() -> None:
+    builder = TableBuilder(Compiler())
+    assert builder.offer(model_route("a", "gpt-4o")) is None
+    first = builder.build(1)
+    assert builder.offer(model_route("b", "gpt-4o-mini")) is None
+    second = builder.build(2)
+    before, after = (found(t, "/openai/v1/chat/completions").value for t in (first, second))
+    assert isinstance(before, ModelDispatch) and isinstance(after, ModelDispatch)
+    assert set(before.models) == {"gpt-4o"}
+    assert set(after.models) == {"gpt-4o", "gpt-4o-mini"}
+    assert set(first.models) == {"gpt-4o"}
+
+
+# -- the dispatcher -------------------------------------------------------------------------
+
+
+def dispatcher(t: RouteTable, path: str) -> ModelDispatch:
+    value = found(t, path, "GET" if path in REALTIME_PATHS else "POST").value
+    assert isinstance(value, ModelDispatch)
+    return value
+
+
+def error_of(response: web.StreamResponse) -> dict[str, Any]:
+    assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+    error: dict[str, Any] = json.loads(response.body)["error"]
+    return error
+
+
+async def test_the_body_model_picks_the_route_and_the_body_is_parsed_once() -> None:
+    t, compiler = table(model_route("a", "gpt-4o"), model_route("b", "gpt-4o-mini"))
+    body = json.dumps({"model": "gpt-4o-mini", "input": "hi"}).encode()
+    budget = BodyBudget(64 * MiB)
+    ex = exchange(body, budget=budget)
+    response = await dispatcher(t, "/openai/v1/responses").handler(ex)
+    assert response.status == 200
+    assert compiler.handlers["a"].seen == []
+    (seen,) = compiler.handlers["b"].seen
+    assert seen is ex
+    assert ex.payload == {"model": "gpt-4o-mini", "input": "hi"}
+    assert ex.client_body == ex.upstream_body == body
+    assert ex.requested_model == "gpt-4o-mini"
+    assert ex.body_preread is True
+    assert (ex.operation, ex.api_style) == (BY_ROUTE_TYPE["llm/v1/responses"], "v1")
+    # Held while the route ran, released when it returned.
+    assert compiler.handlers["b"].budget_used == [len(body)]
+    assert budget.held == 0
+
+
+async def test_the_classic_responses_path_is_the_openai_style() -> None:
+    t, compiler = table(model_route("a", "gpt-4o"))
+    ex = exchange(b'{"model": "gpt-4o", "input": "x"}')
+    await dispatcher(t, "/openai/responses").handler(ex)
+    assert compiler.handlers["a"].seen == [ex]
+    assert ex.api_style == "openai"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param", "message"),
+    [
+        (
+            b'{"model": "gpt-5", "messages": []}',
+            404,
+            "model_not_found",
+            "model",
+            "no route serves the model `gpt-5`: it is in no route's `route.models`",
+        ),
+        (
+            b'{"messages": []}',
+            400,
+            "missing_model",
+            "model",
+            "the request body has no `model`; the model-in-body APIs choose the route by "
+            "the body's `model`",
+        ),
+        (
+            b'{"model": ["gpt-4o"]}',
+            400,
+            "missing_model",
+            "model",
+            "`model` must be a non-empty string naming a deployment",
+        ),
+        (b'{"model": ""}', 400, "missing_model", "model", "has no `model`"),
+        (b"model=gpt-4o", 400, "invalid_json", None, "the request body is not valid JSON"),
+        (b'["gpt-4o"]', 400, "invalid_json", None, "must be a JSON object, not an array"),
+        (b"", 400, "invalid_json", None, "the request body is empty"),
+    ],
+)
+async def test_a_body_that_names_no_route_is_answered_before_any_route(
+    body: bytes, status: int, code: str, param: str | None, message: str
+) -> None:
+    t, compiler = table(model_route("a", "gpt-4o"))
+    budget = BodyBudget(64 * MiB)
+    ex = exchange(body, budget=budget)
+    response = await dispatcher(t, "/openai/v1/chat/completions").handler(ex)
+    assert response.status == status
+    error = error_of(response)
+    assert (error["code"], error["param"]) == (code, param)
+    assert message in error["message"]
+    assert compiler.handlers["a"].seen == []
+    assert budget.held == 0
+    assert ex.outcome == code
+
+
+async def test_an_unknown_model_is_quoted_at_most_200_characters() -> None:
+    t, _ = table(model_route("a", "gpt-4o"))
+    ex = exchange(json.dumps({"model": "m" * 5000}).encode())
+    error = error_of(await dispatcher(t, "/openai/v1/embeddings").handler(ex))
+    assert f"`{'m' * 200}...`" in error["message"]
+    assert "m" * 201 not in error["message"]
+
+
+async def test_the_body_limit_is_the_loosest_model_routes() -> None:
+    small = model_route("a", "gpt-4o", extra="")
+    small = replace(small, proxy=replace(small.proxy, max_request_body_size=100))
+    big = model_route("b", "gpt-4o-mini")
+    big = replace(big, proxy=replace(big.proxy, max_request_body_size=1000))
+    t, compiler = table(small, big)
+    body = json.dumps({"model": "gpt-4o-mini", "input": "x" * 500}).encode()
+    response = await dispatcher(t, "/openai/v1/embeddings").handler(exchange(body))
+    assert response.status == 200
+    too_big = json.dumps({"model": "gpt-4o-mini", "input": "x" * 1000}).encode()
+    response = await dispatcher(t, "/openai/v1/embeddings").handler(exchange(too_big))
+    assert response.status == 413
+    assert error_of(response)["code"] == "request_too_large"
+    assert len(compiler.handlers["b"].seen) == 1
+
+
+async def test_an_unlimited_model_route_makes_the_dispatcher_unlimited() -> None:
+    small = model_route("a", "gpt-4o")
+    small = replace(small, proxy=replace(small.proxy, max_request_body_size=100))
+    unlimited = model_route("b", "gpt-4o-mini")
+    unlimited = replace(unlimited, proxy=replace(unlimited.proxy, max_request_body_size=0))
+    t, compiler = table(small, unlimited)
+    body = json.dumps({"model": "gpt-4o-mini", "input": "x" * 100_000}).encode()
+    response = await dispatcher(t, "/openai/v1/embeddings").handler(exchange(body))
+    assert response.status == 200
+    assert len(compiler.handlers["b"].seen) == 1
+
+
+@pytest.mark.parametrize(("path", "param"), list((p, q) for p, (q, _) in REALTIME_PATHS.items()))
+async def test_realtime_takes_the_model_from_the_query(path: str, param: str) -> None:
+    t, compiler = table(model_route("a", "gpt-4o-realtime"))
+    ex = exchange(path=f"{path}?api-version=2025-04-01-preview&{param}=gpt-4o-realtime")
+    response = await dispatcher(t, path).handler(ex)
+    assert response.status == 200
+    assert compiler.handlers["a"].seen == [ex]
+    assert (ex.operation, ex.api_style) == (REALTIME, REALTIME_PATHS[path][1])
+    assert ex.requested_model == "gpt-4o-realtime"
+
+    missing = await dispatcher(t, path).handler(exchange(path=path))
+    error = error_of(missing)
+    assert (missing.status, error["code"], error["param"]) == (400, "missing_model", param)
+    assert f"the query has no `{param}`" in error["message"]
+
+    unknown = await dispatcher(t, path).handler(exchange(path=f"{path}?{param}=nope"))
+    error = error_of(unknown)
+    assert (unknown.status, error["code"], error["param"]) == (404, "model_not_found", param)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from aigw.chain.body_budget import BodyBudget
 from aigw.chain.exchange import Exchange
 from aigw.config.loader import parse_route_file
 from aigw.config.model import AccessPlugins, RouteFile
+from aigw.reload import Reloader
 from aigw.route import CompiledRoute, compile_route
 from aigw.routing import Match
 from aigw.table import RouteTable, TableBuilder
@@ -348,3 +350,70 @@ async def test_realtime_takes_the_model_from_the_query(path: str, param: str) ->
     unknown = await dispatcher(t, path).handler(exchange(path=f"{path}?{param}=nope"))
     error = error_of(unknown)
     assert (unknown.status, error["code"], error["param"]) == (404, "model_not_found", param)
+
+
+# -- hot reload -----------------------------------------------------------------------------
+
+
+def model_route_text(name: str, model: str, deployment: str) -> str:
+    # A specific route_type: the reloader compiles for real, and the chain is not under test.
+    return f"""route:
+  name: {name}
+  models: [{model}]
+plugins:
+  - name: ai-proxy-advanced
+    config:
+      targets:
+        - route_type: llm/v1/chat
+          auth: {{header_name: api-key, header_value: "${{KEY}}"}}
+          model:
+            provider: azure
+            name: {model}
+            options: {{azure_instance: res, azure_deployment_id: {deployment}}}
+"""
+
+
+def serving(r: Reloader, model: str) -> str | None:
+    """The deployment the current table's v1 dispatcher sends *model* to."""
+    assert r.table is not None
+    value = found(r.table, "/openai/v1/chat/completions").value
+    assert isinstance(value, ModelDispatch)
+    route = value.models.get(model)
+    return None if route is None else route.target.deployment
+
+
+@pytest.mark.parametrize("newcomer", ["0-new.yaml", "z-new.yaml"])
+async def test_reload_a_second_file_for_a_served_model_waits_for_the_first_to_go(
+    tmp_path: Path, newcomer: str
+) -> None:
+    (tmp_path / "m.yaml").write_text(model_route_text("first", "gpt-4o", "dep-first"))
+    r = Reloader(tmp_path, ENV)
+    r.load_initial()
+    assert serving(r, "gpt-4o") == "dep-first"
+    # Whatever its name sorts like, the newcomer is refused and the incumbent serves.
+    (tmp_path / newcomer).write_text(model_route_text("second", "gpt-4o", "dep-second"))
+    report = await r.reload("watch")
+    (error,) = report.rejected
+    assert "model `gpt-4o` is already served by route `first`" in str(error)
+    assert serving(r, "gpt-4o") == "dep-first"
+    files = r.status()["files"]
+    assert files["m.yaml"]["models"] == ["gpt-4o"]
+    assert (files["m.yaml"]["state"], files[newcomer]["state"]) == ("active", "rejected")
+    # The incumbent deleted: the newcomer takes the model on the next reload.
+    (tmp_path / "m.yaml").unlink()
+    await r.reload("watch")
+    assert serving(r, "gpt-4o") == "dep-second"
+    assert r.status()["files"][newcomer]["state"] == "active"
+    assert r.table is not None
+    assert route_at(r.table, "/openai/deployments/gpt-4o/chat/completions") == "second"
+
+
+async def test_reload_a_changed_model_list_moves_the_model(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(model_route_text("a", "gpt-4o", "dep-a"))
+    r = Reloader(tmp_path, ENV)
+    r.load_initial()
+    (tmp_path / "a.yaml").write_text(model_route_text("a", "gpt-4o-mini", "dep-a"))
+    (tmp_path / "b.yaml").write_text(model_route_text("b", "gpt-4o", "dep-b"))
+    report = await r.reload("watch")
+    assert report.rejected == ()
+    assert (serving(r, "gpt-4o"), serving(r, "gpt-4o-mini")) == ("dep-b", "dep-a")

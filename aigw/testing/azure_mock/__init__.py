@@ -15,7 +15,16 @@ talk to, with Azure's bodies, headers, SSE framing and error texts:
   (``event: response.created`` ... ``response.output_text.delta`` ...
   ``response.completed`` with ``response.usage``; no ``[DONE]``); stored responses
   (``GET``/``DELETE /openai/responses/{id}`` and ``/openai/v1/responses/{id}``);
-* ``GET /openai/models`` and ``/openai/v1/models``: the deployments' models. Run it as
+* ``GET /openai/models`` and ``/openai/v1/models``: the deployments' models;
+* images: ``/images/generations`` (dall-e-3: ``url`` or ``b64_json`` with
+  ``revised_prompt``; gpt-image-1: base64 PNGs and token ``usage``);
+* text to speech: ``/audio/speech`` answers ``audio/mpeg`` (or ``response_format``'s
+  type), chunked, in pieces over time (``/_mock/settings``).
+
+Every operation is served on the classic deployment paths and on ``/openai/v1/...``.
+A deployment only does what its model can (``OperationNotSupported`` otherwise): the
+defaults add ``dall-e-3``, ``gpt-image-1``, ``tts``, ``whisper``, ``gpt-4o-transcribe``
+and ``gpt-4o-realtime-preview``; chat models also answer Responses. Run it as
 ``python -m aigw.testing.azure_mock --port 0 --port-file PATH`` (``--help`` lists the
 flags), or in-process with :func:`build_app` or :class:`MockServer`.
 
@@ -65,6 +74,10 @@ Control API (same port; these requests are not recorded):
     The stream kinds only match ``"stream": true`` requests.
 ``GET /_mock/faults`` / ``DELETE /_mock/faults``
     Pending faults as posted, each with ``remaining``; clear them.
+``GET /_mock/settings`` / ``POST /_mock/settings``
+    Run-time knobs, posted as an object of some of them: ``speech_bytes`` (48000),
+    ``speech_chunk_bytes`` (8192), ``speech_chunk_delay_ms`` (5; a ``delay`` fault's
+    ``token_delay_ms`` overrides it), ``realtime_audio_deltas`` (3).
 ``POST /_mock/connections`` ``{"refuse": true, "for_ms": N}``
     The region dies: the listening socket closes (connecting is refused) and every other
     open connection is aborted. After ``for_ms``, or with ``"for_ms": null`` when the CLI

@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from . import chat, responses
+from . import audio, chat, images, responses
 from .call import Call
 from .config import MockConfig
 from .control import add_control_routes
@@ -57,6 +57,8 @@ _HANDLERS: Final[Mapping[Operation, Handler]] = {
     "completions": chat.generate,
     "embeddings": chat.embeddings,
     "responses": responses.create,
+    "images": images.generate,
+    "speech": audio.speech,
 }
 _STREAMING: Final[frozenset[Operation]] = frozenset({"chat", "completions", "responses"})
 _V1_VERSIONS: Final = frozenset({"v1", "preview"})

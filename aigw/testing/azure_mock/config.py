@@ -17,6 +17,12 @@ DEFAULT_DEPLOYMENTS: Mapping[str, str] = MappingProxyType(
         "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
         "text-embedding-3-small": "text-embedding-3-small",
         "gpt-35-turbo-instruct": "gpt-35-turbo-instruct-0914",
+        "dall-e-3": "dall-e-3",
+        "gpt-image-1": "gpt-image-1-2025-04-15",
+        "tts": "tts-001",
+        "whisper": "whisper-001",
+        "gpt-4o-transcribe": "gpt-4o-transcribe-2025-03-20",
+        "gpt-4o-realtime-preview": "gpt-4o-realtime-preview-2024-12-17",
     }
 )
 

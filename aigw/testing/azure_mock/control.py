@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .faults import FaultSpecError, parse_fault
+from .settings import SettingsError
 
 if TYPE_CHECKING:
     from .app import MockState
@@ -69,6 +70,22 @@ class MockControl:
         self.state.faults.clear()
         return web.json_response({"ok": True})
 
+    async def get_settings(self, request: web.Request) -> web.Response:
+        """``GET /_mock/settings``: the run-time knobs (speech size and pacing...)."""
+        return web.json_response(self.state.settings.to_json())
+
+    async def post_settings(self, request: web.Request) -> web.Response:
+        """``POST /_mock/settings`` with some of them; answers them all."""
+        try:
+            posted = await request.json()
+        except json.JSONDecodeError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        try:
+            self.state.settings.update(posted)
+        except SettingsError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(self.state.settings.to_json())
+
     async def post_connections(self, request: web.Request) -> web.Response:
         """``POST /_mock/connections`` ``{"refuse": true, "for_ms": N | null}``: stop listening.
 
@@ -114,3 +131,5 @@ def add_control_routes(app: web.Application, state: MockState) -> None:
     app.router.add_post("/_mock/faults", control.post_faults)
     app.router.add_delete("/_mock/faults", control.delete_faults)
     app.router.add_post("/_mock/connections", control.post_connections)
+    app.router.add_get("/_mock/settings", control.get_settings)
+    app.router.add_post("/_mock/settings", control.post_settings)

@@ -187,6 +187,14 @@ def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) ->
         event["ttft_ms"] = _ms_between(ex.started_ns, ex.first_token_ns)
     if ex.usage_unavailable is not None:
         event["usage_unavailable"] = ex.usage_unavailable
+    session = ex.session
+    if session is not None:  # a realtime WebSocket session, logged when it closed
+        event["bytes_in"] = session.bytes_in
+        event["frames_in"] = session.frames_in
+        event["frames_out"] = session.frames_out
+        event["close_code"] = session.close_code
+        event["closed_by"] = session.closed_by
+        event["responses"] = session.responses
     attempts = ex.attempts
     if attempts is not None:
         # The target that answered (None: none did), then every try, in order.

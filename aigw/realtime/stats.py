@@ -15,6 +15,7 @@ class SessionStats:
         frames_in: Frames relayed from the client to the upstream.
         frames_out: Frames relayed from the upstream to the client.
         bytes_in: Payload bytes of ``frames_in``.
+        bytes_out: Payload bytes of ``frames_out``.
         close_code: The WebSocket close code the session ended with (None: not closed
             cleanly by either side).
         closed_by: ``client``, ``upstream`` or ``gateway`` (a deadline or a bound).
@@ -24,6 +25,7 @@ class SessionStats:
     frames_in: int = 0
     frames_out: int = 0
     bytes_in: int = 0
+    bytes_out: int = 0
     close_code: int | None = None
     closed_by: str | None = None
     responses: int = 0

@@ -32,6 +32,7 @@ Every byte read is reserved in the worker's request-body budget
 from __future__ import annotations
 
 import asyncio
+import sys
 from functools import partial
 
 from aiohttp import hdrs, web
@@ -42,7 +43,7 @@ from aigw.chain.body_budget import BodyBudget, evicted_error
 from aigw.errors import ExpectationFailed, PayloadTooLarge, RequestTimeout
 from aigw.limits import Limits
 
-__all__ = ["drop_unread_body", "read_bounded"]
+__all__ = ["BodyPieces", "drop_unread_body", "read_bounded"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -69,18 +70,7 @@ async def read_bounded(
         ExpectationFailed: ``Expect`` names anything but ``100-continue``.
         ServiceUnavailable: The budget is full and this body is the one refused.
     """
-    expect = request.headers.get(hdrs.EXPECT)
-    # RFC 9110 §10.1.1: an HTTP/1.0 client cannot expect anything; ignore it.
-    if expect is not None and request.version != HttpVersion11:
-        expect = None
-    if expect is not None and expect.strip().lower() != "100-continue":
-        _stop_waiting(request.content)
-        # The value is not echoed: header values stay out of answers and logs.
-        raise ExpectationFailed(
-            "expectation_failed",
-            "the Expect header asks for something this gateway does not do; "
-            "only 100-continue is supported",
-        )
+    expect = _expectation(request)
     cap = limit if 0 < limit <= budget.limit else budget.limit
     declared = request.content_length
     if declared is not None and declared > cap:
@@ -107,6 +97,135 @@ async def read_bounded(
         # lets the server skip it then).
         await _send_continue(request)
     return await _read_in_time(content, limit, cap, limits, declared, budget)
+
+
+def _expectation(request: web.BaseRequest) -> str | None:
+    """The request's ``Expect`` (``100-continue``), or None; refuses any other with a 417."""
+    expect = request.headers.get(hdrs.EXPECT)
+    # RFC 9110 §10.1.1: an HTTP/1.0 client cannot expect anything; ignore it.
+    if expect is not None and request.version != HttpVersion11:
+        expect = None
+    if expect is not None and expect.strip().lower() != "100-continue":
+        _stop_waiting(request.content)
+        # The value is not echoed: header values stay out of answers and logs.
+        raise ExpectationFailed(
+            "expectation_failed",
+            "the Expect header asks for something this gateway does not do; "
+            "only 100-continue is supported",
+        )
+    return expect
+
+
+class BodyPieces:
+    """A request body read piece by piece as it arrives, never held whole.
+
+    The bounds of ``read_bounded`` without its buffering (a multipart upload is
+    sent upstream as it comes): ``Expect`` is checked and a declared size over
+    *limit* refused at construction, before a byte is read; each ``read``
+    waits under ``client_body_timeout`` (silence) and
+    ``client_body_total_timeout`` (counted from construction); the bytes
+    received so far are checked against *limit*. No reservation in the body
+    budget: aiohttp pauses the client's socket once 128 KiB wait unread, so a
+    body costs one piece at a time.
+
+    The deadline timer runs only while a read may wait (``pause`` stops it
+    between reads, e.g. while the upstream connection is being opened): time
+    aigw spends is not the client's silence.
+
+    Args:
+        request: The request whose body to read.
+        limit: The route's ``max_request_body_size`` (0: no limit).
+        limits: The process's body deadlines.
+
+    Raises:
+        ExpectationFailed: ``Expect`` names anything but ``100-continue``.
+        PayloadTooLarge: The declared size is over *limit* (the connection
+            then closes: the body stays unread).
+    """
+
+    __slots__ = (
+        "_clock",
+        "_content",
+        "_deadline",
+        "_end",
+        "_expect",
+        "_limit",
+        "_limits",
+        "_request",
+    )
+
+    def __init__(self, request: web.BaseRequest, limit: int, limits: Limits) -> None:
+        expect = _expectation(request)
+        declared = request.content_length
+        if limit and declared is not None and declared > limit:
+            error = _too_large(limit, limit)
+            error.close_connection = True
+            _stop_waiting(request.content)
+            raise error
+        self._request = request
+        self._content = request.content
+        self._limit = limit or sys.maxsize
+        self._limits = limits
+        self._expect = expect is not None
+        self._clock = asyncio.get_running_loop().time
+        self._end = self._clock() + limits.client_body_total_timeout
+        self._deadline: _BodyDeadline | None = None
+
+    @property
+    def received(self) -> int:
+        """Body bytes received from the client so far."""
+        return self._content.total_bytes
+
+    async def read(self) -> bytes:
+        """The next bytes of the body as they arrived; ``b""`` at its end.
+
+        Raises:
+            PayloadTooLarge: More than *limit* bytes arrived (the connection
+                then closes).
+            RequestTimeout: The client was silent, or the body slow, past the
+                deadlines.
+        """
+        content = self._content
+        deadline = self._deadline
+        if deadline is None and not content.is_eof():
+            if self._expect and content.total_bytes == 0:
+                self._expect = False
+                await _send_continue(self._request)
+            limits = self._limits
+            # Past the total already: the timer fires at once and the read ends in a 408.
+            remaining = max(self._end - self._clock(), 0.0)
+            deadline = self._deadline = _BodyDeadline(
+                content, limits.client_body_timeout, remaining
+            )
+        try:
+            piece = await content.readany()
+        except _BodyNotComing:
+            expired = deadline.expired if deadline is not None else None
+            self.pause()
+            raise _timed_out(
+                expired, self._limits, content.total_bytes, self._request.content_length
+            ) from None
+        if deadline is not None:
+            deadline.last_read = self._clock()
+        if content.total_bytes > self._limit:
+            self.abandon()
+            error = _too_large(self._limit, self._limit)
+            error.close_connection = True
+            raise error
+        if not piece:
+            self.pause()
+        return piece
+
+    def pause(self) -> None:
+        """Stops the deadline timer until the next ``read``."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def abandon(self) -> None:
+        """The rest of the body will not be read: stop the timer, let the connection close."""
+        self.pause()
+        _stop_waiting(self._content)
 
 
 def drop_unread_body(request: web.BaseRequest) -> bool:

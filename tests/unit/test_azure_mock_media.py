@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from aigw.testing.azure_mock import MockConfig, build_app
+from aigw.testing.azure_mock.media_wire import png_b64
 
 Client = TestClient[web.Request, web.Application]
 
@@ -198,3 +199,148 @@ async def test_openai_sdk_images_and_speech(client: Client, tmp_path: Any) -> No
         ("/openai/deployments/dall-e-3/images/generations", "images", "dall-e-3"),
         ("/openai/deployments/tts/audio/speech", "speech", "tts"),
     ]
+
+
+# ---------------------------------------------------------------- multipart
+
+
+def form(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> aiohttp.FormData:
+    data = aiohttp.FormData(default_to_multipart=True)
+    for name, value in fields.items():
+        data.add_field(name, value)
+    for name, (filename, content) in files.items():
+        data.add_field(name, content, filename=filename, content_type="audio/wav")
+    return data
+
+
+AUDIO = {"file": ("hello.wav", b"RIFF" + b"\x00" * 31_996)}
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        (classic("whisper", "audio/transcriptions"), {}),
+        ("/openai/v1/audio/transcriptions", {"model": "whisper"}),
+    ],
+)
+async def test_transcription_json(client: Client, path: str, fields: dict[str, str]) -> None:
+    resp = await client.post(path, data=form(fields, AUDIO), headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"text": "I am whisper-001. The quick brown fox"}
+    (record,) = await records(client)
+    assert record["operation"] == "transcriptions" and record["deployment"] == "whisper"
+    assert record["file_bytes"] == 32_000
+    assert record["form"] == fields
+    assert record["body_size"] > 32_000 and record["body"] == ""
+
+
+async def test_gpt4o_transcribe_has_usage_and_only_json_or_text(client: Client) -> None:
+    path = "/openai/v1/audio/transcriptions"
+    fields = {"model": "gpt-4o-transcribe", "prompt": "two words"}
+    body = await (await client.post(path, data=form(fields, AUDIO), headers=AUTH)).json()
+    assert body["usage"] == {
+        "type": "tokens",
+        "input_tokens": 34,
+        "input_token_details": {"text_tokens": 2, "audio_tokens": 32},
+        "output_tokens": 8,
+        "total_tokens": 42,
+    }
+    fields["response_format"] = "srt"
+    resp = await client.post(path, data=form(fields, AUDIO), headers=AUTH)
+    assert resp.status == 400
+    assert "Use 'json' or 'text' instead" in (await resp.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("text", "I am whisper-001. The quick brown fox\n"),
+        ("srt", "1\n00:00:00,000 --> 00:00:02,000\nI am whisper-001. The quick brown fox\n\n"),
+        (
+            "vtt",
+            "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nI am whisper-001. The quick brown fox\n\n",
+        ),
+    ],
+)
+async def test_transcription_text_formats(client: Client, fmt: str, expected: str) -> None:
+    path = classic("whisper", "audio/translations")
+    resp = await client.post(path, data=form({"response_format": fmt}, AUDIO), headers=AUTH)
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert await resp.text() == expected
+
+
+async def test_translation_verbose_json(client: Client) -> None:
+    path = classic("whisper", "audio/translations")
+    data = form({"response_format": "verbose_json"}, AUDIO)
+    body = await (await client.post(path, data=data, headers=AUTH)).json()
+    assert body["task"] == "translate" and body["duration"] == 2.0
+    assert body["segments"][0]["text"] == body["text"]
+
+
+async def test_transcription_bad_input(client: Client) -> None:
+    path = classic("whisper", "audio/transcriptions")
+    resp = await client.post(path, data=form({"language": "en"}, {}), headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "file"
+    resp = await client.post(path, json={"file": "x"}, headers=AUTH)
+    assert resp.status == 400
+    assert "expected multipart/form-data" in (await resp.json())["error"]["message"]
+    resp = await client.post("/openai/v1/audio/transcriptions", data=form({}, AUDIO), headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["message"] == "you must provide a model parameter"
+    path = classic("nope", "audio/transcriptions")
+    resp = await client.post(path, data=form({}, AUDIO), headers=AUTH)
+    assert resp.status == 404
+    resp = await client.post(
+        classic("gpt-4o", "audio/transcriptions"), data=form({}, AUDIO), headers=AUTH
+    )
+    assert (await resp.json())["error"]["code"] == "OperationNotSupported"
+
+
+async def test_transcription_fault(client: Client) -> None:
+    await client.post("/_mock/faults", json={"fault": "status", "status": 429})
+    path = classic("whisper", "audio/transcriptions")
+    resp = await client.post(path, data=form({}, AUDIO), headers=AUTH)
+    assert resp.status == 429
+    assert "Transcriptions_Create" in (await resp.json())["error"]["message"]
+
+
+async def test_image_edits(client: Client) -> None:
+    image = {"image": ("cat.png", base64.b64decode(png_b64()))}
+    fields = {"model": "gpt-image-1", "prompt": "add a hat", "quality": "low"}
+    resp = await client.post("/openai/v1/images/edits", data=form(fields, image), headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["usage"]["input_tokens_details"]["image_tokens"] == 194
+    resp = await client.post("/openai/v1/images/edits", data=form(fields, {}), headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "image"
+    (first, _) = await records(client)
+    assert first["operation"] == "image_edits" and first["file_bytes"] == len(image["image"][1])
+
+
+def _sync_transcribe(port: int, audio: bytes) -> str:
+    sdk = openai.OpenAI(api_key=KEY, base_url=f"http://127.0.0.1:{port}/openai/v1/", max_retries=0)
+    with sdk:
+        result = sdk.audio.transcriptions.create(model="whisper", file=("big.wav", audio))
+    return result.text
+
+
+async def test_openai_sdk_transcriptions_of_a_multi_mib_file(client: Client) -> None:
+    audio = b"RIFF" + bytes(range(256)) * (3 * 4096)
+    port = client.server.port
+    assert port is not None
+    text = await asyncio.to_thread(_sync_transcribe, port, audio)
+    assert text == "I am whisper-001. The quick brown fox"
+    azure = openai.AsyncAzureOpenAI(
+        api_key=KEY, azure_endpoint=f"http://127.0.0.1:{port}", api_version=VERSION
+    )
+    async with azure:
+        plain = await azure.audio.transcriptions.create(
+            model="whisper", file=("big.wav", audio), response_format="text"
+        )
+    assert plain.strip() == text
+    sdk_v1, sdk_classic = await records(client)
+    assert sdk_v1["file_bytes"] == sdk_classic["file_bytes"] == len(audio)
+    assert sdk_v1["form"]["model"] == "whisper"
+    assert sdk_classic["path"] == "/openai/deployments/whisper/audio/transcriptions"

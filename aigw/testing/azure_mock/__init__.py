@@ -19,7 +19,12 @@ talk to, with Azure's bodies, headers, SSE framing and error texts:
 * images: ``/images/generations`` (dall-e-3: ``url`` or ``b64_json`` with
   ``revised_prompt``; gpt-image-1: base64 PNGs and token ``usage``);
 * text to speech: ``/audio/speech`` answers ``audio/mpeg`` (or ``response_format``'s
-  type), chunked, in pieces over time (``/_mock/settings``).
+  type), chunked, in pieces over time (``/_mock/settings``);
+* multipart (``file`` counted as it streams in, never held): ``/audio/transcriptions``
+  and ``/audio/translations`` (``response_format`` json | text | srt | vtt |
+  verbose_json; gpt-4o-transcribe: json or text, with token ``usage``; no ``file``:
+  400) and ``/images/edits`` (``image`` or ``image[]`` files). On v1 the deployment is
+  the form's ``model`` field.
 
 Every operation is served on the classic deployment paths and on ``/openai/v1/...``.
 A deployment only does what its model can (``OperationNotSupported`` otherwise): the

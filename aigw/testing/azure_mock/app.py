@@ -19,11 +19,12 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 
 from . import audio, chat, images, responses
-from .call import Call
+from .call import Call, Form
 from .config import MockConfig
 from .control import add_control_routes
 from .deployments import HSTS, Deployment
 from .faults import FaultQueue
+from .forms import read_form
 from .payload import BadRequest
 from .playback import STREAM_KINDS, immediate_fault
 from .records import RequestRecord
@@ -59,6 +60,9 @@ _HANDLERS: Final[Mapping[Operation, Handler]] = {
     "responses": responses.create,
     "images": images.generate,
     "speech": audio.speech,
+    "image_edits": images.edit,
+    "transcriptions": audio.transcribe,
+    "translations": audio.transcribe,
 }
 _STREAMING: Final[frozenset[Operation]] = frozenset({"chat", "completions", "responses"})
 _V1_VERSIONS: Final = frozenset({"v1", "preview"})
@@ -149,11 +153,32 @@ class MockState:
         if isinstance(route, Endpoint):
             return await self._endpoint(request, route, record)
         record.operation = route.op
-        handler = _HANDLERS.get(route.op)
-        if handler is None:
-            return self.bare_error(record, 404, RESOURCE_NOT_FOUND)
+        read = await self._read(request, route, body, record)
+        if isinstance(read, web.Response):
+            return read
+        return await self._dispatch(request, record, route, *read)
 
-        payload = _parse_json(body)
+    async def _read(
+        self, request: web.Request, route: OpRoute, body: bytes, record: RequestRecord
+    ) -> web.Response | tuple[Deployment, object, Form | None]:
+        """The call's deployment, its payload (the JSON body or the form's text fields)
+        and form; or the answer to a request that names no known deployment."""
+        form: Form | None = None
+        if route.body == "multipart":
+            if route.deployment is not None and route.deployment not in self._deployments:
+                # Azure answers an unknown deployment before reading the upload.
+                record.deployment = route.deployment
+                return self.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
+            try:
+                form = await read_form(request)
+            except BadRequest as exc:
+                return self._model_error(record, str(exc), None)
+            record.form = form.fields
+            record.file_bytes = form.file_bytes
+            record.body_size = request.content.total_bytes
+            payload: object = dict(form.fields)
+        else:
+            payload = _parse_json(body)
         name = route.deployment
         if name is None:
             if not isinstance(payload, dict):
@@ -165,11 +190,24 @@ class MockState:
         deployment = self._deployments.get(name)
         if deployment is None:
             return self.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
+        return deployment, payload, form
+
+    async def _dispatch(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        route: OpRoute,
+        deployment: Deployment,
+        payload: object,
+        form: Form | None,
+    ) -> web.StreamResponse:
+        """Play the call's fault, or check its body and hand it to its operation."""
         stream = (
             route.op in _STREAMING and isinstance(payload, dict) and payload.get("stream") is True
         )
         record.stream = stream
         call = self._call(request, record, deployment, route, stream)
+        call.form = form
         if call.fault is not None and call.fault.kind not in STREAM_KINDS | {"delay"}:
             return await immediate_fault(call, call.fault)
         try:
@@ -179,7 +217,7 @@ class MockState:
                 record.status = 400
                 body_out = operation_not_supported_body(route.op, deployment.model)
                 return web.Response(status=400, body=body_out, headers=call.headers)
-            return await handler(call, payload)
+            return await _HANDLERS[route.op](call, payload)
         except BadRequest as exc:
             record.status = 400
             call.headers["ms-azureml-model-error-reason"] = "model_error"

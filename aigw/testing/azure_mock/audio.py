@@ -12,11 +12,19 @@ from aiohttp import web
 
 from .call import Call
 from .media_wire import AUDIO_CONTENT_TYPES, speech_chunks
-from .payload import BadRequest
+from .payload import BadRequest, count_tokens
+from .wire import JSON_CT, dumps, reply_tokens
 
-__all__ = ["speech"]
+__all__ = ["speech", "transcribe"]
 
 _MAX_INPUT: Final = 4096
+_TEXT_FORMATS: Final = ("json", "text", "srt", "verbose_json", "vtt")
+# gpt-4o-transcribe speaks only these; whisper all of _TEXT_FORMATS.
+_TOKEN_MODEL_FORMATS: Final = ("json", "text")
+# "Audio" is priced by the mock at 16 kB per second and 1 token per kB.
+_BYTES_PER_SECOND: Final = 16_000
+_BYTES_PER_TOKEN: Final = 1_000
+_TEXT_CT: Final = "text/plain; charset=utf-8"
 
 
 def _required_string(payload: Mapping[str, Any], key: str) -> str:
@@ -76,3 +84,92 @@ async def speech(call: Call, payload: Mapping[str, Any]) -> web.StreamResponse:
         return response
     call.record.stream_outcome = "completed"
     return response
+
+
+async def transcribe(call: Call, payload: Mapping[str, Any]) -> web.Response:
+    """``/audio/transcriptions`` and ``/audio/translations``: the form's ``file`` turned
+    into ``{"text": …}`` (gpt-4o-transcribe adds token ``usage``), or the text, SRT or
+    WebVTT, or whisper's ``verbose_json``."""
+    form = call.form
+    upload = form.files.get("file") if form is not None else None
+    if upload is None:
+        raise BadRequest(
+            "Missing required parameter: 'file'.", "file", "missing_required_parameter"
+        )
+    model = call.deployment.model
+    token_model = "transcribe" in model.lower()
+    fmt = payload.get("response_format", "json")
+    formats = _TOKEN_MODEL_FORMATS if token_model else _TEXT_FORMATS
+    if fmt not in formats:
+        if fmt in _TEXT_FORMATS:
+            message = (
+                f"response_format '{fmt}' is not compatible with model '{model}'."
+                " Use 'json' or 'text' instead."
+            )
+        else:
+            message = f"Invalid value: '{fmt}'. Supported values are: " + ", ".join(
+                f"'{name}'" for name in formats
+            )
+        raise BadRequest(message, "response_format", "invalid_value")
+    size = upload[1]
+    tokens = call.state.config.tokens
+    text = "".join(reply_tokens(model, tokens))
+    duration = round(size / _BYTES_PER_SECOND, 2)
+    prompt_tokens = count_tokens(payload.get("prompt"))
+    audio_tokens = max(size // _BYTES_PER_TOKEN, 1)
+    call.deployment.spend(call.headers, audio_tokens + prompt_tokens + tokens)
+    if call.latency_ms:
+        await asyncio.sleep(call.latency_ms / 1000)
+    if fmt == "text":
+        return call.ok((text + "\n").encode(), _TEXT_CT)
+    if fmt in ("srt", "vtt"):
+        return call.ok(_subtitles(fmt, text, duration).encode(), _TEXT_CT)
+    body: dict[str, Any] = {"text": text}
+    if fmt == "verbose_json":
+        task = "translate" if call.op == "translations" else "transcribe"
+        body = {
+            "task": task,
+            "language": "english",
+            "duration": duration,
+            "text": text,
+            "segments": [
+                {
+                    "id": 0,
+                    "seek": 0,
+                    "start": 0.0,
+                    "end": duration,
+                    "text": text,
+                    "tokens": list(range(50364, 50364 + tokens)),
+                    "temperature": 0.0,
+                    "avg_logprob": -0.25,
+                    "compression_ratio": 1.0,
+                    "no_speech_prob": 0.01,
+                }
+            ],
+        }
+    elif token_model:
+        input_tokens = audio_tokens + prompt_tokens
+        body["usage"] = {
+            "type": "tokens",
+            "input_tokens": input_tokens,
+            "input_token_details": {"text_tokens": prompt_tokens, "audio_tokens": audio_tokens},
+            "output_tokens": tokens,
+            "total_tokens": input_tokens + tokens,
+        }
+    return call.ok(dumps(body), JSON_CT)
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def _subtitles(fmt: str, text: str, duration: float) -> str:
+    if fmt == "srt":
+        span = f"{_timestamp(0, ',')} --> {_timestamp(duration, ',')}"
+        return f"1\n{span}\n{text}\n\n"
+    span = f"{_timestamp(0, '.')} --> {_timestamp(duration, '.')}"
+    return f"WEBVTT\n\n{span}\n{text}\n\n"

@@ -1,0 +1,337 @@
+"""The Realtime API over WebSocket through a real ``aigw serve``: the openai SDK, sync and
+async, in both URL styles, and what a session leaves in the access log.
+
+The upstream is the scripted realtime peer (tests/integration/realtime_peer.py), the
+gateway's ``--azure-base-url``; routes are path routes of ``route_type:
+realtime/v1/realtime`` on the SDK's two realtime paths, plus one behind key-auth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+from openai import AsyncAzureOpenAI, OpenAI
+
+from tests.integration.harness import GatewayProcess, wait_until
+from tests.integration.realtime_peer import USAGE, RealtimePeer
+
+ROUTE_KEY = "route-key-for-the-upstream"
+CLIENT_KEY = "client-key-never-forwarded"
+CONSUMER_KEY = "sk-realtime-consumer-0123456789"
+DEPLOYMENT = "gpt-realtime"
+API_VERSION = "2025-04-01-preview"
+MAX_FRAME = 64 * 1024
+
+# openai 3.57's realtime client calls websockets' connect() without a context manager,
+# which websockets 17.1+ deprecates; the SDK's problem, not the gateway's.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"
+)
+
+
+def _route(name: str, paths: str, plugins: str = "") -> str:
+    return f"""route:
+  name: {name}
+  paths: [{paths}]
+  methods: [GET]
+plugins:{plugins}
+  - name: ai-proxy-advanced
+    config:
+      targets:
+        - route_type: realtime/v1/realtime
+          auth:
+            header_name: api-key
+            header_value: {ROUTE_KEY}
+          model:
+            provider: azure
+            name: {DEPLOYMENT}
+            options:
+              azure_instance: testresource
+              azure_deployment_id: {DEPLOYMENT}
+"""
+
+
+ROUTES = {
+    "realtime.yaml": _route("realtime", "/openai/realtime, /openai/v1/realtime"),
+    "keyed.yaml": _route(
+        "keyed",
+        "/keyed/realtime",
+        "\n  - name: key-auth\n    config: {key_names: [api-key]}",
+    ),
+    "consumers.yaml": f"""consumers:
+  - username: team-voice
+    keyauth_credentials:
+      - key: {CONSUMER_KEY}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[RealtimePeer]:
+    upstream = RealtimePeer()
+    yield upstream
+    upstream.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, peer: RealtimePeer
+) -> Iterator[GatewayProcess]:
+    conf = tmp_path_factory.mktemp("realtime-conf.d")
+    for name, text in ROUTES.items():
+        (conf / name).write_text(text)
+    process = GatewayProcess(conf, "--azure-base-url", peer.url, "--max-event-size", str(MAX_FRAME))
+    yield process
+    process.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_peer(peer: RealtimePeer) -> None:
+    peer.sessions.clear()
+    peer.refuse = None
+
+
+def _session_line(gateway: GatewayProcess, path: str, seen: int = 0) -> dict[str, Any]:
+    """The access-log line of the (seen+1)-th session on *path*, once it has closed."""
+
+    def find() -> dict[str, Any] | None:
+        lines = [
+            e
+            for e in gateway.events()
+            if e.get("event") == "request" and e.get("path") == path and "frames_in" in e
+        ]
+        return lines[seen] if len(lines) > seen else None
+
+    line: dict[str, Any] = wait_until(find, timeout=10)
+    return line
+
+
+def _lines(gateway: GatewayProcess, path: str) -> int:
+    return sum(
+        1
+        for e in gateway.events()
+        if e.get("event") == "request" and e.get("path") == path and "frames_in" in e
+    )
+
+
+def _ws_url(gateway: GatewayProcess, path: str) -> str:
+    return f"ws://127.0.0.1:{gateway.port}{path}"
+
+
+def _text_turn_sync(connection: Any) -> tuple[str, dict[str, int]]:
+    """One text turn over an SDK connection: the deltas' text and the done event's usage."""
+    connection.conversation.item.create(
+        item={
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Say hello"}],
+        }
+    )
+    connection.response.create()
+    text = ""
+    for event in connection:
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        elif event.type == "response.done":
+            usage = event.response.usage
+            assert usage is not None
+            return text, {"input": usage.input_tokens or 0, "output": usage.output_tokens or 0}
+    raise AssertionError("the session ended before response.done")
+
+
+def test_sdk_v1_sync_session_runs_and_logs_tokens_frames_and_close(
+    gateway: GatewayProcess, peer: RealtimePeer
+) -> None:
+    before = _lines(gateway, "/openai/v1/realtime")
+    client = OpenAI(base_url=f"{gateway.url}/openai/v1/", api_key=CLIENT_KEY)
+    with client.realtime.connect(model="my-name-for-it") as connection:
+        first = _text_turn_sync(connection)
+        second = _text_turn_sync(connection)
+    client.close()
+    assert first == ("Hello from the realtime peer", {"input": 11, "output": 7})
+    assert second == first
+    [upstream] = peer.wait_ended()
+    # The v1 style kept; the target's deployment named, whatever the client called it.
+    assert (upstream.path, upstream.query) == ("/openai/v1/realtime", {"model": DEPLOYMENT})
+    assert upstream.headers["api-key"] == ROUTE_KEY
+    assert "Authorization" not in upstream.headers
+    assert CLIENT_KEY not in json.dumps(upstream.headers)
+    line = _session_line(gateway, "/openai/v1/realtime", before)
+    assert line["status"] == 101
+    assert line["route"] == "realtime"
+    assert line["outcome"] == "ok"
+    assert line["responses"] == 2
+    assert line["prompt_tokens"] == 2 * USAGE["input_tokens"]
+    assert line["completion_tokens"] == 2 * USAGE["output_tokens"]
+    assert line["total_tokens"] == 2 * USAGE["total_tokens"]
+    assert line["frames_in"] == 4
+    assert line["frames_out"] == 1 + 2 * 9
+    assert (line["close_code"], line["closed_by"]) == (1000, "client")
+    assert line["latency_ms"] > 0
+    assert CLIENT_KEY not in json.dumps(line) and ROUTE_KEY not in json.dumps(line)
+
+
+async def test_sdk_azure_async_classic_session_runs_and_logs(
+    gateway: GatewayProcess, peer: RealtimePeer
+) -> None:
+    before = _lines(gateway, "/openai/realtime")
+    client = AsyncAzureOpenAI(
+        azure_endpoint=gateway.url,
+        api_version=API_VERSION,
+        api_key=CLIENT_KEY,
+        websocket_base_url=f"ws://127.0.0.1:{gateway.port}/openai",
+    )
+    text = ""
+    usage: Any = None
+    async with client.realtime.connect(model=DEPLOYMENT) as connection:
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Say hello"}],
+            }
+        )
+        await connection.response.create()
+        async for event in connection:
+            if event.type == "response.output_text.delta":
+                text += event.delta
+            elif event.type == "response.done":
+                usage = event.response.usage
+                break
+    await client.close()
+    assert text == "Hello from the realtime peer"
+    assert usage is not None and usage.total_tokens == USAGE["total_tokens"]
+    [upstream] = await asyncio.to_thread(peer.wait_ended)
+    assert upstream.path == "/openai/realtime"
+    assert upstream.query == {"api-version": API_VERSION, "deployment": DEPLOYMENT}
+    assert upstream.headers["api-key"] == ROUTE_KEY
+    line = await asyncio.to_thread(_session_line, gateway, "/openai/realtime", before)
+    assert (line["status"], line["responses"], line["total_tokens"]) == (101, 1, 18)
+    assert line["api_version"] == API_VERSION
+    assert (line["close_code"], line["closed_by"]) == (1000, "client")
+
+
+async def test_a_client_that_vanishes_closes_the_upstream(
+    gateway: GatewayProcess, peer: RealtimePeer
+) -> None:
+    before = _lines(gateway, "/openai/realtime")
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(
+            _ws_url(gateway, f"/openai/realtime?deployment={DEPLOYMENT}"),
+            headers={"api-key": CLIENT_KEY},
+        )
+        assert json.loads(await ws.receive_str(timeout=5))["type"] == "session.created"
+        connection = ws._response.connection
+        assert connection is not None and connection.transport is not None
+        connection.transport.abort()  # gone: no close frame
+        [upstream] = await asyncio.to_thread(peer.wait_ended, 1, 8)
+    assert upstream.close_code == 1001
+    line = await asyncio.to_thread(_session_line, gateway, "/openai/realtime", before)
+    assert line["closed_by"] == "client"
+    assert line["outcome"] == "client_disconnect"
+
+
+async def test_an_upstream_that_vanishes_closes_the_client_with_1011(
+    gateway: GatewayProcess,
+) -> None:
+    before = _lines(gateway, "/openai/v1/realtime")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            _ws_url(gateway, "/openai/v1/realtime?model=x"),
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as ws,
+    ):
+        await ws.receive_str(timeout=5)
+        await ws.send_json({"type": "test.drop"})
+        message = await ws.receive(timeout=5)
+    assert (message.type, message.data) == (WSMsgType.CLOSE, 1011)
+    line = await asyncio.to_thread(_session_line, gateway, "/openai/v1/realtime", before)
+    assert (line["closed_by"], line["outcome"]) == ("upstream", "upstream_reset")
+
+
+async def test_a_frame_over_the_bound_closes_with_1009(gateway: GatewayProcess) -> None:
+    before = _lines(gateway, "/openai/realtime")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            _ws_url(gateway, f"/openai/realtime?deployment={DEPLOYMENT}"),
+            headers={"api-key": CLIENT_KEY},
+        ) as ws,
+    ):
+        await ws.receive_str(timeout=5)
+        await ws.send_str(json.dumps({"type": "x", "pad": "y" * MAX_FRAME}))
+        message = await ws.receive(timeout=5)
+    assert (message.type, message.data) == (WSMsgType.CLOSE, 1009)
+    line = await asyncio.to_thread(_session_line, gateway, "/openai/realtime", before)
+    assert (line["close_code"], line["closed_by"]) == (1009, "gateway")
+
+
+def _upgrade(gateway: GatewayProcess, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    """A WebSocket upgrade request sent as plain HTTP: its status and JSON body."""
+    request = urllib.request.Request(
+        gateway.url + path,
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+            **headers,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_bad_consumer_key_is_refused_with_401_json_before_any_upgrade(
+    gateway: GatewayProcess, peer: RealtimePeer
+) -> None:
+    status, body = _upgrade(gateway, "/keyed/realtime", {"api-key": "sk-wrong"})
+    assert status == 401
+    assert body["error"]["type"] == "invalid_request_error"
+    assert peer.sessions == []  # never dialled
+
+
+async def test_a_consumer_key_opens_a_session_and_never_reaches_the_upstream(
+    gateway: GatewayProcess, peer: RealtimePeer
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            _ws_url(gateway, f"/keyed/realtime?deployment={DEPLOYMENT}"),
+            headers={"api-key": CONSUMER_KEY},
+        ) as ws,
+    ):
+        await ws.receive_str(timeout=5)
+    [upstream] = await asyncio.to_thread(peer.wait_ended)
+    assert upstream.headers["api-key"] == ROUTE_KEY
+    assert CONSUMER_KEY not in json.dumps(upstream.headers)
+    line = await asyncio.to_thread(_session_line, gateway, "/keyed/realtime")
+    assert line["consumer"] == "team-voice"
+
+
+def test_a_plain_get_on_the_realtime_route_is_400_websocket_required(
+    gateway: GatewayProcess, peer: RealtimePeer
+) -> None:
+    request = urllib.request.Request(
+        f"{gateway.url}/openai/realtime?deployment={DEPLOYMENT}", headers={"api-key": "k"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
+    body = json.loads(refused.value.read())
+    assert body["error"]["code"] == "websocket_required"
+    assert peer.sessions == []

@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from openai import AsyncAzureOpenAI, OpenAI
+from openai import AsyncAzureOpenAI, AsyncOpenAI, AzureOpenAI, OpenAI
 
 from tests.integration.harness import GatewayProcess, wait_until
-from tests.integration.realtime_peer import USAGE, RealtimePeer
+from tests.integration.realtime_peer import USAGE, PeerSession, RealtimePeer
 
 ROUTE_KEY = "route-key-for-the-upstream"
 CLIENT_KEY = "client-key-never-forwarded"
@@ -149,11 +149,70 @@ def _text_turn_sync(connection: Any) -> tuple[str, dict[str, int]]:
     raise AssertionError("the session ended before response.done")
 
 
-def test_sdk_v1_sync_session_runs_and_logs_tokens_frames_and_close(
-    gateway: GatewayProcess, peer: RealtimePeer
+def _sync_client(gateway: GatewayProcess, style: str) -> OpenAI:
+    if style == "v1":
+        return OpenAI(base_url=f"{gateway.url}/openai/v1/", api_key=CLIENT_KEY)
+    return AzureOpenAI(
+        azure_endpoint=gateway.url,
+        api_version=API_VERSION,
+        api_key=CLIENT_KEY,
+        # AzureOpenAI dials wss:// unless told otherwise; aigw here is plain ws.
+        websocket_base_url=f"ws://127.0.0.1:{gateway.port}/openai",
+    )
+
+
+def _async_client(gateway: GatewayProcess, style: str) -> AsyncOpenAI:
+    if style == "v1":
+        return AsyncOpenAI(base_url=f"{gateway.url}/openai/v1/", api_key=CLIENT_KEY)
+    return AsyncAzureOpenAI(
+        azure_endpoint=gateway.url,
+        api_version=API_VERSION,
+        api_key=CLIENT_KEY,
+        websocket_base_url=f"ws://127.0.0.1:{gateway.port}/openai",
+    )
+
+
+# What reaches the upstream per style: the client's style kept, the target's deployment
+# named whatever the client called it.
+UPSTREAM = {
+    "v1": ("/openai/v1/realtime", {"model": DEPLOYMENT}),
+    "classic": ("/openai/realtime", {"api-version": API_VERSION, "deployment": DEPLOYMENT}),
+}
+CLIENT_PATH = {"v1": "/openai/v1/realtime", "classic": "/openai/realtime"}
+
+
+def _assert_session_line(line: dict[str, Any], responses: int) -> None:
+    assert line["status"] == 101
+    assert line["route"] == "realtime"
+    assert line["outcome"] == "ok"
+    assert line["upstream_status"] == 101
+    assert line["responses"] == responses
+    assert line["prompt_tokens"] == responses * USAGE["input_tokens"]
+    assert line["completion_tokens"] == responses * USAGE["output_tokens"]
+    assert line["total_tokens"] == responses * USAGE["total_tokens"]
+    # Each turn: item.create and response.create in; item created, response created,
+    # five text deltas, an audio delta and response.done out; session.created first.
+    assert line["frames_in"] == 2 * responses
+    assert line["frames_out"] == 1 + 9 * responses
+    assert (line["close_code"], line["closed_by"]) == (1000, "client")
+    assert line["latency_ms"] > 0
+    assert CLIENT_KEY not in json.dumps(line) and ROUTE_KEY not in json.dumps(line)
+
+
+def _assert_upstream(upstream: PeerSession, style: str) -> None:
+    assert (upstream.path, upstream.query) == UPSTREAM[style]
+    assert upstream.headers["api-key"] == ROUTE_KEY
+    assert "Authorization" not in upstream.headers
+    assert CLIENT_KEY not in json.dumps(upstream.headers)
+    assert upstream.close_code == 1000
+
+
+@pytest.mark.parametrize("style", ["v1", "classic"])
+def test_sdk_sync_session_runs_and_logs_tokens_frames_and_close(
+    gateway: GatewayProcess, peer: RealtimePeer, style: str
 ) -> None:
-    before = _lines(gateway, "/openai/v1/realtime")
-    client = OpenAI(base_url=f"{gateway.url}/openai/v1/", api_key=CLIENT_KEY)
+    before = _lines(gateway, CLIENT_PATH[style])
+    client = _sync_client(gateway, style)
     with client.realtime.connect(model="my-name-for-it") as connection:
         first = _text_turn_sync(connection)
         second = _text_turn_sync(connection)
@@ -161,64 +220,45 @@ def test_sdk_v1_sync_session_runs_and_logs_tokens_frames_and_close(
     assert first == ("Hello from the realtime peer", {"input": 11, "output": 7})
     assert second == first
     [upstream] = peer.wait_ended()
-    # The v1 style kept; the target's deployment named, whatever the client called it.
-    assert (upstream.path, upstream.query) == ("/openai/v1/realtime", {"model": DEPLOYMENT})
-    assert upstream.headers["api-key"] == ROUTE_KEY
-    assert "Authorization" not in upstream.headers
-    assert CLIENT_KEY not in json.dumps(upstream.headers)
-    line = _session_line(gateway, "/openai/v1/realtime", before)
-    assert line["status"] == 101
-    assert line["route"] == "realtime"
-    assert line["outcome"] == "ok"
-    assert line["responses"] == 2
-    assert line["prompt_tokens"] == 2 * USAGE["input_tokens"]
-    assert line["completion_tokens"] == 2 * USAGE["output_tokens"]
-    assert line["total_tokens"] == 2 * USAGE["total_tokens"]
-    assert line["frames_in"] == 4
-    assert line["frames_out"] == 1 + 2 * 9
-    assert (line["close_code"], line["closed_by"]) == (1000, "client")
-    assert line["latency_ms"] > 0
-    assert CLIENT_KEY not in json.dumps(line) and ROUTE_KEY not in json.dumps(line)
+    _assert_upstream(upstream, style)
+    line = _session_line(gateway, CLIENT_PATH[style], before)
+    _assert_session_line(line, responses=2)
 
 
-async def test_sdk_azure_async_classic_session_runs_and_logs(
-    gateway: GatewayProcess, peer: RealtimePeer
+@pytest.mark.parametrize("style", ["v1", "classic"])
+async def test_sdk_async_session_runs_and_logs(
+    gateway: GatewayProcess, peer: RealtimePeer, style: str
 ) -> None:
-    before = _lines(gateway, "/openai/realtime")
-    client = AsyncAzureOpenAI(
-        azure_endpoint=gateway.url,
-        api_version=API_VERSION,
-        api_key=CLIENT_KEY,
-        websocket_base_url=f"ws://127.0.0.1:{gateway.port}/openai",
-    )
-    text = ""
-    usage: Any = None
-    async with client.realtime.connect(model=DEPLOYMENT) as connection:
-        await connection.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Say hello"}],
-            }
-        )
-        await connection.response.create()
-        async for event in connection:
-            if event.type == "response.output_text.delta":
-                text += event.delta
-            elif event.type == "response.done":
-                usage = event.response.usage
-                break
+    before = _lines(gateway, CLIENT_PATH[style])
+    client = _async_client(gateway, style)
+    turns = []
+    async with client.realtime.connect(model="my-name-for-it") as connection:
+        for _ in range(2):
+            await connection.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Say hello"}],
+                }
+            )
+            await connection.response.create()
+            text = ""
+            async for event in connection:
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+                elif event.type == "response.done":
+                    usage = event.response.usage
+                    assert usage is not None
+                    turns.append((text, usage.total_tokens))
+                    break
     await client.close()
-    assert text == "Hello from the realtime peer"
-    assert usage is not None and usage.total_tokens == USAGE["total_tokens"]
+    assert turns == [("Hello from the realtime peer", USAGE["total_tokens"])] * 2
     [upstream] = await asyncio.to_thread(peer.wait_ended)
-    assert upstream.path == "/openai/realtime"
-    assert upstream.query == {"api-version": API_VERSION, "deployment": DEPLOYMENT}
-    assert upstream.headers["api-key"] == ROUTE_KEY
-    line = await asyncio.to_thread(_session_line, gateway, "/openai/realtime", before)
-    assert (line["status"], line["responses"], line["total_tokens"]) == (101, 1, 18)
-    assert line["api_version"] == API_VERSION
-    assert (line["close_code"], line["closed_by"]) == (1000, "client")
+    _assert_upstream(upstream, style)
+    line = await asyncio.to_thread(_session_line, gateway, CLIENT_PATH[style], before)
+    _assert_session_line(line, responses=2)
+    if style == "classic":
+        assert line["api_version"] == API_VERSION
 
 
 async def test_a_client_that_vanishes_closes_the_upstream(

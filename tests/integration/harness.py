@@ -126,6 +126,24 @@ class MockProcess:
         self.proc.send_signal(signal.SIGUSR1)
         wait_until(self._healthy, timeout=10)
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """Records of the realtime sessions (each with its ``session``: frames each way,
+        client and server event types, ``close_code``, ``closed_by``)."""
+        result: list[dict[str, Any]] = self._call("GET", "/_mock/sessions")
+        return result
+
+    def drop_sessions(self, code: int | None = None, *, rst: bool = False) -> int:
+        """Ends every open realtime session: with a close frame of *code*, or (None) by
+        vanishing without one, as a crashed upstream; returns how many there were."""
+        answer = self._call("POST", "/_mock/sessions/drop", {"code": code, "rst": rst})
+        return int(answer["sessions"])
+
+    def settings(self, **values: float) -> dict[str, Any]:
+        """Sets run-time knobs (``speech_bytes``, ``speech_chunk_bytes``,
+        ``speech_chunk_delay_ms``, ``realtime_audio_deltas``); returns them all."""
+        result: dict[str, Any] = self._call("POST", "/_mock/settings", values)
+        return result
+
     def _healthy(self) -> bool:
         try:
             return bool(self._call("GET", "/_mock/health"))

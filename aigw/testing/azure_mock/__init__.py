@@ -24,7 +24,18 @@ talk to, with Azure's bodies, headers, SSE framing and error texts:
   and ``/audio/translations`` (``response_format`` json | text | srt | vtt |
   verbose_json; gpt-4o-transcribe: json or text, with token ``usage``; no ``file``:
   400) and ``/images/edits`` (``image`` or ``image[]`` files). On v1 the deployment is
-  the form's ``model`` field.
+  the form's ``model`` field;
+* realtime WebSocket: ``GET /openai/realtime?api-version=…&deployment=…`` (preview
+  events: ``response.audio.delta``, ``response.audio_transcript.delta``,
+  ``response.text.delta``) and ``/openai/v1/realtime?model=…`` (GA events:
+  ``response.output_audio.delta``, ``response.output_audio_transcript.delta``,
+  ``response.output_text.delta``), same auth: ``session.created`` on open, then
+  ``session.updated``, ``conversation.item.created``, and per ``response.create`` the
+  response's events ending in ``response.done`` with ``response.usage``
+  (`aigw.testing.azure_mock.realtime`). Not an upgrade: 400. Faults play before the
+  upgrade (``status``, ``close``, ``hang``, ``delay``) or during the session
+  (``cut_stream``: vanish after ``after_events`` server events; ``eof_stream``: close
+  1000; ``stream_error_event``: an ``error`` event, then close 1011).
 
 Every operation is served on the classic deployment paths and on ``/openai/v1/...``.
 A deployment only does what its model can (``OperationNotSupported`` otherwise): the
@@ -79,6 +90,14 @@ Control API (same port; these requests are not recorded):
     The stream kinds only match ``"stream": true`` requests.
 ``GET /_mock/faults`` / ``DELETE /_mock/faults``
     Pending faults as posted, each with ``remaining``; clear them.
+``GET /_mock/sessions``
+    The records of realtime requests, each with ``session``: ``frames_in``,
+    ``frames_out``, ``events_in`` / ``events_out`` (event types in order),
+    ``audio_bytes_in``, ``close_code`` and ``closed_by`` (``"client"``, ``"mock"``, or
+    ``"dropped"``: the mock vanished without a close frame).
+``POST /_mock/sessions/drop`` ``{"code": N | null, "rst": false}``
+    Ends every open session: a close frame with ``code``, or with ``null`` the TCP
+    connection just closes (a RST with ``rst``), as a crashed upstream.
 ``GET /_mock/settings`` / ``POST /_mock/settings``
     Run-time knobs, posted as an object of some of them: ``speech_bytes`` (48000),
     ``speech_chunk_bytes`` (8192), ``speech_chunk_delay_ms`` (5; a ``delay`` fault's

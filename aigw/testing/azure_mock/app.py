@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from . import audio, chat, images, responses
+from . import audio, chat, images, realtime, responses
 from .call import Call, Form
 from .config import MockConfig
 from .control import add_control_routes
@@ -90,6 +90,7 @@ class MockState:
         self.listener: ListenerControl | None = None
         self.settings = MockSettings()
         self.stored_responses = responses.StoredResponses()
+        self.open_sessions: set[realtime.RealtimeSession] = set()
         self._verify_entra = _entra_verifier(config.entra_secret)
         self.faults = FaultQueue()
         self.records: deque[RequestRecord] = deque(maxlen=config.record_limit)
@@ -153,10 +154,36 @@ class MockState:
         if isinstance(route, Endpoint):
             return await self._endpoint(request, route, record)
         record.operation = route.op
+        if route.op == "realtime":
+            return await self._realtime(request, route, record)
         read = await self._read(request, route, body, record)
         if isinstance(read, web.Response):
             return read
         return await self._dispatch(request, record, route, *read)
+
+    async def _realtime(
+        self, request: web.Request, route: OpRoute, record: RequestRecord
+    ) -> web.StreamResponse:
+        """A realtime WebSocket: its deployment is in the query; faults play as for a
+        stream (``cut_stream``: the mock vanishes after ``after_events`` server events)."""
+        assert route.query_key is not None
+        name = request.query.get(route.query_key)
+        if not name:
+            return self.bare_error(record, 404, RESOURCE_NOT_FOUND)
+        record.deployment = name
+        deployment = self._deployments.get(name)
+        if deployment is None:
+            return self.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
+        record.stream = True
+        call = self._call(request, record, deployment, route, True)
+        fault = call.fault
+        if fault is not None and fault.kind not in STREAM_KINDS | {"delay"}:
+            return await immediate_fault(call, fault)
+        if deployment.operations is not None and "realtime" not in deployment.operations:
+            record.status = 400
+            body = operation_not_supported_body("realtime", deployment.model)
+            return web.Response(status=400, body=body, headers=call.headers)
+        return await realtime.serve(call)
 
     async def _read(
         self, request: web.Request, route: OpRoute, body: bytes, record: RequestRecord

@@ -70,6 +70,37 @@ class MockControl:
         self.state.faults.clear()
         return web.json_response({"ok": True})
 
+    async def get_sessions(self, request: web.Request) -> web.Response:
+        """``GET /_mock/sessions``: the records of realtime sessions (open ones too)."""
+        sessions = [r.to_json() for r in self.state.records if r.session is not None]
+        return web.json_response(sessions)
+
+    async def drop_sessions(self, request: web.Request) -> web.Response:
+        """``POST /_mock/sessions/drop`` ``{"code": N | null, "rst": bool}``: end every
+        open realtime session: with a close frame of *code*, or (``null``) by vanishing
+        (the TCP connection closes, with a RST when ``rst``)."""
+        try:
+            posted = await request.json() if request.can_read_body else {}
+        except json.JSONDecodeError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        if not isinstance(posted, dict) or set(posted) - {"code", "rst"}:
+            return web.json_response(
+                {"error": 'expected {"code": N|null, "rst": bool}'}, status=400
+            )
+        code, rst = posted.get("code"), posted.get("rst", False)
+        valid_code = code is None or (
+            isinstance(code, int) and not isinstance(code, bool) and 1000 <= code <= 4999
+        )
+        if not valid_code or not isinstance(rst, bool):
+            return web.json_response({"error": "'code' must be 1000-4999 or null"}, status=400)
+        sessions = list(self.state.open_sessions)
+        for session in sessions:
+            if code is None:
+                session.drop(rst=rst)
+            else:
+                await session.close(code)
+        return web.json_response({"ok": True, "sessions": len(sessions)})
+
     async def get_settings(self, request: web.Request) -> web.Response:
         """``GET /_mock/settings``: the run-time knobs (speech size and pacing...)."""
         return web.json_response(self.state.settings.to_json())
@@ -131,5 +162,7 @@ def add_control_routes(app: web.Application, state: MockState) -> None:
     app.router.add_post("/_mock/faults", control.post_faults)
     app.router.add_delete("/_mock/faults", control.delete_faults)
     app.router.add_post("/_mock/connections", control.post_connections)
+    app.router.add_get("/_mock/sessions", control.get_sessions)
+    app.router.add_post("/_mock/sessions/drop", control.drop_sessions)
     app.router.add_get("/_mock/settings", control.get_settings)
     app.router.add_post("/_mock/settings", control.post_settings)

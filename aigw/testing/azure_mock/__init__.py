@@ -56,8 +56,9 @@ Control API (same port; these requests are not recorded):
     field or query, even if unknown), ``stream``, ``status`` (``null`` if nothing was
     sent), ``fault`` (the fault that request consumed), ``apim_request_id``,
     ``stream_outcome``: ``null`` | ``"completed"`` | ``"client_disconnected"`` | ``"cut"``
-    (non-stream requests stay ``null`` unless the client left before the answer, e.g.
-    during ``hang`` or a delay), ``form`` and ``file_bytes`` (multipart: the text fields,
+    (other requests stay ``null`` unless the client left before the answer, e.g.
+    during ``hang`` or a delay; speech and realtime sessions are ``"completed"`` once
+    wholly sent or closed), ``form`` and ``file_bytes`` (multipart: the text fields,
     and the bytes of the file parts, which are never kept), ``session`` (realtime),
     ``started_at`` / ``ended_at`` (Unix time; ``ended_at`` is ``null`` while the handler
     runs). ``settle_ms`` first waits up to N ms for in-flight requests to finish, so

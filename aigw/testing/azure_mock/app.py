@@ -1,19 +1,17 @@
-"""The mock's aiohttp application: Azure's front door (path, api-version, key, deployment),
-faults and request recording, dispatching each operation to its module (`chat`,
-`responses`, `images`, `audio`, `realtime`). The ``/_mock/`` control API is
+"""The mock's aiohttp application: request recording, the deployment lookup (path, body
+``model``, form field or query), faults, and dispatch of each operation to its module
+(`chat`, `responses`, `images`, `audio`, `realtime`); the checks before the deployment
+are `front_door`'s. The ``/_mock/`` control API is
 `aigw.testing.azure_mock.control`."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import re
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -22,24 +20,20 @@ from . import audio, chat, images, realtime, responses
 from .call import Call, Form
 from .config import MockConfig
 from .control import add_control_routes
-from .deployments import HSTS, Deployment
+from .deployments import Deployment
 from .faults import FaultQueue
 from .forms import read_form
+from .front_door import FrontDoor
 from .payload import BadRequest
 from .playback import STREAM_KINDS, immediate_fault
 from .records import RequestRecord
 from .routes import Endpoint, OpRoute, classify
 from .settings import MockSettings
 from .wire import (
-    API_VERSION_NOT_SUPPORTED,
     DEPLOYMENT_NOT_FOUND,
-    INVALID_BEARER,
     INVALID_JSON_MESSAGE,
-    INVALID_KEY,
-    JSON_CT,
     RESOURCE_NOT_FOUND,
     Operation,
-    model_error_body,
     operation_not_supported_body,
 )
 
@@ -65,8 +59,6 @@ _HANDLERS: Final[Mapping[Operation, Handler]] = {
     "translations": audio.transcribe,
 }
 _STREAMING: Final[frozenset[Operation]] = frozenset({"chat", "completions", "responses"})
-_V1_VERSIONS: Final = frozenset({"v1", "preview"})
-_DATED_VERSION: Final = re.compile(r"\d{4}-\d{2}-\d{2}(?:-preview)?")
 _UNPARSABLE: Final = object()
 # OpenAI's words when a model-in-body call has no model.
 _MISSING_MODEL: Final = "you must provide a model parameter"
@@ -91,7 +83,7 @@ class MockState:
         self.settings = MockSettings()
         self.stored_responses = responses.StoredResponses()
         self.open_sessions: set[realtime.RealtimeSession] = set()
-        self._verify_entra = _entra_verifier(config.entra_secret)
+        self.front_door = FrontDoor(config)
         self.faults = FaultQueue()
         self.records: deque[RequestRecord] = deque(maxlen=config.record_limit)
         self._deployments = {
@@ -147,8 +139,8 @@ class MockState:
         record: RequestRecord,
     ) -> web.StreamResponse:
         if route is None:
-            return self.bare_error(record, 404, RESOURCE_NOT_FOUND)
-        rejected = self._front_door(request, route, record)
+            return self.front_door.bare_error(record, 404, RESOURCE_NOT_FOUND)
+        rejected = self.front_door.check(request, route, record)
         if rejected is not None:
             return rejected
         if isinstance(route, Endpoint):
@@ -169,11 +161,11 @@ class MockState:
         assert route.query_key is not None
         name = request.query.get(route.query_key)
         if not name:
-            return self.bare_error(record, 404, RESOURCE_NOT_FOUND)
+            return self.front_door.bare_error(record, 404, RESOURCE_NOT_FOUND)
         record.deployment = name
         deployment = self._deployments.get(name)
         if deployment is None:
-            return self.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
+            return self.front_door.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
         record.stream = True
         call = self._call(request, record, deployment, route, True)
         fault = call.fault
@@ -195,11 +187,11 @@ class MockState:
             if route.deployment is not None and route.deployment not in self._deployments:
                 # Azure answers an unknown deployment before reading the upload.
                 record.deployment = route.deployment
-                return self.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
+                return self.front_door.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
             try:
                 form = await read_form(request)
             except BadRequest as exc:
-                return self._model_error(record, str(exc), None)
+                return self.front_door.model_error(record, str(exc), None)
             record.form = form.fields
             record.file_bytes = form.file_bytes
             record.body_size = request.content.total_bytes
@@ -209,14 +201,14 @@ class MockState:
         name = route.deployment
         if name is None:
             if not isinstance(payload, dict):
-                return self._model_error(record, _payload_error(payload), None)
+                return self.front_door.model_error(record, _payload_error(payload), None)
             name = payload.get("model")
             if not isinstance(name, str) or not name:
-                return self._model_error(record, _MISSING_MODEL, None)
+                return self.front_door.model_error(record, _MISSING_MODEL, None)
         record.deployment = name
         deployment = self._deployments.get(name)
         if deployment is None:
-            return self.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
+            return self.front_door.bare_error(record, 404, DEPLOYMENT_NOT_FOUND)
         return deployment, payload, form
 
     async def _dispatch(
@@ -296,96 +288,9 @@ class MockState:
                 self.stored_responses, request.method, route.response_id
             )
             record.status = status
-        headers = self._common_headers(record)
+        headers = self.front_door.common_headers(record)
         headers["x-request-id"] = str(uuid.uuid4())
         return web.Response(status=record.status, body=body, headers=headers)
-
-    # ------------------------------------------------------------------ front door
-
-    def _front_door(
-        self, request: web.Request, route: OpRoute | Endpoint, record: RequestRecord
-    ) -> web.Response | None:
-        """Azure's checks before the deployment, in its order: api-version present
-        (classic styles), key, api-version valid."""
-        api_version = request.query.get("api-version")
-        v1 = route.style == "v1"
-        # Azure's front door answers a missing version before it even looks at the key.
-        if not api_version and not v1:
-            if isinstance(route, OpRoute) and route.deployment is not None:
-                record.deployment = route.deployment
-            return self.bare_error(record, 404, RESOURCE_NOT_FOUND)
-        if isinstance(route, OpRoute) and route.deployment is not None:
-            record.deployment = route.deployment
-        auth_error = self._auth_error(request, v1=v1)
-        if auth_error is not None:
-            record.status = 401
-            record.apim_request_id = str(uuid.uuid4())
-            headers = {"apim-request-id": record.apim_request_id, "Content-Type": JSON_CT}
-            return web.Response(status=401, body=auth_error, headers=headers)
-        if api_version is not None and not self._version_ok(api_version, v1=v1):
-            headers = self._common_headers(record)
-            headers["x-request-id"] = str(uuid.uuid4())
-            record.status = 400
-            return web.Response(status=400, body=API_VERSION_NOT_SUPPORTED, headers=headers)
-        responses_call = isinstance(route, Endpoint) and route.response_id is not None
-        responses_call = responses_call or (isinstance(route, OpRoute) and route.op == "responses")
-        if responses_call and not v1 and not responses.responses_version_ok(api_version or ""):
-            return self._model_error(record, responses.RESPONSES_VERSION_MESSAGE, None)
-        return None
-
-    def _auth_error(self, request: web.Request, *, v1: bool) -> bytes | None:
-        key = request.headers.get("api-key")
-        if key is not None:
-            ok = hmac.compare_digest(key.encode(), self.config.api_key.encode())
-            return None if ok else INVALID_KEY
-        authorization = request.headers.get("Authorization", "")
-        if authorization[:7].lower() == "bearer ":
-            token = authorization[7:].strip().encode()
-            # The v1 API takes the resource key as a bearer token too (its spec's
-            # `authorization` scheme); the classic API only takes Entra tokens there.
-            if v1 and hmac.compare_digest(token, self.config.api_key.encode()):
-                return None
-            expected = self.config.bearer_token
-            if expected is not None and hmac.compare_digest(token, expected.encode()):
-                return None
-            verify = self._verify_entra
-            if verify is not None and verify(token.decode(), time.time()):
-                return None
-            return INVALID_BEARER
-        return INVALID_KEY
-
-    def _version_ok(self, api_version: str, *, v1: bool) -> bool:
-        if v1:
-            return api_version in _V1_VERSIONS
-        allowed = self.config.api_versions
-        if allowed is not None:
-            return api_version in allowed
-        return _DATED_VERSION.fullmatch(api_version) is not None
-
-    # ------------------------------------------------------------------ headers
-
-    def _common_headers(self, record: RequestRecord) -> dict[str, str]:
-        record.apim_request_id = str(uuid.uuid4())
-        return {
-            "apim-request-id": record.apim_request_id,
-            "Content-Type": JSON_CT,
-            "Strict-Transport-Security": HSTS,
-            "x-content-type-options": "nosniff",
-            "x-ms-region": self.config.region,
-        }
-
-    def bare_error(self, record: RequestRecord, status: int, body: bytes) -> web.Response:
-        """A front-door error: no x-request-id, no deployment headers (as Azure's 404s)."""
-        record.status = status
-        return web.Response(status=status, body=body, headers=self._common_headers(record))
-
-    def _model_error(self, record: RequestRecord, message: str, param: str | None) -> web.Response:
-        # A model-in-body call whose body names no deployment: the model service's 400.
-        headers = self._common_headers(record)
-        headers["x-request-id"] = str(uuid.uuid4())
-        record.status = 400
-        body = model_error_body(message, param, None)
-        return web.Response(status=400, body=body, headers=headers)
 
     def deployment_headers(
         self, request: web.Request, record: RequestRecord, deployment: Deployment
@@ -413,22 +318,6 @@ def _payload_error(payload: object) -> str:
     if payload is _UNPARSABLE:
         return INVALID_JSON_MESSAGE
     return "Invalid type for request body: expected an object."
-
-
-def _entra_verifier(secret: str | None) -> Callable[[str, float], bool] | None:
-    """``verify(token, now)`` for tokens the local Entra endpoint issued with *secret*."""
-    if secret is None:
-        return None
-    # Imported only when asked: the token endpoint is a test tool of its own.
-    from aigw.testing.entra import verify_token
-
-    return partial(_verify_with, verify_token, secret)
-
-
-def _verify_with(
-    verify_token: Callable[[str, str, float], bool], secret: str, token: str, now: float
-) -> bool:
-    return verify_token(token, secret, now)
 
 
 STATE_KEY: Final = web.AppKey("azure_mock_state", MockState)

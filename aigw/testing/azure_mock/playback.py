@@ -24,6 +24,7 @@ from .wire import (
 )
 
 __all__ = [
+    "STREAM_KINDS",
     "drop_connection",
     "format_seconds",
     "immediate_fault",

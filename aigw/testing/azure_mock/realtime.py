@@ -75,9 +75,8 @@ class RealtimeSession:
         if self._break_after is not None and self.record.frames_out >= self._break_after:
             self._break_after = None
             raise _Break
-        await self.ws.send_str(
-            json.dumps({"type": kind, "event_id": random_id("event_", 22), **fields})
-        )
+        event = {"type": kind, "event_id": random_id("event_", 22), **fields}
+        await self.ws.send_str(dumps(event).decode())
         self.record.frames_out += 1
         self.record.events_out.append(kind)
 

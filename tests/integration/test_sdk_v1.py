@@ -57,7 +57,9 @@ plugins:
   - name: ai-proxy-advanced
     config:
       targets:
-        - {first}: {{header_name: api-key, header_value: ${{AZURE_OPENAI_KEY}}}}
+        - {first}:
+            header_name: api-key
+            header_value: ${{AZURE_OPENAI_KEY}}
           model:
             provider: azure
             name: {model_name or models[0]}
@@ -76,13 +78,16 @@ plugins:
     config:
       targets:
         - route_type: preserve
-          auth: {header_name: api-key, header_value: ${AZURE_OPENAI_KEY}}
+          auth:
+            header_name: api-key
+            header_value: ${AZURE_OPENAI_KEY}
           model:
             provider: azure
             options:
-              azure_instance: ${AZURE_INSTANCE}
+              upstream_url: {upstream}/
 """
-"""What no model route claims (models list, stored responses) goes through unchanged."""
+"""What no model route claims (models list, stored responses) goes through unchanged, to
+``{upstream}`` (the client's path kept)."""
 
 ROUTE_FILES = {
     "gpt-4o.yaml": model_route("gpt-4o", ["gpt-4o"], "gpt-4o"),
@@ -96,7 +101,6 @@ ROUTE_FILES = {
         "gpt-image-1", ["gpt-image-1"], "gpt-image-1", route_type="image/v1/images/generations"
     ),
     "tts.yaml": model_route("tts", ["tts"], "tts", route_type="audio/v1/audio/speech"),
-    "passthrough.yaml": PRESERVE_ROUTE,
 }
 
 
@@ -108,6 +112,7 @@ def models_gateway(
     conf = tmp_path_factory.mktemp("models-conf.d")
     for name, text in ROUTE_FILES.items():
         (conf / name).write_text(text)
+    (conf / "passthrough.yaml").write_text(PRESERVE_ROUTE.replace("{upstream}", mock.url))
     process = GatewayProcess(conf, "--azure-base-url", mock.url, env=GATEWAY_ENV)
     yield process
     process.close()

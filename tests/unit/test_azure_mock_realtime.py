@@ -228,3 +228,27 @@ async def test_openai_sdk_realtime_v1_and_classic(client: Client) -> None:
     assert second["path"] == "/openai/realtime"
     assert second["query"]["deployment"] == "gpt-4o-realtime-preview"
     assert second["headers"]["api-key"] == KEY
+
+
+async def test_client_close_code_is_recorded(client: Client) -> None:
+    async with client.ws_connect(V1, headers=AUTH) as ws:
+        await events_until(ws, "session.created")
+        await ws.close(code=4000, message=b"bye")
+    (record,) = await sessions(client)
+    assert (record["session"]["close_code"], record["session"]["closed_by"]) == (4000, "client")
+    assert record["stream_outcome"] == "completed"
+
+
+async def test_event_types_kept_are_bounded(client: Client, monkeypatch: Any) -> None:
+    monkeypatch.setattr("aigw.testing.azure_mock.records.EVENT_TYPES_KEPT", 2)
+    async with client.ws_connect(V1, headers=AUTH) as ws:
+        await events_until(ws, "session.created")
+        for _ in range(3):
+            await ws.send_json({"type": "input_audio_buffer.clear"})
+        await events_until(ws, "input_audio_buffer.cleared")
+        await events_until(ws, "input_audio_buffer.cleared")
+        await events_until(ws, "input_audio_buffer.cleared")
+    (record,) = await sessions(client)
+    session = record["session"]
+    assert (session["frames_in"], session["frames_out"]) == (3, 4)
+    assert len(session["events_in"]) == len(session["events_out"]) == 2

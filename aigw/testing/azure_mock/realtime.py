@@ -77,8 +77,7 @@ class RealtimeSession:
             raise _Break
         event = {"type": kind, "event_id": random_id("event_", 22), **fields}
         await self.ws.send_str(dumps(event).decode())
-        self.record.frames_out += 1
-        self.record.events_out.append(kind)
+        self.record.note_out(kind)
 
     async def run(self) -> None:
         """Serve the session until either side closes it."""
@@ -89,7 +88,7 @@ class RealtimeSession:
                 if message.type == WSMsgType.TEXT:
                     await self._on_text(message.data)
                 elif message.type == WSMsgType.BINARY:
-                    self.record.events_in.append("<binary>")
+                    self.record.note_in("<binary>")
                     await self._error("invalid_request_error", "Binary frames are not supported.")
         except _Break:
             await self._strike()
@@ -147,7 +146,7 @@ class RealtimeSession:
         except ValueError:
             event = None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            self.record.events_in.append("<invalid>")
+            self.record.note_in("<invalid>")
             await self._error(
                 "invalid_request_error",
                 "The server could not parse the event: expected a JSON object with a 'type'.",
@@ -155,7 +154,7 @@ class RealtimeSession:
             )
             return
         kind = event["type"]
-        self.record.events_in.append(kind)
+        self.record.note_in(kind)
         event_id = event.get("event_id")
         if kind == "session.update":
             update = event.get("session")

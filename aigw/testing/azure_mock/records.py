@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDictProxy
@@ -12,6 +12,10 @@ from multidict import CIMultiDictProxy, MultiDictProxy
 __all__ = ["RequestRecord", "SessionRecord", "StreamOutcome"]
 
 StreamOutcome = Literal["completed", "client_disconnected", "cut"]
+
+#: Event types kept per direction and session; frame counts stay exact beyond it, so a
+#: benchmark's long sessions do not grow the mock.
+EVENT_TYPES_KEPT: Final = 1000
 
 
 class SessionRecord:
@@ -37,6 +41,17 @@ class SessionRecord:
         # "client" (it sent a close frame or left), "mock" (a drop control or a fault
         # closed it cleanly) or "dropped" (the mock vanished without a close frame).
         self.closed_by: str | None = None
+
+    def note_in(self, kind: str) -> None:
+        """Record a client event's type (frames are counted where they are read)."""
+        if len(self.events_in) < EVENT_TYPES_KEPT:
+            self.events_in.append(kind)
+
+    def note_out(self, kind: str) -> None:
+        """Count a server event and record its type."""
+        self.frames_out += 1
+        if len(self.events_out) < EVENT_TYPES_KEPT:
+            self.events_out.append(kind)
 
     def to_json(self) -> dict[str, Any]:
         """The session as served inside its request's record."""

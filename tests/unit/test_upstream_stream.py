@@ -250,6 +250,33 @@ async def test_an_upstream_that_closes_mid_upload_is_not_sent_the_body_again(
     assert pool.open_connections == 0
 
 
+async def test_a_reused_connection_closed_mid_upload_is_not_resent(
+    serve: Serve, pool: UpstreamPool
+) -> None:
+    # The keep-alive race's other half: the upstream's close crossed a request
+    # whose head and first piece had left. Those bytes came from the client
+    # once; nothing is resent, whatever the connection's history.
+    async def handler(peer: Peer) -> None:
+        if peer.index > 0:
+            await peer.eof.wait()
+            return
+        await peer.read_request()
+        await peer.send(response(b"first"))
+        await peer.reader.readuntil(b"\r\n\r\n")
+        await peer.reader.readexactly(PIECE)
+
+    server = await serve(handler)
+    assert await fetch(pool, server.origin) == b"first"
+    stream = PieceStream(50, delay=0.002)
+    with pytest.raises(UpstreamDisconnected):
+        async with guard():
+            await send(pool, server.origin, stream)
+    assert server.accepted == 1
+    assert stream.iterations == 1
+    assert stream.taken < 50
+    assert pool.open_connections == 0
+
+
 async def test_a_stream_whose_head_never_left_a_reused_connection_is_sent_on_a_new_one(
     pool: UpstreamPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

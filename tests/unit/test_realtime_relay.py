@@ -23,6 +23,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -34,13 +36,16 @@ from aigw.chain.exchange import Exchange
 from aigw.chain.info import RouteInfo
 from aigw.chain.request_id import request_id
 from aigw.config.model import AuthConfig
+from aigw.errors import UpstreamUnavailable
 from aigw.limits import Limits
 from aigw.listener import Listener, ListenerSettings, start_listener
 from aigw.metrics import Metrics
+from aigw.realtime import relay as relay_module
 from aigw.realtime.relay import make_realtime_relay
 from aigw.route import compile_chain
 from aigw.upstream.connection import Origin
 from aigw.upstream.pool import UpstreamPool
+from aigw.upstream.relay import CONNECT_PHASE_OUTCOMES, RetryableAnswer
 from aigw.upstream.target import UpstreamTarget
 from tests.integration.realtime_peer import USAGE, RealtimePeer
 
@@ -478,3 +483,76 @@ async def test_a_client_that_stops_reading_is_cut_by_the_send_deadline(
     assert line["closed_by"] == "client"
     assert line["frames_out"] < 2000  # back-pressure: the flood was held, not buffered
     assert upstream.ended
+
+
+async def test_a_client_that_stops_answering_pings_is_dropped_by_the_heartbeat(
+    peer: RealtimePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "HEARTBEAT_S", 0.4)
+    async with gateway(peer.port) as gw:
+        # Completes the upgrade, then neither reads nor answers a ping.
+        sock = await asyncio.to_thread(_handshake, gw.listener.port, CLASSIC)
+        try:
+            started = time.monotonic()
+            [upstream] = await asyncio.to_thread(peer.wait_ended, 1, 8)
+            line = await gw.line()
+        finally:
+            sock.close()
+    assert upstream.ended_at is not None and upstream.ended_at - started < 5
+    assert line["closed_by"] == "client"
+    assert line["frames_in"] == 0
+
+
+def _handshake_request(path: str) -> Any:
+    return make_mocked_request(
+        "GET",
+        path,
+        headers=CIMultiDict(
+            {
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+            }
+        ),
+    )
+
+
+async def test_a_balanced_attempt_refused_with_a_failover_status_is_left_to_the_balancer(
+    peer: RealtimePeer,
+) -> None:
+    peer.refuse = (429, {"retry-after-ms": "1500"})
+    pool = UpstreamPool()
+    relay = make_realtime_relay(_target(peer.port))
+    ex = Exchange(
+        request=_handshake_request(CLASSIC),
+        path="/openai/realtime",
+        pool=pool,
+        body_budget=BodyBudget(1 << 20),
+    )
+    ex.failover_statuses = frozenset({429})
+    try:
+        with pytest.raises(RetryableAnswer) as refused:
+            await relay(ex)
+    finally:
+        await pool.close()
+    assert (refused.value.status, refused.value.retry_after_s) == (429, 1.5)
+
+
+async def test_a_connect_failure_is_a_connect_phase_outcome_the_balancer_fails_over_on() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    pool = UpstreamPool()
+    ex = Exchange(
+        request=_handshake_request(CLASSIC),
+        path="/openai/realtime",
+        pool=pool,
+        body_budget=BodyBudget(1 << 20),
+    )
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            await make_realtime_relay(_target(closed_port))(ex)
+    finally:
+        await pool.close()
+    assert ex.outcome in CONNECT_PHASE_OUTCOMES

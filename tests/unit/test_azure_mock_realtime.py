@@ -4,6 +4,7 @@ recorded, with faults and the drop control."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -252,3 +253,14 @@ async def test_event_types_kept_are_bounded(client: Client, monkeypatch: Any) ->
     session = record["session"]
     assert (session["frames_in"], session["frames_out"]) == (3, 4)
     assert len(session["events_in"]) == len(session["events_out"]) == 2
+
+
+async def test_slow_first_byte_holds_the_upgrade(client: Client) -> None:
+    await client.post("/_mock/faults", json={"fault": "delay", "latency_ms": 300})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with client.ws_connect(V1, headers=AUTH) as ws:
+        assert loop.time() - started >= 0.3
+        await events_until(ws, "session.created")
+    (record,) = await sessions(client)
+    assert record["fault"] == "delay"

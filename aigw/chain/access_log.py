@@ -167,7 +167,7 @@ def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) ->
         "outcome": outcome,
         # A body never read (no route, refused early) still counts as sent: the
         # declared length says how much the client meant to send.
-        "bytes_in": len(ex.client_body) or request.content_length or 0,
+        "bytes_in": len(ex.client_body) or request.content_length or _streamed(ex),
         "bytes_out": ex.bytes_out,
         "client": request.remote,
         "generation": ex.generation,
@@ -218,6 +218,12 @@ def _emit(ex: Exchange, info: RouteInfo, static: dict[str, Any], status: int) ->
         _log.error("request", **event)
     else:
         _log.warning("request", **event)
+
+
+def _streamed(ex: Exchange) -> int:
+    """Bytes of an upload streamed as it came (a chunked one declares no length)."""
+    stream = ex.upstream_stream
+    return 0 if stream is None else stream.received
 
 
 def _attempt(attempt: Attempt) -> dict[str, Any]:

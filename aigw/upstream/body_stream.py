@@ -18,6 +18,12 @@ class BodyStream(Protocol):
 
     length: int | None
 
+    @property
+    def received(self) -> int:
+        """Body bytes received from the client so far (the access log's ``bytes_in``
+        when no length was declared)."""
+        ...
+
     def chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces in order; may be iterated once. Raises a ``GatewayError``
         (413, 408) when the client's body breaks a bound on the way."""

@@ -279,17 +279,17 @@ def chunked_pieces(data: bytes) -> list[bytes]:
 # -- scripted upstreams: the adversarial cases ------------------------------------------
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_an_upload_streams_to_the_upstream_with_its_exact_bytes(
-    raw_gateway: GatewayProcess, seen: Upstream
+    raw_gateway: GatewayProcess, seen: Upstream, chunked: bool
 ) -> None:
     body = form("whisper", audio(2 * 1024 * 1024))
     request_id = new_request_id("upload")
-    answer, sent = send_until_answered(
-        raw_gateway.port, upload_head(RAW_PATH, len(body), request_id), pieces_of(body), pause=0
-    )
+    head = upload_head(RAW_PATH, None if chunked else len(body), request_id)
+    pieces = chunked_pieces(body) if chunked else pieces_of(body)
+    answer, _ = send_until_answered(raw_gateway.port, head, pieces, pause=0)
     assert answer.status == 200, answer
     assert json.loads(answer.body) == {"text": "hello", "bytes": len(body)}
-    assert sent == len(body)
     line = raw_gateway.access_log(request_id)
     assert line["status"] == 200 and line["bytes_in"] == len(body)
 

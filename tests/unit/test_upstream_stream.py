@@ -60,6 +60,7 @@ class PieceStream:
         self._fail_at = fail_at
         self._delay = delay
         self.taken = 0
+        self.received = 0
         self.closed = False
         self.iterations = 0
 

@@ -31,6 +31,12 @@ directly), and adds what aiohttp lacks:
   connection (:meth:`ClientConnection.reclaim_order`,
   :meth:`ClientConnection.reclaim`), as nginx reuses its "reusable" ones.
 
+An upgraded connection (a realtime WebSocket, ``aigw.realtime``) is a request
+in flight for its whole session: its handler runs until the session ends, so
+neither the head deadline nor reclaiming ever touches it, and aiohttp's
+keep-alive timer waits for the handler too; the send deadline still cuts a
+client that stops reading its frames (tests/unit/test_realtime_relay.py).
+
 The aiohttp internals read here (``head_count``, ``is_idle``, ``idle_order``)
 live in ``aigw.listener.aiohttp_internals``, checked at start-up.
 """

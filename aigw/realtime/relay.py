@@ -8,9 +8,9 @@ A session, in order:
    any upgrade, and ``ex.extra_headers`` holds the route's credential.
 2. The upstream is dialled first (:mod:`aigw.realtime.handshake` builds the
    URL, headers and subprotocols): a failure is answered as the HTTP relay
-   answers it (502/504 JSON, the same ``ex.outcome``\\ s, so a balanced route
-   fails over), and an upstream that refuses the upgrade has its status
-   relayed; the client is still plain HTTP at that point.
+   answers it (502/504 JSON, with the same outcome in ``ex.outcome``, so a
+   balanced route fails over), and an upstream that refuses the upgrade has
+   its status relayed; the client is still plain HTTP at that point.
 3. The client is accepted, echoing the subprotocol the upstream chose.
 4. Two pumps (:mod:`aigw.realtime.pump`) relay frames both ways until one
    side ends; the relay then closes both with the codes the ending names: a

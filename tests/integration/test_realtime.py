@@ -22,7 +22,7 @@ import pytest
 from aiohttp import WSMsgType
 from openai import AsyncAzureOpenAI, AsyncOpenAI, AzureOpenAI, OpenAI
 
-from tests.integration.harness import GatewayProcess, wait_until
+from tests.integration.harness import GatewayProcess, MockProcess, wait_until
 from tests.integration.realtime_peer import USAGE, PeerSession, RealtimePeer
 
 ROUTE_KEY = "route-key-for-the-upstream"
@@ -375,3 +375,126 @@ def test_a_plain_get_on_the_realtime_route_is_400_websocket_required(
     body = json.loads(refused.value.read())
     assert body["error"]["code"] == "websocket_required"
     assert peer.sessions == []
+
+
+# -- the model route and the bundled Azure mock -----------------------------------
+
+MOCK_DEPLOYMENT = "gpt-4o-realtime-preview"
+MODEL_ROUTE = f"""route:
+  name: realtime-model
+  models: [{MOCK_DEPLOYMENT}]
+plugins:
+  - name: ai-proxy-advanced
+    config:
+      targets:
+        - auth:
+            header_name: api-key
+            header_value: ${{AZURE_OPENAI_KEY}}
+          model:
+            provider: azure
+            name: {MOCK_DEPLOYMENT}
+            options:
+              azure_instance: testresource
+              azure_deployment_id: {MOCK_DEPLOYMENT}
+"""
+
+
+@pytest.fixture(scope="module")
+def mock_gateway(
+    tmp_path_factory: pytest.TempPathFactory, mock: MockProcess
+) -> Iterator[GatewayProcess]:
+    conf = tmp_path_factory.mktemp("realtime-model-conf.d")
+    (conf / "realtime-model.yaml").write_text(MODEL_ROUTE)
+    process = GatewayProcess(
+        conf, "--azure-base-url", mock.url, env={"AZURE_OPENAI_KEY": MockProcess.api_key}
+    )
+    yield process
+    process.close()
+
+
+def _mock_session(mock: MockProcess, count: int) -> dict[str, Any]:
+    """The mock's *count*-th session record, once the session has closed."""
+
+    def closed() -> dict[str, Any] | None:
+        sessions = mock.sessions()
+        if len(sessions) >= count and sessions[count - 1]["session"].get("closed_by"):
+            return sessions[count - 1]
+        return None
+
+    record: dict[str, Any] = wait_until(closed, timeout=10)
+    return record
+
+
+@pytest.mark.parametrize("style", ["v1", "classic"])
+def test_sdk_sessions_through_a_model_route_to_the_azure_mock(
+    mock_gateway: GatewayProcess, mock: MockProcess, style: str
+) -> None:
+    count = len(mock.sessions())
+    before = _lines(mock_gateway, CLIENT_PATH[style])
+    client = _sync_client(mock_gateway, style)
+    done: list[tuple[int, int, int]] = []
+    with client.realtime.connect(model=MOCK_DEPLOYMENT) as connection:
+        for _ in range(2):
+            connection.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Say hello"}],
+                }
+            )
+            connection.response.create(response={"output_modalities": ["text"]})
+            for event in connection:
+                if event.type == "response.done":
+                    usage = event.response.usage
+                    assert usage is not None
+                    done.append(
+                        (usage.input_tokens or 0, usage.output_tokens or 0, usage.total_tokens or 0)
+                    )
+                    break
+    client.close()
+    record = _mock_session(mock, count + 1)
+    assert record["session"]["closed_by"] == "client"
+    assert record["headers"].get("api-key") == MockProcess.api_key
+    line = _session_line(mock_gateway, CLIENT_PATH[style], before)
+    assert line["route"] == "realtime-model"
+    assert (line["status"], line["responses"], line["close_code"]) == (101, 2, 1000)
+    assert len(done) == 2 and all(total > 0 for _, _, total in done)
+    assert line["prompt_tokens"] == sum(given for given, _, _ in done)
+    assert line["completion_tokens"] == sum(taken for _, taken, _ in done)
+    assert line["total_tokens"] == sum(total for _, _, total in done)
+    assert line["frames_in"] == record["session"]["frames_in"]
+    assert line["frames_out"] == record["session"]["frames_out"]
+
+
+async def test_the_mock_dropping_a_session_closes_the_client_with_1011(
+    mock_gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            _ws_url(mock_gateway, f"/openai/v1/realtime?model={MOCK_DEPLOYMENT}"),
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as ws,
+    ):
+        await ws.receive_str(timeout=5)
+        assert await asyncio.to_thread(mock.drop_sessions) == 1
+        message = await ws.receive(timeout=5)
+    assert (message.type, message.data) == (WSMsgType.CLOSE, 1011)
+
+
+async def test_a_vanished_client_closes_the_mocks_session(
+    mock_gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    count = len(await asyncio.to_thread(mock.sessions))
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(
+            _ws_url(mock_gateway, f"/openai/realtime?deployment={MOCK_DEPLOYMENT}"),
+            headers={"api-key": CLIENT_KEY},
+        )
+        await ws.receive_str(timeout=5)
+        connection = ws._response.connection
+        assert connection is not None and connection.transport is not None
+        connection.transport.abort()
+        record = await asyncio.to_thread(_mock_session, mock, count + 1)
+    assert record["session"]["closed_by"] == "client"
+    assert record["session"]["close_code"] == 1001

@@ -122,6 +122,11 @@ def make_realtime_relay(target: UpstreamTarget, *, limits: Limits = DEFAULT_LIMI
                 compress=False,
                 timeout=_CLOSE_TIMEOUT,
             )
+            # The 101 carries what any answer does: the id to quote, a quota's state.
+            headers = client.headers
+            headers["x-request-id"] = ex.request_id
+            for name, value in ex.response_headers:
+                headers[name] = value
             await client.prepare(request)
         except BaseException:
             await _bounded(upstream.close(code=WSCloseCode.GOING_AWAY))

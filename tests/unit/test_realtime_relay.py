@@ -178,6 +178,7 @@ async def test_a_session_relays_both_ways_and_logs_frames_tokens_and_close(
     async with gateway(peer.port) as gw, aiohttp.ClientSession() as session:
         async with _connect(session, gw, protocols=("realtime",)) as ws:
             assert ws.protocol == "realtime"  # the upstream's choice, echoed
+            request_id = ws._response.headers["x-request-id"]
             created = json.loads(await ws.receive_str(timeout=5))
             assert created["type"] == "session.created"
             first = await _respond(ws)
@@ -197,6 +198,7 @@ async def test_a_session_relays_both_ways_and_logs_frames_tokens_and_close(
     assert upstream.headers["api-key"] == ROUTE_KEY
     assert CLIENT_KEY not in json.dumps(upstream.headers)
     assert line["status"] == 101
+    assert line["request_id"] == request_id
     assert line["upstream_status"] == 101
     assert line["outcome"] == "ok"
     assert line["frames_in"] == 5  # two turns of two events, one binary frame

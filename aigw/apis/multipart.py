@@ -241,6 +241,7 @@ class _FormPeek:
 
     __slots__ = (
         "_capturing",
+        "_fed",
         "_field",
         "_is_file",
         "_name",
@@ -255,6 +256,7 @@ class _FormPeek:
     def __init__(self, boundary: bytes) -> None:
         self.done = False
         self.parts = 0
+        self._fed = 0
         self.model: bytes | None = None
         self.model_part = 0
         self._field = bytearray()
@@ -283,9 +285,15 @@ class _FormPeek:
         except _Found:
             self.done = True
         except FormParserError as exc:
+            # python-multipart's own wording quotes bytes of the body: only where.
+            offset = getattr(exc, "offset", -1)
+            where = f" at byte {self._fed + offset}" if offset >= 0 else ""
             raise BadRequest(
-                _INVALID, f"the multipart/form-data body is malformed ({_reason(exc)})"
+                _INVALID,
+                f"the multipart/form-data body is malformed{where}: its boundary lines or "
+                "part headers do not follow the Content-Type's boundary",
             ) from None
+        self._fed += len(data)
 
     def end(self) -> None:
         """The body ended before the peek was done."""
@@ -333,9 +341,3 @@ class _FormPeek:
         if self.parts == 0:
             raise BadRequest(_INVALID, "the multipart/form-data body ends before any field")
         raise _Found
-
-
-def _reason(exc: FormParserError) -> str:
-    """python-multipart's reason without the byte values it quotes from the body."""
-    text = str(exc)
-    return text.split(",", 1)[0] if text.startswith("Expected") else text[:100]

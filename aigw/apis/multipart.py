@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from aigw.chain.body_reader import BodyPieces
+from aigw.chain.body_reader import BodyPieces, drop_unread_body
 from aigw.chain.exchange import Exchange
 from aigw.errors import BadRequest, UpstreamUnavailable
 from aigw.limits import Limits, MiB
@@ -184,7 +184,13 @@ async def open_multipart(ex: Exchange, limit: int, limits: Limits) -> str | None
         ExpectationFailed: ``Expect`` other than ``100-continue``.
     """
     request = ex.request
-    boundary = _boundary(request.headers.get("Content-Type", ""))
+    try:
+        boundary = _boundary(request.headers.get("Content-Type", ""))
+    except BadRequest as error:
+        # Not a form: whatever body follows is not worth draining.
+        if drop_unread_body(request):
+            error.close_connection = True
+        raise
     pieces = BodyPieces(request, limit, limits)
     peek = _FormPeek(boundary)
     parts: list[bytes] = []

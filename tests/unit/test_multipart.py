@@ -238,6 +238,17 @@ async def test_a_body_that_is_not_a_form_is_a_400(
     assert message in answer["error"]["message"]
 
 
+async def test_a_large_body_that_is_not_a_form_is_refused_without_draining_it(
+    gateway: Callable[..., Awaitable[Gateway]],
+) -> None:
+    gw = await gateway()
+    request = head(4 * 1024 * 1024, content_type="application/json") + b'{"model": "w'
+    status, answer, answer_head = await exchange(gw.port, request)
+    assert status == 400
+    assert answer["error"]["code"] == "invalid_multipart"
+    assert b"connection: close" in answer_head.lower()
+
+
 async def test_a_declared_size_over_the_limit_is_refused_before_the_body_is_sent(
     gateway: Callable[..., Awaitable[Gateway]],
 ) -> None:

@@ -70,7 +70,9 @@ async def read_bounded(
         ExpectationFailed: ``Expect`` names anything but ``100-continue``.
         ServiceUnavailable: The budget is full and this body is the one refused.
     """
-    expect = _expectation(request)
+    expect = request.headers.get(hdrs.EXPECT)
+    if expect is not None:  # rare: no call on the usual request's path
+        expect = _expectation(request, expect)
     cap = limit if 0 < limit <= budget.limit else budget.limit
     declared = request.content_length
     if declared is not None and declared > cap:
@@ -99,13 +101,12 @@ async def read_bounded(
     return await _read_in_time(content, limit, cap, limits, declared, budget)
 
 
-def _expectation(request: web.BaseRequest) -> str | None:
-    """The request's ``Expect`` (``100-continue``), or None; refuses any other with a 417."""
-    expect = request.headers.get(hdrs.EXPECT)
+def _expectation(request: web.BaseRequest, expect: str) -> str | None:
+    """The request's *expect* (``100-continue``), or None; refuses any other with a 417."""
     # RFC 9110 §10.1.1: an HTTP/1.0 client cannot expect anything; ignore it.
-    if expect is not None and request.version != HttpVersion11:
-        expect = None
-    if expect is not None and expect.strip().lower() != "100-continue":
+    if request.version != HttpVersion11:
+        return None
+    if expect.strip().lower() != "100-continue":
         _stop_waiting(request.content)
         # The value is not echoed: header values stay out of answers and logs.
         raise ExpectationFailed(
@@ -155,7 +156,9 @@ class BodyPieces:
     )
 
     def __init__(self, request: web.BaseRequest, limit: int, limits: Limits) -> None:
-        expect = _expectation(request)
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None:
+            expect = _expectation(request, expect)
         declared = request.content_length
         if limit and declared is not None and declared > limit:
             error = _too_large(limit, limit)

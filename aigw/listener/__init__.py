@@ -197,7 +197,7 @@ class Listener:
 
     async def _stop(self) -> None:
         # From here on, a request cut without its client leaving was cut by us.
-        self._shutdown.started = True
+        self._shutdown.begin()
         self._acceptor.close()
         # Connections accepted just before must be known to aiohttp's server
         # before it closes its connections, or they would outlive it.

@@ -69,14 +69,30 @@ _log = logging.getLogger("aigw.listener")
 class Shutdown:
     """Shared by the connections of one listener: whether it has started shutting down.
 
-    Set once by ``Listener.stop()``; read only when a request is cut, to tell
-    a drain cut from a client that left.
+    Set once by ``Listener.stop()`` (:meth:`begin`); read when a request is cut,
+    to tell a drain cut from a client that left, and awaited by what has no end
+    of its own to drain to (a realtime WebSocket session closes with 1001 at once).
     """
 
-    __slots__ = ("started",)
+    __slots__ = ("_begun", "started")
 
     def __init__(self) -> None:
         self.started = False
+        self._begun: asyncio.Event | None = None  # created by the first waiter
+
+    def begin(self) -> None:
+        """Marks the shutdown as started and wakes every :meth:`wait`."""
+        self.started = True
+        if self._begun is not None:
+            self._begun.set()
+
+    async def wait(self) -> None:
+        """Returns once the shutdown has started."""
+        if self._begun is None:
+            self._begun = asyncio.Event()
+            if self.started:
+                self._begun.set()
+        await self._begun.wait()
 
 
 # The answer to a client that started a request head and ran out of time,
@@ -220,6 +236,11 @@ class ClientConnection(asyncio.Protocol):
         if shutdown is not None and shutdown.started and not self._peer_closed:
             return "shutdown"
         return "client_disconnect"
+
+    @property
+    def shutdown(self) -> Shutdown | None:
+        """The listener's shutdown state (None for a connection served without one)."""
+        return self._shutdown
 
     def reclaim_order(self) -> float | None:
         """None unless the connection is reclaimable; then lowest = idle longest.

@@ -34,6 +34,7 @@ import json
 import ssl
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, web
@@ -42,6 +43,7 @@ from multidict import CIMultiDict
 from aigw.chain.exchange import Exchange, Handler
 from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from aigw.limits import DEFAULT_LIMITS, Limits
+from aigw.listener.connection import Shutdown, client_connection
 from aigw.logs import get_logger
 from aigw.realtime.handshake import client_protocols, upstream_headers, upstream_url
 from aigw.realtime.pump import (
@@ -75,6 +77,13 @@ _IDLE_CHECKS = 4
 
 _IDLE = Ending(
     "gateway", WSCloseCode.GOING_AWAY, WSCloseCode.GOING_AWAY, WSCloseCode.GOING_AWAY, b"idle"
+)
+_SHUTDOWN = Ending(
+    "gateway",
+    WSCloseCode.GOING_AWAY,
+    WSCloseCode.GOING_AWAY,
+    WSCloseCode.GOING_AWAY,
+    b"the gateway is shutting down",
 )
 _FAULT = Ending(
     "gateway",
@@ -137,7 +146,11 @@ def make_realtime_relay(target: UpstreamTarget, *, limits: Limits = DEFAULT_LIMI
         # whenever the client's connection is lost, which is also how every
         # clean close ends (the close handshake done, aigw closes the socket);
         # the session must still close the upstream properly then.
-        session = asyncio.create_task(_run(ex, client, upstream, chosen.read_timeout, stats))
+        connection = client_connection(request)
+        shutdown = connection.shutdown if connection is not None else None
+        session = asyncio.create_task(
+            _run(ex, client, upstream, chosen.read_timeout, stats, shutdown)
+        )
         try:
             await asyncio.shield(session)
         except asyncio.CancelledError:
@@ -257,6 +270,7 @@ async def _run(
     upstream: UpstreamSocket,
     idle: float,
     stats: SessionStats,
+    shutdown: Shutdown | None,
 ) -> None:
     """Relays the session until it ends, then closes both sides and fills in the log.
 
@@ -269,7 +283,7 @@ async def _run(
     )
     ending = _FAULT
     try:
-        ending = await _first_ending(pumps, stats, idle)
+        ending = await _first_ending(pumps, stats, idle, shutdown)
     except asyncio.CancelledError:
         # The handler was cancelled mid-session: the client's connection was
         # lost (or cut by the send deadline), or a shutdown's drain budget ran out.
@@ -283,6 +297,8 @@ async def _run(
         stats.close_code = ending.code
         if ending is _IDLE:
             ex.outcome = "idle_timeout"
+        elif ending is _SHUTDOWN:
+            ex.outcome = "shutdown"
         elif ending.closed_by == "upstream" and ending.code is None:
             ex.outcome = "upstream_reset"
             ex.error = "the upstream WebSocket connection was lost"
@@ -317,24 +333,38 @@ def _cut(ex: Exchange) -> Ending:
 
 
 async def _first_ending(
-    pumps: tuple[asyncio.Task[Ending], asyncio.Task[Ending]], stats: SessionStats, idle: float
+    pumps: tuple[asyncio.Task[Ending], asyncio.Task[Ending]],
+    stats: SessionStats,
+    idle: float,
+    shutdown: Shutdown | None,
 ) -> Ending:
-    """The first pump's ending, or the idle bound's when no frame moved for *idle* s."""
+    """The first pump's ending; the idle bound's when no frame moved for *idle* s; the
+    shutdown's when the listener starts stopping (a session has no end of its own to
+    drain to: it is told to go away at once, so its client reconnects elsewhere)."""
     loop = asyncio.get_running_loop()
     check = idle / _IDLE_CHECKS
     seen = 0
     quiet_since = loop.time()
-    while True:
-        done, _ = await asyncio.wait(pumps, timeout=check, return_when=asyncio.FIRST_COMPLETED)
-        if done:
-            return done.pop().result()
-        # PERF: the pumps count frames anyway; comparing counts here costs them nothing.
-        frames = stats.frames_in + stats.frames_out
-        now = loop.time()
-        if frames != seen:
-            seen, quiet_since = frames, now
-        elif now - quiet_since >= idle:
-            return _IDLE
+    stopping = None if shutdown is None else asyncio.ensure_future(shutdown.wait())
+    waits: tuple[asyncio.Future[Any], ...] = pumps if stopping is None else (*pumps, stopping)
+    try:
+        while True:
+            done, _ = await asyncio.wait(waits, timeout=check, return_when=asyncio.FIRST_COMPLETED)
+            for pump in pumps:
+                if pump in done:
+                    return pump.result()
+            if done:
+                return _SHUTDOWN
+            # PERF: the pumps count frames anyway; comparing counts here costs them nothing.
+            frames = stats.frames_in + stats.frames_out
+            now = loop.time()
+            if frames != seen:
+                seen, quiet_since = frames, now
+            elif now - quiet_since >= idle:
+                return _IDLE
+    finally:
+        if stopping is not None:
+            stopping.cancel()
 
 
 async def _close_both(client: ClientSocket, upstream: UpstreamSocket, ending: Ending) -> None:

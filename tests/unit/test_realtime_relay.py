@@ -558,3 +558,27 @@ async def test_a_connect_failure_is_a_connect_phase_outcome_the_balancer_fails_o
     finally:
         await pool.close()
     assert ex.outcome in CONNECT_PHASE_OUTCOMES
+
+
+async def test_a_shutdown_tells_open_sessions_to_go_away_at_once(peer: RealtimePeer) -> None:
+    # A session has no end of its own to drain to: waiting out the drain budget
+    # would only delay the exit, then cut it anyway.
+    settings = ListenerSettings(port=0, shutdown_timeout=10)
+    async with aiohttp.ClientSession() as session:
+        async with gateway(peer.port, settings=settings) as gw:
+            ws = await _connect(session, gw)
+            await ws.receive_str(timeout=5)
+            started = time.monotonic()
+            stopping = asyncio.create_task(gw.listener.stop())
+            message = await ws.receive(timeout=10)
+            await stopping
+            stopped = time.monotonic() - started
+            line = await gw.line()
+        await ws.close()
+    assert (message.type, message.data) == (WSMsgType.CLOSE, 1001)
+    assert stopped < 5
+    assert line["status"] == 101
+    assert line["outcome"] == "shutdown"
+    assert (line["closed_by"], line["close_code"]) == ("gateway", 1001)
+    [upstream] = await asyncio.to_thread(peer.wait_ended)
+    assert upstream.close_code == 1001

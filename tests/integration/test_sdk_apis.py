@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from openai import OpenAI
 
-from tests.integration.harness import GatewayProcess, MockProcess
+from tests.integration.conftest import GATEWAY_ENV
+from tests.integration.harness import REPO, GatewayProcess, MockProcess, wait_until
 from tests.integration.test_sdk_v1 import (
     AZURE_API_VERSION,
     assert_tokens,
@@ -264,3 +268,91 @@ async def test_async_speech_streamed_to_a_file(
         await response.stream_to_file(target)
     upstream_call(mock, path="/openai/v1/audio/speech", api_version=None, deployment="tts")
     assert target.read_bytes() == _mock_speech(mock, "/openai/v1/audio/speech", "")
+
+
+# --- the shipped examples --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_gateway(mock: MockProcess) -> Iterator[GatewayProcess]:
+    """aigw serving the repository's conf.d (the demo's), against the mock."""
+    process = GatewayProcess(REPO / "conf.d", "--azure-base-url", mock.url, env=GATEWAY_ENV)
+    yield process
+    process.close()
+
+
+def _realtime_turn(client: OpenAI, model: str) -> int:
+    """One text turn of a realtime session; the tokens its ``response.done`` reports."""
+    with client.realtime.connect(model=model) as connection:
+        connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Say hello"}],
+            }
+        )
+        connection.response.create(response={"output_modalities": ["text"]})
+        for event in connection:
+            if event.type == "response.done":
+                usage = event.response.usage
+                assert usage is not None and usage.total_tokens
+                return usage.total_tokens
+    raise AssertionError("the session ended without response.done")
+
+
+# The openai SDK's sync realtime client calls websockets' connect() the old way.
+@pytest.mark.filterwarnings(
+    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"
+)
+def test_every_shipped_example_serves_its_api(
+    shipped_gateway: GatewayProcess, mock: MockProcess, tmp_path: Path
+) -> None:
+    client = v1_client(shipped_gateway)
+    chat = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert chat.model == "gpt-4o-2024-11-20"
+    answer = azure_client(shipped_gateway).responses.create(model="gpt-4.1-mini", input="hi")
+    assert answer.output_text and answer.usage is not None
+    images = client.images.generate(model="dall-e-3", prompt="a lighthouse")
+    assert len(images.data or []) == 1
+    with client.audio.speech.with_streaming_response.create(
+        model="tts", voice="alloy", input="hello"
+    ) as speech:
+        speech.stream_to_file(tmp_path / "speech.mp3")
+    assert (tmp_path / "speech.mp3").stat().st_size > 0
+    text = client.audio.transcriptions.create(
+        model="whisper", file=("talk.wav", b"RIFF" + bytes(4096), "audio/wav")
+    )
+    assert text.text
+    assert _realtime_turn(client, "gpt-4o-realtime-preview") > 0
+
+    shipped = {yaml_route_name(path.read_text()) for path in (REPO / "conf.d").glob("*.yaml")}
+
+    def lines() -> dict[str, dict[str, Any]]:
+        return {e["route"]: e for e in shipped_gateway.events() if e.get("event") == "request"}
+
+    # The realtime session's line is written when it closes: the last one to come.
+    wait_until(lambda: "azure-gpt-4o-realtime" in lines())
+    seen = lines()
+    # Every shipped file served a call (a new example must be added above), with tokens
+    # where the API has them.
+    assert set(seen) == shipped
+    assert {route: line["status"] for route, line in seen.items()} == {
+        route: 101 if "realtime" in route else 200 for route in shipped
+    }
+    for route in ("azure-gpt-4o", "azure-gpt-4-1-mini", "azure-gpt-4o-realtime"):
+        assert seen[route]["total_tokens"] > 0, route
+    assert {r["deployment"] for r in mock.requests()} >= {
+        "gpt-4o",
+        "gpt-4.1-mini",
+        "dall-e-3",
+        "tts",
+        "whisper",
+    }
+
+
+def yaml_route_name(text: str) -> str:
+    """A route file's ``route.name`` (the shipped files spell it on one line)."""
+    [name] = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("  name:")]
+    return name

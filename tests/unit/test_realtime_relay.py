@@ -93,12 +93,12 @@ def peer() -> Iterator[RealtimePeer]:
     upstream.close()
 
 
-def _target(port: int, read_timeout: float = 30.0) -> UpstreamTarget:
+def _target(port: int, read_timeout: float = 30.0, connect_timeout: float = 2.0) -> UpstreamTarget:
     return UpstreamTarget(
         origin=Origin(scheme="http", host="127.0.0.1", port=port),
         fixed_path=None,
         default_api_version="2024-10-21",
-        connect_timeout=2.0,
+        connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         write_timeout=5.0,
         deployment=DEPLOYMENT,
@@ -111,6 +111,7 @@ async def gateway(
     port: int,
     *,
     read_timeout: float = 30.0,
+    connect_timeout: float = 2.0,
     settings: ListenerSettings | None = None,
 ) -> AsyncIterator[Gateway]:
     pool = UpstreamPool()
@@ -125,7 +126,9 @@ async def gateway(
                 partial(credentials, AuthConfig(header_name="api-key", header_value=ROUTE_KEY)),
             ),
         ],
-        make_realtime_relay(_target(port, read_timeout), limits=Limits(max_event_size=MAX_FRAME)),
+        make_realtime_relay(
+            _target(port, read_timeout, connect_timeout), limits=Limits(max_event_size=MAX_FRAME)
+        ),
     )
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -373,6 +376,22 @@ async def test_an_unreachable_upstream_is_502_before_any_upgrade() -> None:
         line = await gw.line()
     assert refused.value.status == 502
     assert line["outcome"] == "upstream_unreachable"
+
+
+async def test_an_upstream_that_never_answers_the_upgrade_is_504_in_connect_timeout() -> None:
+    with socket.socket() as silent:  # listens, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        async with gateway(port, connect_timeout=0.5) as gw, aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await _connect(session, gw)
+            waited = time.monotonic() - started
+            line = await gw.line()
+    assert refused.value.status == 504
+    assert 0.4 < waited < 4
+    assert line["outcome"] == "upstream_connect_timeout"
 
 
 async def test_subprotocols_cross_except_a_key_in_disguise(peer: RealtimePeer) -> None:

@@ -295,17 +295,23 @@ def summary(doc: dict[str, Any]) -> str:
         f"Realtime relay, {doc['sessions']} concurrent sessions, "
         f"{len(rounds)} rounds (medians over rounds)",
         "",
-        "| phase | path | echoes/s | frames/s relayed | rtt p50 ms | rtt p99 ms | aigw cores |",
-        "|---|---|---|---|---|---|---|",
+        "| phase | path | echoes/s | frames/s relayed | rtt p50 ms | rtt p99 ms | aigw cores "
+        "| aigw CPU µs/frame |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for phase in ("paced", "flood"):
         for name in ("direct", "aigw"):
             key = f"{phase}/{name}"
             frames = f"{med(key, 'frames_per_s'):.0f}" if name == "aigw" else "-"
             cores = f"{med(key, 'aigw_cores'):.2f}" if name == "aigw" else "-"
+            per_frame = (
+                f"{median(r[key]['aigw_cores'] * 1e6 / r[key]['frames_per_s'] for r in rounds):.1f}"
+                if name == "aigw"
+                else "-"
+            )
             lines.append(
                 f"| {phase} | {name} | {med(key, 'echoes_per_s'):.0f} | {frames} | "
-                f"{med(key, 'p50_ms'):.3f} | {med(key, 'p99_ms'):.3f} | {cores} |"
+                f"{med(key, 'p50_ms'):.3f} | {med(key, 'p99_ms'):.3f} | {cores} | {per_frame} |"
             )
     lines += [
         "",

@@ -6,10 +6,13 @@ config load: URL building, header tuples, defaults, the fold of the chain.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from aiohttp import web
+
+from aigw.apis.operations import BY_ROUTE_TYPE, REALTIME
 from aigw.balancer.criteria import FailoverPolicy
 from aigw.balancer.members import compile_members, is_entra
 from aigw.balancer.pickers import make_picker
@@ -19,16 +22,17 @@ from aigw.chain.access_log import access_log
 from aigw.chain.body import body_checks, shared_option_defaults
 from aigw.chain.credentials import credentials
 from aigw.chain.errors import error_responses
-from aigw.chain.exchange import Handler
+from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.info import RouteInfo
 from aigw.chain.request_id import request_id
-from aigw.config.model import AccessPlugins, BalancerConfig, RouteFile
+from aigw.config.model import AccessPlugins, BalancerConfig, RouteFile, RouteType
 from aigw.consumers.acl import acl
 from aigw.consumers.key_auth import key_auth
 from aigw.identity import IdentityRegistry
 from aigw.limits import DEFAULT_LIMITS, Limits
-from aigw.metrics import METRICS
+from aigw.metrics import METRICS, StreamsInFlight
 from aigw.quotas import QuotaRegistry
+from aigw.realtime.relay import make_realtime_relay
 from aigw.templates import is_templated
 from aigw.templates.resolve import compile_resolver, resolve_stage
 from aigw.upstream.relay import make_relay
@@ -38,8 +42,6 @@ __all__ = ["CompiledRoute", "Stage", "compile_chain", "compile_route"]
 
 Stage = tuple[str, Callable[[Handler], Handler]]
 """A named chain stage factory: given the next handler, returns this stage's."""
-
-_DONE_TERMINATED = frozenset({"llm/v1/chat", "llm/v1/completions"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,19 @@ def compile_route(
         stages.append(("key_auth", partial(key_auth, plugins.key_auth)))
     if plugins.acl is not None:
         stages.append(("acl", partial(acl, info.name, plugins.acl)))
-    stages.append(("body_checks", partial(body_checks, proxy, target_config, limits)))
+    stages.append(
+        (
+            "body_checks",
+            partial(
+                body_checks,
+                proxy,
+                target_config,
+                limits,
+                route=info.name,
+                models=file.route.models,
+            ),
+        )
+    )
     limit = plugins.token_limit
     if limit is not None:
         if quotas is None:
@@ -168,9 +182,9 @@ def compile_route(
         stages.append(("balance", partial(balance, pool)))
     else:
         stages.append(("credentials", partial(credentials, target_config.auth)))
-    terminal = make_relay(
+    terminal = _terminal(
         target,
-        require_done=target_config.route_type in _DONE_TERMINATED,
+        target_config.route_type,
         model_header=proxy.model_name_header,
         capture_body=target_config.logging.log_payloads,
         streams_in_flight=metrics.streams_in_flight,
@@ -184,6 +198,40 @@ def compile_route(
         stages=(*(name for name, _ in stages), "relay"),
         pool=pool,
     )
+
+
+def _terminal(
+    target: UpstreamTarget,
+    route_type: RouteType,
+    *,
+    model_header: bool,
+    capture_body: bool,
+    streams_in_flight: StreamsInFlight,
+    limits: Limits,
+) -> Handler:
+    """The chain's last handler: the HTTP relay, the realtime (WebSocket) relay, or on
+    ``auto`` a switch between the two on the request's operation."""
+    if route_type == REALTIME.route_type:
+        return make_realtime_relay(target, limits=limits)
+    operation = BY_ROUTE_TYPE.get(route_type)
+    http = make_relay(
+        target,
+        require_done=operation is not None and operation.require_done,
+        model_header=model_header,
+        capture_body=capture_body,
+        streams_in_flight=streams_in_flight,
+        limits=limits,
+        operation=operation,
+    )
+    if route_type != "auto":
+        return http
+    realtime = make_realtime_relay(target, limits=limits)
+
+    # PERF: a plain function returning the chosen relay's awaitable: no frame of its own.
+    def switch(ex: Exchange) -> Awaitable[web.StreamResponse]:
+        return realtime(ex) if ex.operation is REALTIME else http(ex)
+
+    return switch
 
 
 def _balanced(file: RouteFile) -> bool:

@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aigw.balancer.state import TargetKey, TargetState, TargetStates
-from aigw.chain.body import dump_json, missing_defaults, option_defaults
+from aigw.chain.body_ops import (
+    MODEL_IN_BODY,
+    dump_json,
+    missing_defaults,
+    option_defaults,
+    takes_defaults,
+)
 from aigw.chain.credentials import KeyCredential
+from aigw.chain.exchange import Exchange
 from aigw.config.model import AuthConfig, TargetConfig
 from aigw.identity import IdentityRegistry, TokenSource
 from aigw.upstream.target import UpstreamTarget, compile_target
@@ -69,21 +76,45 @@ class Member:
         own = bool(self.defaults) or (self.key is not None and self.key.uses_body)
         object.__setattr__(self, "own_body", own)
 
-    def body(self, payload: dict[str, Any] | None, sent: bytes) -> bytes:
+    def body(
+        self, payload: dict[str, Any] | None, sent: bytes, ex: Exchange | None = None
+    ) -> bytes:
         """The bytes an attempt here sends: *sent* (the body stage's), with this target's
         defaults and body-param key added to a copy of *payload*, re-serialised only
-        when one of them changed it."""
+        when one of them changed it.
+
+        On a model-in-body request (*ex*'s ``api_style`` ``v1`` or ``openai``) the body's
+        ``model`` names the deployment: it becomes this target's (a multipart upload's
+        ``model`` field too)."""
+        deployment = self.target.deployment
+        rename = ex is not None and deployment is not None and ex.api_style in MODEL_IN_BODY
         if payload is None:
+            if rename and ex is not None and ex.upstream_stream is not None and deployment:
+                _rename_upload(ex, deployment)
             return sent
         copy: dict[str, Any] | None = None
-        for name, value in missing_defaults(payload, self.defaults):
+        if takes_defaults(ex.operation if ex is not None else None):
+            for name, value in missing_defaults(payload, self.defaults):
+                copy = copy if copy is not None else dict(payload)
+                copy[name] = value
+        if rename and payload.get("model") != deployment:
             copy = copy if copy is not None else dict(payload)
-            copy[name] = value
+            copy["model"] = deployment
         if self.key is not None:
             for name, value in self.key.body_fields(payload):
                 copy = copy if copy is not None else dict(payload)
                 copy[name] = value
         return sent if copy is None else dump_json(copy)
+
+
+def _rename_upload(ex: Exchange, deployment: str) -> None:
+    """Names *deployment* in a multipart upload's ``model`` field (before it is sent)."""
+    # Imported here: the multipart reader is its own module, loaded with the first upload.
+    from aigw.apis.multipart import MultipartStream
+
+    stream = ex.upstream_stream
+    if isinstance(stream, MultipartStream) and stream.model not in (None, deployment):
+        stream.rewrite_model(deployment)
 
 
 def target_names(targets: Sequence[TargetConfig], compiled: Sequence[UpstreamTarget]) -> list[str]:

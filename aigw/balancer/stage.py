@@ -39,6 +39,7 @@ from aigw.balancer.criteria import FailoverPolicy, Failure, retry_after_s
 from aigw.balancer.members import Member
 from aigw.balancer.metrics import BALANCER_METRICS
 from aigw.balancer.pickers import Picker
+from aigw.chain.body_ops import MODEL_IN_BODY
 from aigw.chain.exchange import Attempt, Exchange, Handler
 from aigw.errors import (
     GatewayError,
@@ -166,6 +167,8 @@ class _Balancer:
         if moving is None:
             moving = self._moving_statuses(request.method)
         payload, sent_body = ex.payload, ex.upstream_body
+        # A model-in-body request names each attempt's own deployment in its body.
+        renamed = ex.api_style in MODEL_IN_BODY
         members, pick, clock = self._members, self._pick, self._clock
         # One member (an Entra target alone): the relay's own target is the same,
         # and on a templated route only the relay knows the resolved one.
@@ -186,8 +189,8 @@ class _Balancer:
             member = members[index]
             if pooled:
                 ex.target = member.target
-            if member.own_body:
-                ex.upstream_body = member.body(payload, sent_body)
+            if member.own_body or renamed:
+                ex.upstream_body = member.body(payload, sent_body, ex)
             final = number == max_attempts
             # Statuses are given up only when another attempt may follow; the last
             # attempt's answer is relayed as it is (a 429 with Azure's retry-after).

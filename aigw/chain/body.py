@@ -1,214 +1,278 @@
 """Chain stage: read, bound and check the request body before anything is forwarded.
 
-Per route type (Kong's ``route_type``):
+What a body must be depends on the operation (``aigw.apis.operations``): its
+JSON rules are ``aigw.chain.body_ops``'; a multipart upload is opened, not read
+(``aigw.apis.multipart``: its leading fields only, the file streams on later); a
+realtime session has no body. ``preserve`` forwards the body untouched.
 
-* ``llm/v1/chat`` needs a non-empty ``messages`` array, ``llm/v1/completions``
-  a ``prompt``, ``llm/v1/embeddings`` an ``input``;
-* a body ``model`` that differs from the configured ``model.name`` is refused
-  (the SDK sends the deployment name there; Kong refuses the same way), unless
-  it is one of the target's ``model.model_alias`` names or the route sets
-  ``ignore_body_model`` (Azure itself ignores it on a deployment path); on a
-  pool of targets, any target's name or alias is accepted;
-* ``max_tokens`` / ``temperature`` / ``top_p`` from ``model.options`` fill in
-  what the client left out; they never override the client. On a pool whose
-  targets' defaults differ, each attempt adds its own target's instead
-  (``aigw.balancer.members``);
-* a chat or completions stream gets ``stream_options.include_usage`` so every
-  stream is accounted; the relay hides the extra chunk from a client that did
-  not ask for it. Only on api-versions that know ``stream_options``
-  (2024-09-01-preview, 2024-10-21 and later): older ones refuse the whole
-  request with "Unknown parameter", so their streams go as they came and the
-  access log says ``usage_unavailable: "api_version"``;
-* ``preserve`` forwards the body untouched.
+A path route's operation is its ``route_type``, fixed at load. A model route
+(``route.models``) learns it per request: from the model dispatcher
+(``ex.operation``, ``/openai/v1/…`` and ``/openai/responses``), or from the rest of
+a classic ``/openai/deployments/{model}/…`` path, read here. A route of a specific
+type serves that operation only; ``auto`` serves them all.
 
 The body itself is read by :func:`aigw.chain.body_reader.read_bounded`, within
 the route's size limit and the process's body deadlines, and its bytes are
 reserved in the worker's body budget (``aigw.chain.body_budget``) until the
-request ends: ``ex.client_body`` keeps them alive that long.
+request ends: ``ex.client_body`` keeps them alive that long. A body the model
+dispatcher already read (``ex.body_preread``) is neither read nor parsed again,
+and its reservation is the dispatcher's; only this route's size limit is checked.
 
-The JSON is re-serialised only when one of these rules changed it; otherwise
-the client's bytes go upstream as they came.
+A WebSocket upgrade (an empty body with ``Upgrade: websocket``) on a route that
+does not speak it is refused here, where an empty body is noticed anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Final
 
 import orjson
 from aiohttp import web
-from yarl import URL
 
+from aigw.apis.operations import BY_ROUTE_TYPE, BY_SUFFIX, OPERATIONS, Operation
 from aigw.chain.body_budget import BODY_BUFFER_FULL
+from aigw.chain.body_ops import (
+    MODEL_IN_BODY,
+    PayloadCheck,
+    accepts_stream_options,
+    compile_payload_check,
+    dump_json,
+    missing_defaults,
+    option_defaults,
+    parse_object,
+    shared_option_defaults,
+)
 from aigw.chain.body_reader import read_bounded
 from aigw.chain.exchange import Exchange, Handler
 from aigw.config.model import AiProxyAdvancedConfig, TargetConfig
-from aigw.errors import BadRequest, RequestTimeout, ServiceUnavailable
-from aigw.limits import Limits
-from aigw.upstream.target import DEFAULT_API_VERSION, valid_api_version
+from aigw.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    RouteNotFound,
+    ServiceUnavailable,
+)
+from aigw.limits import Limits, MiB
+from aigw.realtime.upgrade import is_websocket_upgrade
 
-__all__ = ["body_checks", "missing_defaults", "option_defaults", "shared_option_defaults"]
+__all__ = [
+    "accepts_stream_options",
+    "body_checks",
+    "dump_json",
+    "missing_defaults",
+    "option_defaults",
+    "shared_option_defaults",
+]
 
-_STREAMING_TYPES = frozenset({"llm/v1/chat", "llm/v1/completions"})
-_REQUIRED_FIELD = {
-    "llm/v1/chat": "messages",
-    "llm/v1/completions": "prompt",
-    "llm/v1/embeddings": "input",
-}
-
+_parse_object = parse_object  # the model dispatcher's name for it
 
 _BODY_OUTCOMES = {408: "client_body_timeout", 503: BODY_BUFFER_FULL}
 """The access log's outcome for a body that did not arrive in time (408), or
 that the worker's body budget had no room for (503)."""
 
+_DEFAULT_BODY_LIMIT: Final = 8 * MiB  # AiProxyAdvancedConfig's default
+_MULTIPART_LIMIT: Final = 25 * MiB
+"""A multipart upload's bound when its route keeps the default ``max_request_body_size``:
+Azure's own file limit (as the model dispatcher bounds it)."""
+
 
 def body_checks(
-    proxy: AiProxyAdvancedConfig, target: TargetConfig, limits: Limits, next_: Handler
+    proxy: AiProxyAdvancedConfig,
+    target: TargetConfig,
+    limits: Limits,
+    next_: Handler,
+    *,
+    route: str = "",
+    models: tuple[str, ...] = (),
 ) -> Handler:
-    """Builds the body stage for one route (all decisions that can be made now, are)."""
+    """Builds the body stage for one route (all decisions that can be made now, are).
+
+    Args:
+        proxy: The route's plugin config.
+        target: Its first target (every target shares the route_type).
+        limits: The process's body deadlines.
+        next_: The rest of the chain.
+        route: The route's name, for error messages.
+        models: ``route.models``: a model route learns each request's operation
+            (and its API style) per request.
+    """
     limit = proxy.max_request_body_size
     route_type = target.route_type
     if route_type == "preserve":
-        return _body_stage(limit, limits, _peek_at_stream, next_)
-
-    required = _REQUIRED_FIELD[route_type]
-    streams = route_type in _STREAMING_TYPES
-    streaming_mode = proxy.response_streaming
-    check_model = None if proxy.ignore_body_model else _model_check(proxy, target)
-    targets = proxy.targets
-    # Only when every target's api-version knows stream_options (the body goes to any).
-    usage_by_default = all(
-        accepts_stream_options(_default_api_version(config)) for config in targets
-    )
-    if len(targets) > 1:
-        defaults = shared_option_defaults(targets) or ()
-    else:
-        defaults = option_defaults(target)
-
-    def check(ex: Exchange, body: bytes) -> None:
-        """Refuses a body this route cannot serve; fills in what the route adds."""
-        payload = _parse_object(body)
-        _require(payload, required)
-        requested = payload.get("model")
-        if isinstance(requested, str) and requested:
-            ex.requested_model = requested
-            if check_model is not None:
-                check_model(ex, requested)
-        changed = False
-        if streams:
-            stream = payload.get("stream") is True
-            if stream and streaming_mode == "deny":
-                raise BadRequest(
-                    "streaming_disabled",
-                    "response streaming is disabled for this route (response_streaming: deny)",
-                    param="stream",
-                )
-            if not stream and streaming_mode == "always":
-                payload["stream"] = stream = changed = True
-            if stream:
-                ex.stream = True
-                if _usage_available(ex, usage_by_default):
-                    changed |= _ask_for_usage(ex, payload)
-            if defaults:
-                for key, value in missing_defaults(payload, defaults):
-                    payload[key] = value
-                    changed = True
-        ex.payload = payload
-        if changed:
-            ex.upstream_body = dump_json(payload)
-
-    return _body_stage(limit, limits, check, next_)
-
-
-def option_defaults(target: TargetConfig) -> tuple[tuple[str, Any], ...]:
-    """What *target*'s ``model.options`` add to a body that lacks them (chat and completions)."""
-    if target.route_type not in _STREAMING_TYPES:
-        return ()
-    options = target.model.options
-    return tuple(
-        (key, value)
-        for key, value in (
-            ("max_tokens", options.max_tokens),
-            ("temperature", options.temperature),
-            ("top_p", options.top_p),
+        return _body_stage(limit, limits, route, _peek_at_stream, next_)
+    bound = BY_ROUTE_TYPE.get(route_type)
+    if not models and bound is not None:
+        return _path_route_stage(bound, proxy, target, limits, route, next_)
+    # One target: the body stage itself names the deployment in a model-in-body body.
+    single = len(proxy.targets) == 1
+    checks = {
+        operation: compile_payload_check(
+            operation, proxy, target, route_models=models, rewrite_model=single
         )
-        if value is not None
-    )
+        for operation in (OPERATIONS if bound is None else (bound,))
+    }
+    return _ModelRouteStage(
+        route=route,
+        bound=bound,
+        checks=checks,
+        limit=limit,
+        limits=limits,
+        deployment=target.model.options.azure_deployment_id if single else None,
+        next_=next_,
+    ).stage
 
 
-def missing_defaults(
-    payload: dict[str, Any], defaults: tuple[tuple[str, Any], ...]
-) -> Iterator[tuple[str, Any]]:
-    """The option *defaults* that *payload* lacks: the client's value always stands, and a
-    client that sets ``max_completion_tokens`` gets no ``max_tokens`` beside it."""
-    for key, value in defaults:
-        if key not in payload and not (key == "max_tokens" and "max_completion_tokens" in payload):
-            yield key, value
+def _path_route_stage(
+    operation: Operation,
+    proxy: AiProxyAdvancedConfig,
+    target: TargetConfig,
+    limits: Limits,
+    route: str,
+    next_: Handler,
+) -> Handler:
+    """A path route's stage: its operation is its route_type (no per-request choice)."""
+    limit = proxy.max_request_body_size
+    if operation.body == "none":
+        return next_  # a realtime session: no body to check
+    check = compile_payload_check(operation, proxy, target)
+    if operation.body == "multipart":
+        multipart_limit = _multipart_limit(limit)
+
+        async def multipart_stage(ex: Exchange) -> web.StreamResponse:
+            await _open_form(ex, multipart_limit, limits, check, None)
+            return await next_(ex)
+
+        return multipart_stage
+
+    def inspect(ex: Exchange, body: bytes) -> None:
+        check(ex, parse_object(body))
+
+    return _body_stage(limit, limits, route, inspect, next_)
 
 
-def shared_option_defaults(
-    targets: tuple[TargetConfig, ...],
-) -> tuple[tuple[str, Any], ...] | None:
-    """The option defaults every target shares (added once, by the body stage); None when
-    they differ (each attempt then adds its own target's)."""
-    first = option_defaults(targets[0])
-    if all(option_defaults(config) == first for config in targets[1:]):
-        return first
-    return None
+class _ModelRouteStage:
+    """The body stage of a model route: the operation is known per request."""
+
+    __slots__ = ("_bound", "_checks", "_deployment", "_limit", "_limits", "_next", "_route")
+
+    def __init__(
+        self,
+        *,
+        route: str,
+        bound: Operation | None,
+        checks: dict[Operation, PayloadCheck],
+        limit: int,
+        limits: Limits,
+        deployment: str | None,
+        next_: Handler,
+    ) -> None:
+        self._route = route
+        self._bound = bound
+        self._checks = checks
+        self._limit = limit
+        self._limits = limits
+        self._deployment = deployment
+        self._next = next_
+
+    async def stage(self, ex: Exchange) -> web.StreamResponse:
+        """Finds the request's operation, checks its body, goes on."""
+        operation = ex.operation or self._operation_of(ex)
+        if operation is not self._bound and self._bound is not None:
+            raise RouteNotFound(
+                "operation_not_found",
+                f"route `{self._route}` serves only {self._bound.route_type}; "
+                f"{ex.path[:200]} asks for {operation.route_type}",
+            )
+        check = self._checks[operation]
+        if operation.body == "json":
+            if ex.body_preread:
+                _within(len(ex.client_body), self._limit)
+                payload = ex.payload
+                if payload is None:  # the dispatcher always parses; kept honest
+                    payload = parse_object(ex.client_body)
+                check(ex, payload)
+                return await self._next(ex)
+            body = await _read(ex, self._limit, self._limits)
+            try:
+                ex.client_body = ex.upstream_body = body
+                if not body:
+                    _refuse_upgrade(ex, self._route)
+                check(ex, parse_object(body))
+                return await self._next(ex)
+            finally:
+                ex.body_budget.release(len(body))
+        if operation.body == "multipart":
+            limit = _multipart_limit(self._limit)
+            await _open_form(ex, limit, self._limits, check, self._deployment)
+        return await self._next(ex)
+
+    def _operation_of(self, ex: Exchange) -> Operation:
+        """The operation of a request the dispatcher did not name: a classic deployment
+        path's rest (``chat/completions``), else the route's own type."""
+        params = ex.params
+        rest = params.get("*") if params else None
+        operation = BY_SUFFIX.get(rest) if rest is not None else self._bound
+        if operation is None:
+            raise RouteNotFound(
+                "operation_not_found",
+                f"route `{self._route}` serves no Azure OpenAI operation at {ex.path[:200]}; "
+                "a deployment path ends in one of "
+                f"{', '.join(sorted(BY_SUFFIX))}",
+            )
+        if rest is not None:
+            ex.api_style = "deployments"
+        ex.operation = operation
+        return operation
 
 
-def _model_check(
-    proxy: AiProxyAdvancedConfig, target: TargetConfig
-) -> Callable[[Exchange, str], None]:
-    """The check of a body ``model``: against the one target, or any target of a pool."""
-    targets = proxy.targets
-    if len(targets) == 1:
-        model_name = target.model.name
-        aliases = frozenset(target.model.model_alias)
-        return lambda ex, requested: _check_model(requested, _served_model(ex, model_name), aliases)
-    allowed = frozenset(
-        name
-        for config in targets
-        for name in (config.model.name, *config.model.model_alias)
-        if name is not None
-    )
-    any_model = None if any(config.model.name is None for config in targets) else ""
-    return lambda ex, requested: _check_pool_model(requested, any_model, allowed)
+async def _open_form(
+    ex: Exchange, limit: int, limits: Limits, check: PayloadCheck, deployment: str | None
+) -> None:
+    """Opens a multipart upload (unless the dispatcher did): checks its ``model`` field
+    as a JSON body's, and names the deployment in it on a model-in-body request."""
+    # Imported here: the multipart reader is its own module, loaded with the first upload.
+    from aigw.apis.multipart import MultipartStream, open_multipart
+
+    if ex.upstream_stream is None:
+        model = await open_multipart(ex, limit, limits)
+    else:
+        model = ex.requested_model
+    # The form's leading fields stand for a JSON body (only `model` is read).
+    check(ex, {} if model is None else {"model": model})
+    stream = ex.upstream_stream
+    if (
+        deployment is not None
+        and model is not None
+        and model != deployment
+        and ex.api_style in MODEL_IN_BODY
+        and isinstance(stream, MultipartStream)
+    ):
+        stream.rewrite_model(deployment)
 
 
-def _check_pool_model(requested: str, any_model: str | None, allowed: frozenset[str]) -> None:
-    """Refuses a body ``model`` no target of a pool serves (*any_model* None: a target
-    without ``model.name`` takes whatever the client names)."""
-    if any_model is None or requested in allowed:
-        return
-    raise BadRequest(
-        "model_mismatch",
-        f"model {requested[:200]!r} is not served here: this route serves "
-        f"{', '.join(repr(name) for name in sorted(allowed))}. To accept this name, list it "
-        "in a target's `model.model_alias`, or set `ignore_body_model: true` in its plugin "
-        "config",
-        param="model",
-    )
+def _multipart_limit(limit: int) -> int:
+    return _MULTIPART_LIMIT if limit == _DEFAULT_BODY_LIMIT else limit
 
 
-def _served_model(ex: Exchange, configured: str | None) -> str | None:
-    """The model a request must name: on a templated route, the one resolved
-    for it before this stage (aigw.templates)."""
-    resolved = ex.resolved
-    return configured if resolved is None else resolved.target.model
+def _within(size: int, limit: int) -> None:
+    """This route's size limit, on a body another limit let in (the dispatcher's is the
+    loosest of all model routes'); worded as ``read_bounded`` words it."""
+    if 0 < limit < size:
+        raise PayloadTooLarge(
+            "request_too_large",
+            f"the request body is larger than this route's max_request_body_size ({limit} bytes)",
+        )
 
 
-def _check_model(requested: str, served: str | None, aliases: frozenset[str]) -> None:
-    """Refuses a body ``model`` that is neither the served model nor one of its aliases."""
-    if served is None or requested == served or requested in aliases:
-        return
-    raise BadRequest(
-        "model_mismatch",
-        f"model {requested[:200]!r} is not served here: this route serves {served!r}. To "
-        "accept this name, list it in the route's `model.model_alias`, or set "
-        "`ignore_body_model: true` in its plugin config",
-        param="model",
-    )
+def _refuse_upgrade(ex: Exchange, route: str) -> None:
+    """400 for a WebSocket upgrade on a route that does not speak WebSocket."""
+    if is_websocket_upgrade(ex.request):
+        raise BadRequest(
+            "websocket_not_supported",
+            f"route `{route}` does not speak WebSocket; the Realtime API is served by routes "
+            "of route_type realtime/v1/realtime or auto",
+        )
 
 
 def _peek_at_stream(ex: Exchange, body: bytes) -> None:
@@ -221,11 +285,24 @@ def _peek_at_stream(ex: Exchange, body: bytes) -> None:
         ex.stream = isinstance(payload, dict) and payload.get("stream") is True
 
 
+async def _read(ex: Exchange, limit: int, limits: Limits) -> bytes:
+    """The body, read within its bounds; its bytes reserved until the caller releases them."""
+    try:
+        return await read_bounded(ex.request, limit, limits, ex.body_budget)
+    except (RequestTimeout, ServiceUnavailable) as error:
+        ex.outcome = _BODY_OUTCOMES[error.status]
+        raise
+
+
 def _body_stage(
-    limit: int, limits: Limits, inspect: Callable[[Exchange, bytes], None], next_: Handler
+    limit: int,
+    limits: Limits,
+    route: str,
+    inspect: Callable[[Exchange, bytes], None],
+    next_: Handler,
 ) -> Handler:
-    """The stage every route type shares: read the body within its bounds, let
-    *inspect* check it (and set ``ex.upstream_body`` if it rewrites it), go on.
+    """The stage every path route with a body shares: read the body within its bounds,
+    let *inspect* check it (and set ``ex.upstream_body`` if it rewrites it), go on.
 
     *inspect* is a plain function, so this costs no extra coroutine per request.
     """
@@ -239,122 +316,11 @@ def _body_stage(
         # The body's bytes stay reserved until the request ends (ex.client_body).
         try:
             ex.client_body = ex.upstream_body = body
+            if not body:
+                _refuse_upgrade(ex, route)
             inspect(ex, body)
             return await next_(ex)
         finally:
             ex.body_budget.release(len(body))
 
     return stage
-
-
-def _parse_object(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise BadRequest("invalid_json", "the request body is empty; expected a JSON object")
-    try:
-        # RFC 8259: JSON on the wire is UTF-8; orjson insists on it (the
-        # standard library would guess UTF-16/32 from the first bytes).
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise _invalid_json(body, exc) from exc
-    if not isinstance(payload, dict):
-        raise BadRequest(
-            "invalid_json",
-            f"the request body must be a JSON object, not {_json_type(payload)}",
-        )
-    return payload
-
-
-def _invalid_json(body: bytes, exc: orjson.JSONDecodeError) -> BadRequest:
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        return BadRequest("invalid_json", "the request body is not valid UTF-8")
-    return BadRequest("invalid_json", f"the request body is not valid JSON: {exc}")
-
-
-def _json_type(value: object) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
-
-
-def _require(payload: dict[str, Any], field: str) -> None:
-    value = payload.get(field)
-    if field == "messages":
-        valid = isinstance(value, list) and len(value) > 0
-        expected = "a non-empty array"
-    else:
-        valid = isinstance(value, (str, list)) and len(value) > 0
-        expected = "a non-empty string or array"
-    if not valid:
-        state = "missing" if value is None else f"not {expected}"
-        raise BadRequest(
-            "invalid_request_body",
-            f"'{field}' is {state}; this route ({_route_kind(field)}) needs {expected}",
-            param=field,
-        )
-
-
-def _route_kind(field: str) -> str:
-    return {v: k for k, v in _REQUIRED_FIELD.items()}[field]
-
-
-_FIRST_STREAM_OPTIONS_PREVIEW = "2024-09-01"
-_FIRST_STREAM_OPTIONS_GA = DEFAULT_API_VERSION  # 2024-10-21
-
-
-def accepts_stream_options(api_version: str) -> bool:
-    """True if Azure accepts ``stream_options`` on *api_version*.
-
-    It arrived in 2024-09-01-preview and in GA 2024-10-21; earlier versions
-    answer 400 "Unknown parameter". The undated aliases (``v1``, ``preview``,
-    ``latest``) are current. A malformed version is False: the relay refuses it.
-    """
-    if not valid_api_version(api_version):
-        return False
-    if not api_version[:1].isdigit():
-        return True
-    date = api_version[:10]  # YYYY-MM-DD sorts as text
-    if api_version.endswith("-preview"):
-        return date >= _FIRST_STREAM_OPTIONS_PREVIEW
-    return date >= _FIRST_STREAM_OPTIONS_GA
-
-
-def _default_api_version(target: TargetConfig) -> str:
-    """The api-version sent when the client names none (as ``compile_target`` picks it)."""
-    options = target.model.options
-    version = options.azure_api_version
-    if options.upstream_url:
-        version = URL(options.upstream_url).query.get("api-version") or version
-    return version or DEFAULT_API_VERSION
-
-
-def _usage_available(ex: Exchange, by_default: bool) -> bool:
-    """Whether this request's api-version lets aigw ask for the stream's usage."""
-    request = ex.request
-    # request.query is parsed once per request and cached by aiohttp; the
-    # relay reads the same mapping (and refuses a malformed version).
-    version = request.query.get("api-version") if request.query_string else None
-    resolved = ex.resolved
-    if version is None and resolved is not None:  # a templated azure_api_version
-        version = resolved.target.default_api_version
-    available = by_default if version is None else accepts_stream_options(version)
-    if not available:
-        ex.usage_unavailable = "api_version"
-    return available
-
-
-def _ask_for_usage(ex: Exchange, payload: dict[str, Any]) -> bool:
-    options = payload.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return False
-    if options is not None and not isinstance(options, dict):
-        return False  # malformed: let Azure say so in its own words
-    payload["stream_options"] = {**(options or {}), "include_usage": True}
-    ex.hide_usage_chunk = True
-    return True
-
-
-def dump_json(payload: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, as the SDK itself sends it."""
-    return orjson.dumps(payload)

@@ -8,6 +8,12 @@ aigw reads from it has to come from a window of fixed size:
   reads them from there;
 * ``PayloadCapture`` keeps the first ``CAPTURE_BYTES`` for ``log_payloads``
   and says how much it left out.
+
+Usage comes in two spellings: chat's ``prompt_tokens``/``completion_tokens``
+(chat, completions, embeddings) and ``input_tokens``/``output_tokens``
+(Responses, gpt-image-1 images, gpt-4o-transcribe, realtime's ``response.done``).
+``normalise_usage`` adds chat's names to the second, so the access log, metrics
+and quotas read every usage alike.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ __all__ = [
     "TAIL_BYTES",
     "BodyWindow",
     "PayloadCapture",
+    "normalise_usage",
     "read_body_usage",
 ]
 
@@ -54,6 +61,25 @@ def read_body_usage(body: bytes) -> Usage:
     the ``"usage"`` or ``"model"`` patterns, so text content cannot fake them.
     """
     return _read_model(body), _read_usage(body)
+
+
+def normalise_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """*usage* with chat's names: ``prompt_tokens`` = ``input_tokens``,
+    ``completion_tokens`` = ``output_tokens``, ``total_tokens`` as given (else their
+    sum). A usage already in chat's names (or in neither) is returned as it is."""
+    if "prompt_tokens" in usage or "input_tokens" not in usage:
+        return usage
+    prompt = usage.get("input_tokens")
+    completion = usage.get("output_tokens")
+    total = usage.get("total_tokens")
+    if total is None and isinstance(prompt, int) and isinstance(completion, int):
+        total = prompt + completion
+    return {
+        **usage,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+    }
 
 
 class BodyWindow:
@@ -138,7 +164,7 @@ def _read_usage(body: bytes) -> dict[str, Any] | None:
     if start < 0 or body[at + 7 : start].strip() != b":":
         return None
     value = _usage_object(body, start)
-    return value if isinstance(value, dict) else None
+    return normalise_usage(value) if isinstance(value, dict) else None
 
 
 def _usage_object(body: bytes, start: int) -> Any:

@@ -44,6 +44,7 @@ from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
 
+from aigw.apis.operations import Operation
 from aigw.chain.exchange import Exchange, Handler
 from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from aigw.limits import DEFAULT_LIMITS, Limits
@@ -53,6 +54,7 @@ from aigw.upstream.headers import ANSWERED_RESPONSE_POLICY, REQUEST_POLICY, RESP
 from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, UpstreamResponse
 from aigw.upstream.retry_after import retry_after_s
 from aigw.upstream.sse import EventTooLarge, SSESplitter, StreamObserver
+from aigw.upstream.sse_responses import ResponsesObserver
 from aigw.upstream.target import UpstreamTarget, valid_api_version
 
 __all__ = [
@@ -100,19 +102,25 @@ def make_relay(
     capture_body: bool = False,
     streams_in_flight: StreamsInFlight | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    operation: Operation | None = None,
 ) -> Handler:
     """Builds the terminal handler for one route.
 
     Args:
         target: Where and how to forward.
         require_done: The stream protocol ends with ``data: [DONE]`` (chat and
-            completions); a stream that ends without it was cut upstream.
+            completions); a stream that ends without it was cut upstream. A request
+            whose operation is known per request (``ex.operation``, a model route)
+            takes its operation's instead.
         model_header: Add ``X-AIGW-LLM-Model`` to successful responses.
         capture_body: Keep the response body's start for the access log
             (``log_payloads``), up to ``body_window.CAPTURE_BYTES``.
         streams_in_flight: Counts this route's open streams (a context manager).
         limits: The process's bounds; ``max_response_size`` and
             ``max_event_size`` apply here.
+        operation: The route's operation when its route_type names one (a model
+            route's request may name its own, ``ex.operation``): a Responses stream
+            is read by ``ResponsesObserver``, any other by ``StreamObserver``.
     """
     # PERF: one comparison per read instead of "is there a limit, and is it crossed".
     max_body = limits.max_response_size or sys.maxsize
@@ -157,14 +165,28 @@ def make_relay(
                 tracking = (
                     streams_in_flight if streams_in_flight is not None else contextlib.nullcontext()
                 )
+                op = ex.operation or operation
                 with tracking:
                     response = await _relay_stream(
-                        ex, upstream, headers, require_done, capture_body, max_body, max_event
+                        ex,
+                        upstream,
+                        headers,
+                        require_done if op is None else op.require_done,
+                        _observer(ex, op),
+                        capture_body,
+                        max_body,
+                        max_event,
                     )
             else:
                 wants_usage = status < 300 and "json" in media_type
                 response = await _relay_body(
-                    ex, upstream, headers, capture_body, wants_usage, max_body
+                    ex,
+                    upstream,
+                    headers,
+                    capture_body,
+                    wants_usage,
+                    max_body,
+                    media_type.startswith("audio/"),
                 )
             healthy = True
             return response
@@ -179,6 +201,13 @@ def make_relay(
                 upstream.close()
 
     return relay
+
+
+def _observer(ex: Exchange, operation: Operation | None) -> StreamObserver | ResponsesObserver:
+    """The stream's usage reader: Responses events are typed, anything else is chat's."""
+    if operation is not None and operation.usage == "responses":
+        return ResponsesObserver()
+    return StreamObserver(hide_usage_chunk=ex.hide_usage_chunk)
 
 
 def _media_type(content_type: str) -> str:
@@ -202,20 +231,30 @@ def _too_large(ex: Exchange, limit: int) -> UpstreamUnavailable:
 async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
     request = ex.request
     api_version = request.query.get("api-version") if request.query_string else None
-    if api_version is None:
-        api_version = target.default_api_version
-    elif not valid_api_version(api_version):
+    if api_version is not None and not valid_api_version(api_version):
         raise BadRequest(
             "invalid_api_version",
             f"api-version {api_version[:40]!r} is not an Azure OpenAI API version "
             "(expected YYYY-MM-DD, YYYY-MM-DD-preview, v1 or preview)",
             param="api-version",
         )
+    style, operation = ex.api_style, ex.operation
+    if style is None or operation is None:
+        # A path route: its upstream path and default version were fixed at load.
+        if api_version is None:
+            api_version = target.default_api_version
+        # The version passed the syntax check above: it needs no escaping.
+        path = f"{target.path(ex.path)}?api-version={api_version}"
+    else:
+        # A model route keeps the client's API style (aigw.upstream.target).
+        path = target.operation_path(operation, style, ex.path)
+        api_version = target.operation_api_version(operation, style, api_version)
+        if api_version is not None:
+            path = f"{path}?api-version={api_version}"
     ex.api_version = api_version
-    # The version passed the syntax check above: it needs no escaping.
-    path = f"{target.path(ex.path)}?api-version={api_version}"
     if ex.extra_query:
-        path += "".join(f"&{quote(k, safe='')}={quote(v, safe='')}" for k, v in ex.extra_query)
+        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in ex.extra_query)
+        path += f"&{query}" if api_version is not None else f"?{query}"
     headers = REQUEST_POLICY.filter(request.headers.items())
     headers += ex.extra_headers
     # The relay reads usage from every body and forwards bytes unchanged, so it
@@ -229,7 +268,7 @@ async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
             request.method,
             path,
             headers,
-            ex.upstream_body,
+            ex.upstream_stream if ex.upstream_stream is not None else ex.upstream_body,
             connect_timeout=target.connect_timeout,
             read_timeout=target.read_timeout,
             write_timeout=target.write_timeout,
@@ -285,13 +324,23 @@ async def _relay_body(
     capture: bool,
     wants_usage: bool,
     max_body: int,
+    piecewise: bool,
 ) -> web.StreamResponse:
+    """Relays a non-SSE body: in one response when it arrived whole, else as it comes.
+
+    *piecewise* (audio: text-to-speech is played as it arrives) sends the first
+    piece at once instead of waiting for a second read to tell a whole body.
+    """
     read = upstream.readany
     try:
         first = await read()
-        rest = await read() if first else first
+        rest = await read() if first and not piecewise else b""
     except (TimeoutError, OSError, ProtocolError) as exc:
         raise _body_failed(ex, exc) from exc
+    if piecewise and first:
+        return await _stream_body(
+            ex, upstream, headers, (first, rest), capture, wants_usage, max_body
+        )
     if len(first) + len(rest) > max_body:
         ex.error = f"the upstream body passed {max_body} bytes before aigw answered"
         raise _too_large(ex, max_body)
@@ -405,6 +454,7 @@ async def _relay_stream(
     upstream: UpstreamResponse,
     headers: list[tuple[str, str]],
     require_done: bool,
+    observer: StreamObserver | ResponsesObserver,
     capture: bool,
     max_body: int,
     max_event: int,
@@ -416,7 +466,6 @@ async def _relay_stream(
     if transport is not None:
         tcp_nodelay(transport, True)
     await response.prepare(ex.request)
-    observer = StreamObserver(hide_usage_chunk=ex.hide_usage_chunk)
     splitter = SSESplitter(max_event)
     captured = PayloadCapture() if capture else None
     # PERF: this loop runs once per delta; everything it calls is bound once.
@@ -487,7 +536,7 @@ async def _end_stream(
     tail: bytes,
     captured: PayloadCapture | None,
     require_done: bool,
-    observer: StreamObserver,
+    observer: StreamObserver | ResponsesObserver,
 ) -> None:
     """Finishes a stream the upstream ended: cleanly, or as cut if [DONE] never came."""
     if tail:

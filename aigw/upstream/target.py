@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from aigw.apis.operations import BY_ROUTE_TYPE, ApiStyle, Operation
 from aigw.config.model import RouteType, TargetConfig
 from aigw.upstream.connection import Origin
 
@@ -24,11 +25,11 @@ GA version, and the first GA version that accepts ``stream_options``, which aigw
 relies on to account every stream."""
 
 OPERATION_PATHS: dict[RouteType, str] = {
-    "llm/v1/chat": "/chat/completions",
-    "llm/v1/completions": "/completions",
-    "llm/v1/embeddings": "/embeddings",
+    op.route_type: op.suffix for op in BY_ROUTE_TYPE.values() if op.in_deployment_path
 }
 """Azure's operation path per route type, appended to the deployment's base path."""
+
+_REALTIME_PATH = "/openai/realtime"
 
 # [0-9], not \d: \d also matches Unicode digits ("٢٠٢٤"), which would then be
 # sent in the upstream request line.
@@ -57,6 +58,13 @@ class UpstreamTarget:
         deployment: The Azure deployment name, for logs.
         label: ``provider/model`` for the model-name response header and logs.
         model: ``model.name`` (resolved, on a templated route), for the body check.
+        deployment_path: ``/openai/deployments/{azure_deployment_id}``, percent-encoded
+            (empty without a deployment id): a model route's classic-style requests go
+            there, followed by their operation's suffix.
+        explicit_path: The config names the upstream path itself (``upstream_url`` with a
+            path, or ``upstream_path``): every request goes to ``fixed_path``.
+        api_version: The configured api-version (``azure_api_version``, or the
+            ``upstream_url``'s), None when the config names none.
     """
 
     origin: Origin
@@ -68,6 +76,9 @@ class UpstreamTarget:
     deployment: str | None
     label: str
     model: str | None = None
+    deployment_path: str = ""
+    explicit_path: bool = False
+    api_version: str | None = None
 
     def path(self, client_path: str) -> str:
         """The upstream path for a request whose normalised path is *client_path*.
@@ -81,6 +92,37 @@ class UpstreamTarget:
         """The upstream URL without its query, for display."""
         return f"{self.origin}{self.path(client_path)}"
 
+    def operation_path(self, operation: Operation, style: ApiStyle, client_path: str) -> str:
+        """The upstream path of a model route's request, whose operation and API style
+        are known per request (``ex.operation``, ``ex.api_style``).
+
+        The client's style is kept: a classic ``/openai/deployments/{model}/…`` request
+        goes to this target's deployment; a v1 (``/openai/v1/…``) or classic
+        model-in-body (``/openai/responses``) request keeps its path, its deployment
+        being the body's ``model``. A path the config names itself always wins.
+        """
+        if self.explicit_path and self.fixed_path is not None:
+            return self.fixed_path
+        if style == "deployments" and self.deployment_path:
+            return self.deployment_path + operation.suffix
+        return client_path
+
+    def operation_api_version(
+        self, operation: Operation, style: ApiStyle, client: str | None
+    ) -> str | None:
+        """The api-version a model route's request sends (None: no query at all).
+
+        The client's own, when it sent one. Otherwise a v1 request sends none (the v1
+        API needs none); any other the configured one, else the operation's minimum
+        (Responses and realtime are unknown to older versions), else
+        ``DEFAULT_API_VERSION``.
+        """
+        if client is not None:
+            return client
+        if style == "v1" and not self.explicit_path:
+            return None
+        return self.api_version or operation.default_api_version or DEFAULT_API_VERSION
+
 
 def compile_target(target: TargetConfig, *, azure_base_url: str | None = None) -> UpstreamTarget:
     """Resolves a target's upstream URL the way Kong's Azure driver does.
@@ -89,38 +131,50 @@ def compile_target(target: TargetConfig, *, azure_base_url: str | None = None) -
     base is ``https://{azure_instance}.openai.azure.com`` (or *azure_base_url*,
     the serve-time override for private endpoints and the bundled mock) and
     the path ``/openai/deployments/{azure_deployment_id}`` followed by
-    ``upstream_path`` or the route type's operation path.
+    ``upstream_path`` or the route type's operation path. An operation Azure
+    serves outside the deployment paths has its own: Responses ``/openai/responses``
+    (its deployment is the body's ``model``), realtime ``/openai/realtime``.
     """
     options = target.model.options
     deployment = options.azure_deployment_id
+    operation = BY_ROUTE_TYPE.get(target.route_type)
+    deployment_path = URL.build(path=f"/openai/deployments/{deployment}").raw_path
     fixed_path: str | None
     if options.upstream_url:
         url = URL(options.upstream_url)
         origin = url.origin()
         fixed_path = url.raw_path or "/"
+        explicit = fixed_path != "/"
         if target.route_type == "preserve":
             fixed_path = None
-        default_version = url.query.get("api-version") or options.azure_api_version
+        configured = url.query.get("api-version") or options.azure_api_version
     else:
         base = azure_base_url or f"https://{options.azure_instance}.openai.azure.com"
         origin = URL(base).origin()
+        explicit = bool(options.upstream_path)
         if target.route_type == "preserve" and not options.upstream_path:
             fixed_path = None
+        elif operation is not None and not operation.in_deployment_path and not explicit:
+            fixed_path = operation.openai_path or _REALTIME_PATH
         else:
             suffix = options.upstream_path or OPERATION_PATHS.get(target.route_type, "")
             path = f"/openai/deployments/{deployment}{_slashed(suffix)}"
             fixed_path = URL.build(path=path).raw_path
-        default_version = options.azure_api_version
+        configured = options.azure_api_version
+    minimum = operation.default_api_version if operation is not None else None
     return UpstreamTarget(
         origin=Origin(scheme=origin.scheme, host=origin.raw_host or "", port=origin.port or 0),
         fixed_path=fixed_path,
-        default_api_version=default_version or DEFAULT_API_VERSION,
+        default_api_version=configured or minimum or DEFAULT_API_VERSION,
         connect_timeout=target.connect_timeout / 1000,
         read_timeout=target.read_timeout / 1000,
         write_timeout=target.write_timeout / 1000,
         deployment=deployment,
         label=f"{target.model.provider}/{target.model.name or deployment or 'preserve'}",
         model=target.model.name,
+        deployment_path=deployment_path if deployment else "",
+        explicit_path=explicit,
+        api_version=configured,
     )
 
 

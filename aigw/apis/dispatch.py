@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
+from aigw.apis.multipart import MULTIPART_LIMIT, open_multipart
 from aigw.apis.operations import MODEL_PATHS, REALTIME, REALTIME_PATHS, ApiStyle, Operation
-from aigw.chain.body import _parse_object as parse_object
 from aigw.chain.body_budget import BODY_BUFFER_FULL
+from aigw.chain.body_ops import parse_object
 from aigw.chain.body_reader import read_bounded
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.unmatched import answer_unmatched
@@ -38,13 +39,10 @@ from aigw.limits import Limits, MiB
 if TYPE_CHECKING:
     from aigw.route import CompiledRoute
 
-__all__ = ["MULTIPART_DEFAULT_LIMIT", "ModelDispatch", "model_dispatchers"]
+__all__ = ["ModelDispatch", "model_dispatchers"]
 
-MULTIPART_DEFAULT_LIMIT: Final = 25 * MiB
-"""A multipart upload's bound when its route keeps the default ``max_request_body_size``:
-Azure's own file limit for audio and image edits."""
-
-_DEFAULT_BODY_LIMIT: Final = 8 * MiB  # AiProxyAdvancedConfig's default
+# AiProxyAdvancedConfig's default: a route that keeps it takes MULTIPART_LIMIT for uploads.
+_DEFAULT_BODY_LIMIT: Final = 8 * MiB
 _BODY_OUTCOMES: Final = {408: "client_body_timeout", 503: BODY_BUFFER_FULL}
 """The access log's outcome for a body that did not arrive in time, or had no room."""
 _SHOWN_MODEL: Final = 200
@@ -113,7 +111,7 @@ def _loosest(sizes: Iterable[int]) -> int:
 
 def _multipart_limit(route: CompiledRoute) -> int:
     size = route.file.proxy.max_request_body_size
-    return MULTIPART_DEFAULT_LIMIT if size == _DEFAULT_BODY_LIMIT else size
+    return MULTIPART_LIMIT if size == _DEFAULT_BODY_LIMIT else size
 
 
 def _json(
@@ -167,9 +165,6 @@ def _multipart(
     get_route = models.get
 
     async def dispatch(ex: Exchange) -> web.StreamResponse:
-        # Imported here: the multipart reader is its own module, loaded with the first upload.
-        from aigw.apis.multipart import open_multipart
-
         try:
             model = await open_multipart(ex, limit, limits)
             if not model:

@@ -417,3 +417,52 @@ async def test_reload_a_changed_model_list_moves_the_model(tmp_path: Path) -> No
     report = await r.reload("watch")
     assert report.rejected == ()
     assert (serving(r, "gpt-4o"), serving(r, "gpt-4o-mini")) == ("dep-b", "dep-a")
+
+
+# -- multipart ------------------------------------------------------------------------------
+
+BOUNDARY = "form-boundary-1234"
+
+
+def form(*fields: tuple[str, bytes]) -> bytes:
+    """A multipart/form-data body; a field named ``file`` is sent as a file."""
+    parts = []
+    for name, value in fields:
+        filename = '; filename="a.wav"' if name == "file" else ""
+        head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"{filename}\r\n\r\n'
+        parts.append(head.encode() + value + b"\r\n")
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+TRANSCRIPTIONS = "/openai/v1/audio/transcriptions"
+
+
+async def test_a_forms_model_field_picks_the_route_and_the_file_is_left_to_stream() -> None:
+    t, compiler = table(model_route("whisper", "whisper"))
+    body = form(("model", b"whisper"), ("file", b"RIFF" + b"\0" * 4000))
+    ex = exchange(body, headers=MULTIPART)
+    response = await dispatcher(t, TRANSCRIPTIONS).handler(ex)
+    assert response.status == 200
+    assert compiler.handlers["whisper"].seen == [ex]
+    assert ex.upstream_stream is not None
+    assert ex.requested_model == "whisper"
+    operation = BY_ROUTE_TYPE["audio/v1/audio/transcriptions"]
+    assert (ex.operation, ex.api_style, ex.body_preread) == (operation, "v1", False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code"),
+    [
+        ((("model", b"nope"), ("file", b"x")), 404, "model_not_found"),
+        ((("file", b"x"), ("model", b"whisper")), 400, "missing_model"),
+    ],
+)
+async def test_a_form_naming_no_route_is_answered_before_any_route(
+    fields: tuple[tuple[str, bytes], ...], status: int, code: str
+) -> None:
+    t, compiler = table(model_route("whisper", "whisper"))
+    response = await dispatcher(t, TRANSCRIPTIONS).handler(exchange(form(*fields), MULTIPART))
+    error = error_of(response)
+    assert (response.status, error["code"], error["param"]) == (status, code, "model")
+    assert compiler.handlers["whisper"].seen == []

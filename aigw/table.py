@@ -222,9 +222,11 @@ class TableBuilder:
         config = route.file.route
         if not config.models:
             return
-        methods = frozenset(config.methods) if config.methods is not None else None
+        # Every operation of a deployment path is a POST: other methods stay free for
+        # other routes (a pass-through's GET) and are otherwise answered 405.
+        methods = _DEPLOYMENT_METHODS.intersection(config.methods or _DEPLOYMENT_METHODS)
         try:
-            if config.deployment_paths:
+            if config.deployment_paths and methods:
                 for model in config.models:
                     self._router.add(deployment_path(model), methods, route, route.file.source)
             if not self._dispatching:
@@ -294,6 +296,9 @@ class TableBuilder:
 
 def _refusal(source: str, key_path: str, reason: str) -> ConfigError:
     return ConfigError((ConfigIssue(source, key_path, reason),))
+
+
+_DEPLOYMENT_METHODS = frozenset({"POST"})
 
 
 class _ModelPathConflict(RouteConflict):

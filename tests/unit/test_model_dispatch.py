@@ -19,7 +19,7 @@ from aigw.config.loader import parse_route_file
 from aigw.config.model import AccessPlugins, RouteFile
 from aigw.reload import Reloader
 from aigw.route import CompiledRoute, compile_route
-from aigw.routing import Match
+from aigw.routing import Match, MethodNotAllowed
 from aigw.table import RouteTable, TableBuilder
 from tests.unit.test_chain import MiB, exchange
 
@@ -43,10 +43,11 @@ def model_route(name: str, *models: str, extra: str = "", route_type: str = "") 
     return parse_route_file(f"conf.d/{name}.yaml", text.encode(), ENV)
 
 
-def path_route(name: str, path: str) -> RouteFile:
+def path_route(name: str, path: str, methods: str = "[POST]") -> RouteFile:
     text = f"""route:
   name: {name}
   paths: ["{path}"]
+  methods: {methods}
 plugins:
   - name: ai-proxy-advanced
     config:
@@ -138,6 +139,16 @@ def test_deployment_paths_false_claims_only_the_model_in_body_paths() -> None:
     t, _ = table(model_route("gpt-4o", "gpt-4o", extra="  deployment_paths: false\n"))
     assert t.router.match("POST", "/openai/deployments/gpt-4o/chat/completions") is None
     assert isinstance(found(t, "/openai/v1/embeddings").value, ModelDispatch)
+
+
+def test_the_classic_paths_are_claimed_for_post_only() -> None:
+    t, _ = table(model_route("gpt-4o", "gpt-4o"))
+    refused = t.router.match("GET", "/openai/deployments/gpt-4o/chat/completions")
+    assert refused == MethodNotAllowed(frozenset({"POST"}))
+    # Another method goes on to a route that takes it.
+    t, _ = table(model_route("gpt-4o", "gpt-4o"), path_route("files", "/openai/*", "[GET]"))
+    assert route_at(t, "/openai/deployments/gpt-4o/chat/completions", "GET") == "files"
+    assert route_at(t, "/openai/deployments/gpt-4o/chat/completions") == "gpt-4o"
 
 
 def test_a_model_another_file_serves_is_refused_and_the_first_keeps_it() -> None:

@@ -14,6 +14,7 @@ from aigw.config.model import BalancerConfig, RouteFile
 from aigw.reload import FileState, Reloader
 from aigw.route import CompiledRoute
 from aigw.table import RouteTable, deployment_path, plugin_names
+from aigw.upstream.target import UpstreamTarget
 
 __all__ = ["check_warnings", "render_table", "run_check"]
 
@@ -81,7 +82,7 @@ def render_table(
     for route in table.routes:
         methods = ",".join(route.file.route.methods or ("*",))
         target = route.target
-        upstream = target.url("{client path}") if target.fixed_path is None else target.url("")
+        upstream = _upstream(target, route.info.route_type)
         lines.append(f"  {route.name}  ({route.info.source})")
         for path in route.file.route.paths:
             lines.append(f"    {methods} {path}")
@@ -91,11 +92,21 @@ def render_table(
             lines.extend(_pool_lines(route))
         else:
             version = target.default_api_version
+            if route.info.route_type == "auto":
+                version = f"{version} (on /openai/v1/...: none)"
             lines.append(f"    -> {upstream}  api-version: client's, else {version}")
         if proxy.balancer is not None:
             lines.append(f"    balancer: {_describe_balancer(proxy.balancer)}")
         lines.append(f"    chain: {' > '.join(route.stages)}")
     return "\n".join(lines)
+
+
+def _upstream(target: UpstreamTarget, route_type: str | None) -> str:
+    """Where a route's requests go, for display."""
+    if route_type == "auto":
+        # The path is each request's: its operation, in the API style the client used.
+        return f"{target.origin} + the request's operation path"
+    return target.url("{client path}") if target.fixed_path is None else target.url("")
 
 
 def _model_lines(route: CompiledRoute, methods: str) -> list[str]:
@@ -120,7 +131,7 @@ def _pool_lines(route: CompiledRoute) -> list[str]:
     lines = []
     for member, config in zip(route.pool.members, route.file.proxy.targets, strict=True):
         target = member.target
-        upstream = target.url("{client path}") if target.fixed_path is None else target.url("")
+        upstream = _upstream(target, config.route_type)
         deployment = target.deployment or "-"
         lines.append(
             f"    -> {member.name}  weight {config.weight}  deployment {deployment}  {upstream}  "

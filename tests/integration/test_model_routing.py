@@ -335,3 +335,7 @@ def test_check_prints_each_routes_models_and_operations(tmp_path: Path) -> None:
         for line in lines
     )
     assert "    operation: llm/v1/chat" in lines  # pinned.yaml, a path route
+    assert (
+        "    -> https://testresource.openai.azure.com + the request's operation path  "
+        "api-version: client's, else 2024-10-21 (on /openai/v1/...: none)"
+    ) in lines

@@ -477,3 +477,18 @@ async def test_a_form_naming_no_route_is_answered_before_any_route(
     error = error_of(response)
     assert (response.status, error["code"], error["param"]) == (status, code, "model")
     assert compiler.handlers["whisper"].seen == []
+
+
+async def test_reload_a_changed_file_claiming_a_served_model_keeps_its_last_known_good(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(model_route_text("a", "gpt-4o", "dep-a"))
+    (tmp_path / "b.yaml").write_text(model_route_text("b", "small", "dep-b"))
+    r = Reloader(tmp_path, ENV)
+    r.load_initial()
+    (tmp_path / "a.yaml").write_text(model_route_text("a", "small", "dep-a2"))
+    report = await r.reload("watch")
+    (error,) = report.rejected
+    assert "model `small` is already served by route `b`" in str(error)
+    assert r.status()["files"]["a.yaml"]["state"] == "lkg"
+    assert (serving(r, "gpt-4o"), serving(r, "small")) == ("dep-a", "dep-b")

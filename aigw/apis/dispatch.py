@@ -15,7 +15,9 @@ nor parses again). A multipart operation's reads only the form's leading fields
 Until a route is known, an error is answered through the unmatched chain
 (`aigw.chain.unmatched`): one JSON error, one access-log line with route ``-``.
 A route's own plugins (``key-auth``) therefore run after the body is read: the
-body is bounded by the largest ``max_request_body_size`` of the model routes.
+body is bounded by the largest ``max_request_body_size`` of the model routes (the
+route's own bound is checked again for a JSON body; an upload stream keeps the
+loosest multipart bound).
 """
 
 from __future__ import annotations

@@ -87,6 +87,11 @@ async def test_defaults_only_for_chat_and_completions_on_an_auto_route() -> None
     emb.operation, emb.api_style = BY_ROUTE_TYPE["llm/v1/embeddings"], "v1"
     await stage(emb)
     assert emb.upstream_body == body
+    # Responses' max_output_tokens is not max_tokens: nothing is added.
+    responses = exchange(body := _body(model="gpt-4o", input="x", stream=True))
+    responses.operation, responses.api_style = BY_ROUTE_TYPE["llm/v1/responses"], "v1"
+    await stage(responses)
+    assert responses.upstream_body == body
 
 
 def _preread(body: bytes, route_type: str, style: str = "v1") -> Exchange:

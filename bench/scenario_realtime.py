@@ -9,24 +9,29 @@ What runs, all on 127.0.0.1:
 
 * an echo upstream in its own process (aiohttp on uvloop): every text frame is sent
   straight back, so a round trip measures the path, not a model;
+* a bare TCP forwarder in its own process (asyncio streams on uvloop, no parsing):
+  what any extra process hop costs on this machine, the floor for a relay;
 * ``aigw serve`` with one path route of ``route_type: realtime/v1/realtime`` on
   ``/openai/realtime`` (``--azure-base-url`` = the echo upstream);
 * the load, in this process (aiohttp client on uvloop): N WebSocket sessions, each
   sending ``input_audio_buffer.append``-sized events (1.3 KiB, 20 ms of 24 kHz
   PCM16 in base64) and timing each echo.
 
-Two phases per round, each run against the upstream directly and through aigw in
-turn (the order alternates by round, so drift hits both alike):
+Two phases per round, each run against the upstream directly, through the TCP
+forwarder and through aigw in turn (the order rotates by round, so drift hits every
+path alike):
 
 * **paced**: each session sends one event every ``--interval-ms`` (default 50 ms: a
-  client streaming microphone audio), waiting for its echo before the next. The
-  round-trip time through aigw minus the direct one is the latency aigw adds per
-  frame, counted twice (client -> upstream and back): median and p99 reported.
+  client streaming microphone audio), waiting for its echo before the next; the
+  sessions' ticks are spread over the interval, as independent clients' are. The
+  round-trip time through aigw minus the direct one (and minus the forwarder's) is
+  the latency aigw adds, for two frames (client -> upstream and back): median and
+  p99 reported.
 * **flood**: each session sends its next event as soon as the echo is back (a
   closed loop): the most frames per second the path carries. Every echo is two
   frames relayed by aigw (one each way).
 
-aigw's CPU (cores used, from /proc) is reported per phase; on this 2-core machine
+Each proxy's CPU (cores used, from /proc; and per relayed frame) is reported; on this 2-core machine
 the load generator and the upstream share the cores with it, so the flood numbers
 are a floor for aigw, not its ceiling.
 """
@@ -39,6 +44,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -108,6 +114,35 @@ def serve_echo(port: int) -> None:
     )
 
 
+# -- a bare TCP forwarder (its own process): the cost of any extra hop -------------
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+def serve_splice(port: int, upstream_port: int) -> None:
+    """Forwards every connection on *port* to *upstream_port*, bytes as they come."""
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    async def main() -> None:
+        server = await asyncio.start_server(forward, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
 # -- processes -------------------------------------------------------------------
 
 
@@ -123,9 +158,10 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 @contextlib.contextmanager
-def processes() -> Iterator[tuple[int, int, int]]:
-    """Starts the echo upstream and aigw; yields (upstream port, aigw port, aigw pid)."""
-    upstream_port, aigw_port = free_port(), free_port()
+def processes() -> Iterator[dict[str, tuple[int, int | None]]]:
+    """Starts the echo upstream, the TCP forwarder and aigw; yields each path's port and
+    the pid whose CPU is measured (None: direct)."""
+    upstream_port, splice_port, aigw_port = free_port(), free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="aigw-rt-bench-") as tmp:
         conf = Path(tmp) / "conf.d"
         conf.mkdir()
@@ -133,6 +169,10 @@ def processes() -> Iterator[tuple[int, int, int]]:
         log = open(Path(tmp) / "aigw.log", "wb")  # noqa: SIM115
         echo = subprocess.Popen(
             [sys.executable, __file__, "--serve-echo", str(upstream_port)], cwd=REPO
+        )
+        splice = subprocess.Popen(
+            [sys.executable, __file__, "--serve-splice", str(splice_port), str(upstream_port)],
+            cwd=REPO,
         )
         gateway = subprocess.Popen(
             [
@@ -155,12 +195,17 @@ def processes() -> Iterator[tuple[int, int, int]]:
         )
         try:
             _wait_port(upstream_port, echo, "the echo upstream")
+            _wait_port(splice_port, splice, "the TCP forwarder")
             _wait_port(aigw_port, gateway, "aigw")
-            yield upstream_port, aigw_port, gateway.pid
+            yield {
+                "direct": (upstream_port, None),
+                "tcp-forwarder": (splice_port, splice.pid),
+                "aigw": (aigw_port, gateway.pid),
+            }
         finally:
-            for proc in (gateway, echo):
+            for proc in (gateway, splice, echo):
                 proc.send_signal(signal.SIGTERM)
-            for proc in (gateway, echo):
+            for proc in (gateway, splice, echo):
                 try:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
@@ -199,6 +244,11 @@ async def _session(
             rtts, stop_at = run.rtts, run.stop_at
             # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
             next_send = clock()
+            if interval is not None:
+                # Sessions spread evenly over the interval, as independent clients are;
+                # in lockstep, each tick would be a burst of N frames queued behind
+                # each other (that is queueing, not the relay's latency).
+                next_send += random.uniform(0, interval)
             while (now := clock()) < stop_at:
                 if interval is not None and now < next_send:
                     await asyncio.sleep(next_send - now)
@@ -251,62 +301,77 @@ def _ms(seconds: float) -> str:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Every round of both phases against both paths; the per-round figures."""
+    """Every round of both phases against every path; the per-round figures."""
     rounds: list[dict[str, Any]] = []
-    with processes() as (upstream_port, aigw_port, aigw_pid):
-        paths = {"direct": (upstream_port, None), "aigw": (aigw_port, aigw_pid)}
+    with processes() as paths:
+        names = list(paths)
         for index in range(args.rounds):
-            order = ["direct", "aigw"] if index % 2 == 0 else ["aigw", "direct"]
+            # Rotated per round, so drift in the machine's load hits every path alike.
+            shift = index % len(names)
+            order = names[shift:] + names[:shift]
             result: dict[str, Any] = {}
             for phase, interval in (("paced", args.interval_ms / 1000), ("flood", None)):
                 for name in order:
                     port, pid = paths[name]
                     run = await load(port, args.sessions, args.duration, interval, pid)
-                    result[f"{phase}/{name}"] = {
+                    figures = {
                         "echoes_per_s": run.echoes / run.wall,
                         "frames_per_s": 2 * run.echoes / run.wall,
                         "p50_ms": percentile(run.rtts, 50) * 1000,
                         "p99_ms": percentile(run.rtts, 99) * 1000,
                         "errors": run.errors,
-                        "aigw_cores": run.cores,
+                        "cores": run.cores,
                     }
+                    result[f"{phase}/{name}"] = figures
                     print(
-                        f"round {index + 1} {phase:5} {name:6}: {run.echoes / run.wall:8.0f} "
-                        f"echoes/s, rtt p50 {_ms(percentile(run.rtts, 50))} ms "
-                        f"p99 {_ms(percentile(run.rtts, 99))} ms, errors {run.errors}"
-                        + (f", aigw {run.cores:.2f} cores" if pid is not None else ""),
+                        f"round {index + 1} {phase:5} {name:13}: "
+                        f"{figures['echoes_per_s']:8.0f} echoes/s, rtt p50 "
+                        f"{_ms(percentile(run.rtts, 50))} ms p99 "
+                        f"{_ms(percentile(run.rtts, 99))} ms, errors {run.errors}"
+                        + (f", {run.cores:.2f} cores" if pid is not None else ""),
                         file=sys.stderr,
                         flush=True,
                     )
             rounds.append(result)
-    return {"sessions": args.sessions, "rounds": rounds}
+    return {
+        "sessions": args.sessions,
+        "interval_ms": args.interval_ms,
+        "duration_s": args.duration,
+        "paths": names,
+        "rounds": rounds,
+    }
 
 
 def summary(doc: dict[str, Any]) -> str:
-    """Medians over rounds of each figure, and aigw's additions."""
+    """Medians over rounds of each figure, and what aigw adds over direct and over a bare
+    TCP forwarder (the cost of any extra process hop on this machine)."""
     rounds = doc["rounds"]
 
     def med(key: str, figure: str) -> float:
         return median(r[key][figure] for r in rounds)
 
-    added_p50 = median(r["paced/aigw"]["p50_ms"] - r["paced/direct"]["p50_ms"] for r in rounds)
-    added_p99 = median(r["paced/aigw"]["p99_ms"] - r["paced/direct"]["p99_ms"] for r in rounds)
+    def added(path: str, base: str, figure: str) -> str:
+        value = median(r[f"paced/{path}"][figure] - r[f"paced/{base}"][figure] for r in rounds)
+        return f"{value:+.3f}"
+
     lines = [
-        f"Realtime relay, {doc['sessions']} concurrent sessions, "
-        f"{len(rounds)} rounds (medians over rounds)",
+        f"Realtime relay, {doc['sessions']} concurrent sessions, paced at one 1.3 KiB event "
+        f"per {doc['interval_ms']:g} ms per session, {len(rounds)} rounds of "
+        f"{doc['duration_s']:g} s (medians over rounds)",
         "",
-        "| phase | path | echoes/s | frames/s relayed | rtt p50 ms | rtt p99 ms | aigw cores "
-        "| aigw CPU µs/frame |",
+        "| phase | path | echoes/s | frames/s relayed | rtt p50 ms | rtt p99 ms | cores "
+        "| CPU µs/frame |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for phase in ("paced", "flood"):
-        for name in ("direct", "aigw"):
+        for name in doc["paths"]:
             key = f"{phase}/{name}"
-            frames = f"{med(key, 'frames_per_s'):.0f}" if name == "aigw" else "-"
-            cores = f"{med(key, 'aigw_cores'):.2f}" if name == "aigw" else "-"
+            proxied = name != "direct"
+            frames = f"{med(key, 'frames_per_s'):.0f}" if proxied else "-"
+            cores = f"{med(key, 'cores'):.2f}" if proxied else "-"
             per_frame = (
-                f"{median(r[key]['aigw_cores'] * 1e6 / r[key]['frames_per_s'] for r in rounds):.1f}"
-                if name == "aigw"
+                f"{median(r[key]['cores'] * 1e6 / r[key]['frames_per_s'] for r in rounds):.1f}"
+                if proxied
                 else "-"
             )
             lines.append(
@@ -315,8 +380,13 @@ def summary(doc: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        f"Added per round trip (two frames relayed), paced: p50 +{added_p50:.3f} ms, "
-        f"p99 +{added_p99:.3f} ms (aigw minus direct, same round)",
+        "Added per round trip (two frames relayed), paced, same round, ms:",
+        f"  aigw over direct:        p50 {added('aigw', 'direct', 'p50_ms')}, "
+        f"p99 {added('aigw', 'direct', 'p99_ms')}",
+        f"  forwarder over direct:   p50 {added('tcp-forwarder', 'direct', 'p50_ms')}, "
+        f"p99 {added('tcp-forwarder', 'direct', 'p99_ms')}",
+        f"  aigw over the forwarder: p50 {added('aigw', 'tcp-forwarder', 'p50_ms')}, "
+        f"p99 {added('aigw', 'tcp-forwarder', 'p99_ms')}",
         f"Errors: {sum(r[k]['errors'] for r in rounds for k in r)}",
     ]
     return "\n".join(lines)
@@ -330,9 +400,13 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=50.0, help="paced phase's pace")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-splice", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo is not None:
         serve_echo(args.serve_echo)
+        return
+    if args.serve_splice is not None:
+        serve_splice(*args.serve_splice)
         return
     doc = uvloop.run(measure(args))
     if args.json is not None:

@@ -69,6 +69,7 @@ MODEL_HEADER = "X-AIGW-LLM-Model"
 """Names the ``provider/model`` a response came from (Kong: ``X-Kong-LLM-Model``)."""
 
 _SSE = "text/event-stream"
+_V1_PREFIX = "/openai/v1/"
 _TOO_LARGE = "upstream_response_too_large"
 
 CONNECT_PHASE_OUTCOMES = frozenset(
@@ -241,16 +242,18 @@ async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
     style, operation = ex.api_style, ex.operation
     if style is None or operation is None:
         # A path route: its upstream path and default version were fixed at load.
-        if api_version is None:
+        path = target.path(ex.path)
+        # The v1 API needs no version: a v1 path (a preserve route's /openai/v1/models)
+        # carries only the client's.
+        if api_version is None and not path.startswith(_V1_PREFIX):
             api_version = target.default_api_version
-        # The version passed the syntax check above: it needs no escaping.
-        path = f"{target.path(ex.path)}?api-version={api_version}"
     else:
         # A model route keeps the client's API style (aigw.upstream.target).
         path = target.operation_path(operation, style, ex.path)
         api_version = target.operation_api_version(operation, style, api_version)
-        if api_version is not None:
-            path = f"{path}?api-version={api_version}"
+    if api_version is not None:
+        # The version passed the syntax check above: it needs no escaping.
+        path = f"{path}?api-version={api_version}"
     ex.api_version = api_version
     if ex.extra_query:
         query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in ex.extra_query)

@@ -159,3 +159,14 @@ def test_each_pool_attempt_names_its_own_deployment_on_v1() -> None:
     assert json.loads(classic)["model"] == "gpt-4o"
     embeddings = _pool_exchange("deployments", BY_ROUTE_TYPE["llm/v1/embeddings"])
     assert members[0].body({"input": "x"}, b'{"input":"x"}', embeddings) == b'{"input":"x"}'
+
+
+async def test_preserve_route_sends_a_v1_path_without_a_version_unless_the_client_did() -> None:
+    t = compile_target(target("preserve", azure_deployment_id="d"))
+    assert await _upstream_path(t, "/openai/v1/models") == "/openai/v1/models"
+    assert await _upstream_path(t, "/openai/v1/models", "api-version=preview") == (
+        "/openai/v1/models?api-version=preview"
+    )
+    assert await _upstream_path(t, "/openai/models") == (
+        f"/openai/models?api-version={DEFAULT_API_VERSION}"
+    )

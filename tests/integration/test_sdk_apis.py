@@ -170,13 +170,28 @@ def test_v1_images_generate_with_usage(
     assert body_model(record) == "gpt-image-1"
 
 
-async def test_async_images_generate(models_gateway: GatewayProcess, mock: MockProcess) -> None:
-    async with async_v1_client(models_gateway) as client:
+async def test_async_classic_images_generate(
+    models_gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    async with async_azure_client(models_gateway) as client:
         result = await client.images.generate(model="dall-e-3", prompt="a lighthouse")
     assert len(result.data or []) == 1
     upstream_call(
+        mock,
+        path="/openai/deployments/dall-e-3/images/generations",
+        api_version=AZURE_API_VERSION,
+        deployment="dall-e-3",
+    )
+
+
+async def test_async_v1_images_generate(models_gateway: GatewayProcess, mock: MockProcess) -> None:
+    async with async_v1_client(models_gateway) as client:
+        result = await client.images.generate(model="dall-e-3", prompt="a lighthouse")
+    assert len(result.data or []) == 1
+    record = upstream_call(
         mock, path="/openai/v1/images/generations", api_version=None, deployment="dall-e-3"
     )
+    assert body_model(record) == "dall-e-3"
 
 
 def test_route_of_one_route_type_refuses_other_operations(
@@ -255,7 +270,7 @@ def test_classic_speech_streamed_to_a_file(
     assert target.read_bytes() == _mock_speech(mock, path, f"?api-version={AZURE_API_VERSION}")
 
 
-async def test_async_speech_streamed_to_a_file(
+async def test_async_v1_speech_streamed_to_a_file(
     models_gateway: GatewayProcess, mock: MockProcess, tmp_path: Path
 ) -> None:
     target = tmp_path / "speech.mp3"
@@ -268,6 +283,22 @@ async def test_async_speech_streamed_to_a_file(
         await response.stream_to_file(target)
     upstream_call(mock, path="/openai/v1/audio/speech", api_version=None, deployment="tts")
     assert target.read_bytes() == _mock_speech(mock, "/openai/v1/audio/speech", "")
+
+
+async def test_async_classic_speech_streamed_to_a_file(
+    models_gateway: GatewayProcess, mock: MockProcess, tmp_path: Path
+) -> None:
+    target = tmp_path / "speech.mp3"
+    path = "/openai/deployments/tts/audio/speech"
+    async with (
+        async_azure_client(models_gateway) as client,
+        client.audio.speech.with_streaming_response.create(
+            model="tts", voice="alloy", input=SPEECH["input"]
+        ) as response,
+    ):
+        await response.stream_to_file(target)
+    upstream_call(mock, path=path, api_version=AZURE_API_VERSION, deployment="tts")
+    assert target.read_bytes() == _mock_speech(mock, path, f"?api-version={AZURE_API_VERSION}")
 
 
 # --- the shipped examples --------------------------------------------------------------

@@ -100,6 +100,11 @@ async def run_session(
         elif ending.closed_by == "upstream" and ending.code is None:
             ex.outcome = "upstream_reset"
             ex.error = "the upstream WebSocket connection was lost"
+        elif ending.closed_by == "gateway" and ending.code == WSCloseCode.MESSAGE_TOO_BIG:
+            # The side whose socket aiohttp closed itself sent it (no code is owed it).
+            sender = "client" if ending.to_client is None else "upstream"
+            ex.outcome = "frame_too_large"
+            ex.error = f"a frame from the {sender} was larger than --max-event-size"
         await _close_both(client, upstream, ending)
         for pump in pumps:
             pump.cancel()

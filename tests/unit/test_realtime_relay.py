@@ -313,6 +313,9 @@ async def test_a_frame_over_the_bound_closes_with_1009_either_way(peer: Realtime
     peer.wait_ended(2)
     assert (from_client["close_code"], from_client["closed_by"]) == (1009, "gateway")
     assert (from_upstream["close_code"], from_upstream["closed_by"]) == (1009, "gateway")
+    assert from_client["outcome"] == from_upstream["outcome"] == "frame_too_large"
+    assert "from the client" in from_client["error"]
+    assert "from the upstream" in from_upstream["error"]
 
 
 async def test_a_plain_get_is_400_websocket_required(peer: RealtimePeer) -> None:

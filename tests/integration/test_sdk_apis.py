@@ -28,6 +28,7 @@ from tests.integration.test_sdk_v1 import (
     async_v1_client,
     azure_client,
     body_model,
+    close_sdk_clients,
     logged,
     models_gateway,
     rid,
@@ -35,7 +36,8 @@ from tests.integration.test_sdk_v1 import (
     v1_client,
 )
 
-__all__ = ["models_gateway"]  # the shared fixture, imported for pytest to find
+# The shared fixtures, imported for pytest to find.
+__all__ = ["close_sdk_clients", "models_gateway"]
 
 SPEECH = {"model": "tts", "voice": "alloy", "input": "The gateway relays audio as it comes."}
 

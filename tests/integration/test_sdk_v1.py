@@ -44,7 +44,6 @@ def model_route(
     deployment: str,
     *,
     route_type: str | None = None,
-    model_name: str | None = None,
 ) -> str:
     """A model route file: *models* on every model-in-body API (and their classic
     deployment paths), forwarded to *deployment* with the mock's key."""
@@ -62,7 +61,7 @@ plugins:
             header_value: ${{AZURE_OPENAI_KEY}}
           model:
             provider: azure
-            name: {model_name or models[0]}
+            name: {models[0]}
             options:
               azure_instance: ${{AZURE_INSTANCE}}
               azure_deployment_id: {deployment}
@@ -122,7 +121,8 @@ _OPEN: list[OpenAI | AzureOpenAI] = []
 
 
 @pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
+def close_sdk_clients() -> Iterator[None]:
+    """Closes the sync clients a test opened (their pools hold sockets)."""
     yield
     while _OPEN:
         _OPEN.pop().close()

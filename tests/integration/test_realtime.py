@@ -68,6 +68,10 @@ ROUTES = {
         "/keyed/realtime",
         "\n  - name: key-auth\n    config: {key_names: [api-key]}",
     ),
+    # An HTTP route on a GET path: an upgrade there is refused, never relayed.
+    "models.yaml": _route("models", "/openai/v1/models").replace(
+        "route_type: realtime/v1/realtime", "route_type: preserve"
+    ),
     "consumers.yaml": f"""consumers:
   - username: team-voice
     keyauth_credentials:
@@ -361,6 +365,15 @@ async def test_a_consumer_key_opens_a_session_and_never_reaches_the_upstream(
     assert CONSUMER_KEY not in json.dumps(upstream.headers)
     line = await asyncio.to_thread(_session_line, gateway, "/keyed/realtime")
     assert line["consumer"] == "team-voice"
+
+
+def test_an_upgrade_on_a_route_that_is_not_realtime_is_400_before_any_upstream(
+    gateway: GatewayProcess, peer: RealtimePeer
+) -> None:
+    status, body = _upgrade(gateway, "/openai/v1/models", {"api-key": CLIENT_KEY})
+    assert status == 400
+    assert body["error"]["code"] == "websocket_not_supported"
+    assert peer.sessions == []
 
 
 def test_a_plain_get_on_the_realtime_route_is_400_websocket_required(

@@ -15,9 +15,9 @@ so every route compiles with the final global plugins.
 
 A model route (``route.models``) claims its models the way a path route claims
 paths: a model already served by another file refuses the newcomer whole. Each
-model also claims ``/openai/deployments/{model}/*`` (unless ``deployment_paths:
-false``): a static segment, so it beats ``{deployment}`` templates and loses to a
-route's explicit static path. The first model route adds one trie entry per
+model also claims ``/openai/deployments/{model}/*`` for POST (unless
+``deployment_paths: false``): a static segment, so it beats ``{deployment}``
+templates and loses to a route's explicit static path. The first model route adds one trie entry per
 model-in-body path (``/openai/v1/chat/completions``, ``/openai/responses``,
 realtime...), whose value is a `ModelDispatch` bound, at `TableBuilder.build`, to
 the final model index; a path route claiming one of those paths conflicts with it

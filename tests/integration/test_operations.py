@@ -57,6 +57,7 @@ MODEL_ROUTES = {
     "chatty.yaml": model_route("chatty", ["chatty"], ["gpt-4o"]),
     "painter.yaml": model_route("painter", ["painter"], ["dall-e-3"]),
     "voice.yaml": model_route("voice", ["voice"], ["tts"]),
+    "ears.yaml": model_route("ears", ["ears"], ["whisper"]),
     "pooled.yaml": model_route(
         "pooled", ["pooled"], ["gpt-4o", "gpt-4.1-mini"], balancer="{algorithm: round-robin}"
     ),
@@ -216,6 +217,20 @@ def test_auto_route_refuses_a_deployment_path_of_no_operation(
     ) as answer:
         assert answer.status == 404
         assert json.loads(answer.read())["error"]["code"] == "operation_not_found"
+
+
+def test_v1_upload_names_the_deployment_in_its_form(
+    models_gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    audio = b"RIFF" + bytes(64 * 1024)
+    raw = _v1(models_gateway).audio.transcriptions.with_raw_response.create(
+        model="ears", file=("hello.wav", audio, "audio/wav")
+    )
+    assert raw.parse().text
+    seen = _last(mock, "/openai/v1/audio/transcriptions")
+    assert seen["form"]["model"] == "whisper" and seen["file_bytes"] == len(audio)
+    line = models_gateway.access_log(raw.headers["x-request-id"])
+    assert (line["route"], line["status"]) == ("ears", 200)
 
 
 def test_pool_model_route_names_each_targets_deployment(

@@ -12,7 +12,10 @@ A Responses stream is typed SSE, not chat's ``data:`` chunks::
     data: {"type":"response.completed","response":{…,"usage":{"input_tokens":…}}}
 
 It has no ``[DONE]``: it ends after its terminal event (``response.completed``,
-``response.incomplete`` or ``response.failed``), which carries the usage. The
+``response.incomplete`` or ``response.failed``), which carries the usage. A
+streamed transcription (gpt-4o-transcribe, ``stream: true``) is read alike: its
+``transcript.text.delta`` events, then ``transcript.text.done`` with a top-level
+``usage``. The
 usage is normalised to chat's names (``aigw.upstream.body_window.normalise_usage``)
 so the access log, metrics and quotas read it unchanged.
 
@@ -36,13 +39,20 @@ _OUTPUT_DELTAS = frozenset(
         b"response.output_text.delta",
         b"response.refusal.delta",
         b"response.function_call_arguments.delta",
+        b"transcript.text.delta",
     }
 )
 """Events that carry output: the first one is the first token."""
 _STARTS = frozenset({b"response.created", b"response.in_progress"})
 """Events whose ``response`` names the model (its usage still null)."""
-_ENDS = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
-"""The terminal events: their ``response.usage`` is the stream's usage."""
+_TRANSCRIPT_DONE = b"transcript.text.done"
+_ENDS = frozenset(
+    {b"response.completed", b"response.incomplete", b"response.failed", _TRANSCRIPT_DONE}
+)
+"""The terminal events: their ``response.usage`` (a transcript's ``usage``) is the
+stream's usage."""
+_KINDS = (b'"response.', b'"transcript.text.')
+"""How the ``type`` of every event this observer reads begins."""
 
 
 class ResponsesObserver:
@@ -83,7 +93,7 @@ class ResponsesObserver:
 
     def _observe_untyped(self, event: bytes) -> None:
         data = event_data(event)
-        if data is None or b"response." not in data:
+        if data is None or not any(kind in data for kind in _KINDS):
             return
         if (
             self.first_token_ns is not None
@@ -106,6 +116,11 @@ class ResponsesObserver:
         """Takes the model and, from a terminal event, the usage of *chunk*'s response."""
         if name in _ENDS:
             self.saw_done = True
+        if name == _TRANSCRIPT_DONE:
+            usage = chunk.get("usage") if chunk is not None else None
+            if isinstance(usage, dict):
+                self.usage = normalise_usage(usage)
+            return
         response = chunk.get("response") if chunk is not None else None
         if not isinstance(response, dict):
             return

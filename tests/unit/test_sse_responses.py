@@ -161,3 +161,18 @@ def test_body_usage_normalised(body: dict[str, Any]) -> None:
         7,
         18,
     )
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_a_streamed_transcription_counts_its_usage(typed: bool) -> None:
+    done = {"text": "hello world", "usage": {"type": "tokens", **USAGE}}
+    events = [
+        _event("transcript.text.delta", delta="hello"),
+        _event("transcript.text.delta", delta=" world"),
+        _event("transcript.text.done", **done),
+    ]
+    if not typed:
+        events = [b"data: " + event.split(b"data: ", 1)[1] for event in events]
+    observer = _observe(events)
+    assert observer.first_token_ns is not None and observer.saw_done
+    assert observer.usage is not None and observer.usage["prompt_tokens"] == 11

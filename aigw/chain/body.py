@@ -106,8 +106,9 @@ def body_checks(
         return _path_route_stage(bound, proxy, target, limits, route, next_)
     # One target: the body stage itself names the deployment in a model-in-body body.
     single = len(proxy.targets) == 1
-    checks = {
-        operation: compile_payload_check(
+    # Keyed by route_type: a str hashes once, an Operation on every lookup.
+    checks: dict[str, PayloadCheck] = {
+        operation.route_type: compile_payload_check(
             operation, proxy, target, route_models=models, rewrite_model=single
         )
         for operation in (OPERATIONS if bound is None else (bound,))
@@ -161,7 +162,7 @@ class _ModelRouteStage:
         *,
         route: str,
         bound: Operation | None,
-        checks: dict[Operation, PayloadCheck],
+        checks: dict[str, PayloadCheck],
         limit: int,
         limits: Limits,
         deployment: str | None,
@@ -184,7 +185,7 @@ class _ModelRouteStage:
                 f"route `{self._route}` serves only {self._bound.route_type}; "
                 f"{ex.path[:200]} asks for {operation.route_type}",
             )
-        check = self._checks[operation]
+        check = self._checks[operation.route_type]
         if operation.body == "json":
             if ex.body_preread:
                 _within(len(ex.client_body), self._limit)

@@ -215,10 +215,11 @@ class _ModelRouteStage:
         rest = params.get("*") if params else None
         operation = BY_SUFFIX.get(rest) if rest is not None else self._bound
         if operation is None:
+            # Not an Azure operation at all: as unknown as any path no route claims.
             raise RouteNotFound(
-                "operation_not_found",
-                f"route `{self._route}` serves no Azure OpenAI operation at {ex.path[:200]}; "
-                "a deployment path ends in one of "
+                "route_not_found",
+                f"no route for {ex.request.method} {ex.path[:200]}: model route "
+                f"`{self._route}` serves /openai/deployments/{{model}}/ followed by one of "
                 f"{', '.join(sorted(BY_SUFFIX))}",
             )
         if rest is not None:

@@ -268,4 +268,6 @@ def test_path_spellings_never_reach_another_route(
     else:
         assert mock.requests() == []
         code = "route_not_found" if status == 404 else "invalid_path"
-        assert (body["error"]["code"], body["error"]["message"]) == (code, answer)
+        assert body["error"]["code"] == code
+        # A model route's classic prefix adds what it does serve after the path.
+        assert body["error"]["message"].partition(":")[0] == answer.partition(":")[0]

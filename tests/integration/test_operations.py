@@ -216,7 +216,9 @@ def test_auto_route_refuses_a_deployment_path_of_no_operation(
         {"model": "painter", "prompt": "x"},
     ) as answer:
         assert answer.status == 404
-        assert json.loads(answer.read())["error"]["code"] == "operation_not_found"
+        error = json.loads(answer.read())["error"]
+        assert error["code"] == "route_not_found"
+        assert "model route `painter` serves /openai/deployments/{model}/" in error["message"]
 
 
 def test_v1_upload_names_the_deployment_in_its_form(

@@ -141,7 +141,7 @@ async def test_classic_deployment_path_names_the_operation() -> None:
     unknown.params = {"*": "images/variations"}
     with pytest.raises(RouteNotFound) as refused:
         await stage(unknown)
-    assert refused.value.code == "operation_not_found"
+    assert refused.value.code == "route_not_found"
 
 
 async def test_a_specific_route_type_serves_only_its_operation() -> None:

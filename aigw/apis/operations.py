@@ -126,9 +126,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         in_deployment_path=False,
     ),
     Operation("image/v1/images/generations", "/images/generations", "json", "prompt"),
-    Operation(
-        "image/v1/images/edits", "/images/edits", "multipart", "prompt", usage="responses"
-    ),
+    Operation("image/v1/images/edits", "/images/edits", "multipart", "prompt", usage="responses"),
     Operation("audio/v1/audio/speech", "/audio/speech", "json", "input", usage="none"),
     Operation(
         "audio/v1/audio/transcriptions",

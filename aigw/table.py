@@ -26,10 +26,12 @@ like with any path.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from aigw.apis.classic import ClassicPath, classic_paths
 from aigw.apis.dispatch import ModelDispatch, model_dispatchers
 from aigw.config.errors import ConfigError, ConfigIssue
 from aigw.config.model import (
@@ -55,9 +57,10 @@ __all__ = [
 
 _NO_PLUGINS = AccessPlugins()
 
-Routed: TypeAlias = CompiledRoute | ModelDispatch
-"""What the router finds for a path: a route, or the dispatcher that picks one by model.
-Both have ``handler``, which the gateway calls the same way."""
+Routed: TypeAlias = CompiledRoute | ModelDispatch | ClassicPath
+"""What the router finds for a path: a route, the dispatcher that picks one by model, or
+one operation's classic path of a model route. Each has ``handler``, which the gateway
+calls the same way."""
 
 PLUGIN_NAMES = {"key_auth": "key-auth", "acl": "acl", "token_limit": "ai-rate-limiting-advanced"}
 """`AccessPlugins` field -> the plugin's name in a config file (Kong's)."""
@@ -130,6 +133,7 @@ class TableBuilder:
         # The dispatchers' trie entries, added with the first model route; their
         # values are placeholders until `build` binds the final model index.
         self._dispatching = False
+        self._classic_added = False
         self._names: dict[str, str] = {}  # route name -> file
         self._globals = _NO_PLUGINS
         self._global_owners: dict[str, str] = {}  # AccessPlugins field -> file
@@ -163,6 +167,8 @@ class TableBuilder:
             if self._consumers
             else EMPTY_CONSUMERS
         )
+        if self._models and not self._classic_added:
+            self._add_classic_paths()
         if self._models:
             # A copy: the built table's dispatchers never see a model offered later.
             models = dict(self._models)
@@ -182,6 +188,21 @@ class TableBuilder:
             global_plugins=self._globals,
             models=models,
         )
+
+    def _add_classic_paths(self) -> None:
+        """Each model route's static classic paths (`aigw.apis.classic`), added once every
+        file is in, so a route's explicit static path wins whatever the file order."""
+        self._classic_added = True
+        for route in self._routes:
+            config = route.file.route
+            methods = _DEPLOYMENT_METHODS.intersection(config.methods or _DEPLOYMENT_METHODS)
+            if not (config.models and config.deployment_paths and methods):
+                continue
+            for model in config.models:
+                for path, entry in classic_paths(route, model):
+                    # A path route that claimed it serves it, as it did beside the wildcard.
+                    with contextlib.suppress(RouteConflict):
+                        self._router.add(path, methods, entry, route.file.source)
 
     # -- each kind ----------------------------------------------------------
 

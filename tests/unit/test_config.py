@@ -638,13 +638,13 @@ def test_public_names_are_exported_and_sorted() -> None:
     ],
 )
 def test_shipped_example_files_load(file: str, name: str, deployment: str) -> None:
-    """conf.d's examples are the seed's two routes and load with the two documented variables."""
+    """conf.d's chat examples are the seed's two routes, as model routes (their classic
+    paths include the seed's), and load with the two documented variables."""
     loaded = load_file(REPO / "conf.d" / file, ENV)
-    assert loaded.route == RouteConfig(
-        name=name, paths=(f"/openai/deployments/{deployment}/chat/completions",), methods=("POST",)
-    )
+    assert loaded.route == RouteConfig(name=name, paths=(), models=(deployment,))
     (target,) = loaded.proxy.targets
     assert target == expected_target(
+        route_type="auto",
         model=ModelConfig(
             provider="azure",
             name=deployment,

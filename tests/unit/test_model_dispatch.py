@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from aigw.apis.classic import ClassicPath, classic_paths
 from aigw.apis.dispatch import ModelDispatch
-from aigw.apis.operations import BY_ROUTE_TYPE, MODEL_PATHS, REALTIME, REALTIME_PATHS
+from aigw.apis.operations import BY_ROUTE_TYPE, BY_SUFFIX, MODEL_PATHS, REALTIME, REALTIME_PATHS
 from aigw.chain.body_budget import BodyBudget
 from aigw.chain.exchange import Exchange
 from aigw.config.loader import parse_route_file
@@ -105,6 +106,8 @@ def found(t: RouteTable, path: str, method: str = "POST") -> Match[Any]:
 
 def route_at(t: RouteTable, path: str, method: str = "POST") -> str:
     value = found(t, path, method).value
+    if isinstance(value, ClassicPath):
+        return value.route.name
     assert isinstance(value, CompiledRoute)
     return value.name
 
@@ -114,6 +117,12 @@ def route_at(t: RouteTable, path: str, method: str = "POST") -> str:
 
 def test_a_model_route_claims_its_classic_paths_and_every_model_in_body_path() -> None:
     t, _ = table(model_route("gpt-4o", "gpt-4o", "gpt-4o-mini"))
+    # Each operation the route serves has a static classic path that knows its operation
+    # (the Compiler compiles every route as llm/v1/chat).
+    classic = found(t, "/openai/deployments/gpt-4o-mini/chat/completions")
+    assert isinstance(classic.value, ClassicPath) and classic.value.route.name == "gpt-4o"
+    assert classic.value.operation is BY_ROUTE_TYPE["llm/v1/chat"]
+    # Anything else under the prefix still reaches the route (which says what it serves).
     match = found(t, "/openai/deployments/gpt-4o-mini/audio/speech")
     assert isinstance(match.value, CompiledRoute) and match.value.name == "gpt-4o"
     assert match.params == {"*": "audio/speech"}
@@ -492,3 +501,26 @@ async def test_reload_a_changed_file_claiming_a_served_model_keeps_its_last_know
     assert "model `small` is already served by route `b`" in str(error)
     assert r.status()["files"]["a.yaml"]["state"] == "lkg"
     assert (serving(r, "gpt-4o"), serving(r, "small")) == ("dep-a", "dep-b")
+
+
+async def test_an_auto_routes_classic_paths_name_their_operations_at_load() -> None:
+    route = compile_route(model_route("gpt-4o", "gpt-4o"))
+    paths = dict(classic_paths(route, "gpt-4o"))
+    assert set(paths) == {f"/openai/deployments/gpt-4o/{rest}" for rest in BY_SUFFIX}
+    entry = paths["/openai/deployments/gpt-4o/audio/speech"]
+    seen: list[tuple[object, object]] = []
+
+    async def chain(ex: Exchange) -> web.StreamResponse:
+        seen.append((ex.operation, ex.api_style))
+        return web.Response()
+
+    bound = classic_paths(replace(route, handler=chain), "gpt-4o")
+    handler = dict(bound)["/openai/deployments/gpt-4o/audio/speech"].handler
+    await handler(exchange(b"{}"))
+    assert seen == [(BY_ROUTE_TYPE["audio/v1/audio/speech"], "deployments")]
+    assert entry.operation is BY_ROUTE_TYPE["audio/v1/audio/speech"]
+    # A route of one type: its own operation only; Responses has no deployment path.
+    one_type = "route_type: llm/v1/chat\n          "
+    chat = compile_route(model_route("c", "gpt-4o", route_type=one_type))
+    paths_of_chat = [path for path, _ in classic_paths(chat, "m")]
+    assert paths_of_chat == ["/openai/deployments/m/chat/completions"]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
-from aigw.apis.multipart import MULTIPART_LIMIT, open_multipart
+from aigw.apis.multipart import multipart_limit, open_multipart
 from aigw.apis.operations import MODEL_PATHS, REALTIME, REALTIME_PATHS, ApiStyle, Operation
 from aigw.chain.body_budget import BODY_BUFFER_FULL
 from aigw.chain.body_ops import parse_object
@@ -36,15 +36,13 @@ from aigw.chain.body_reader import read_bounded
 from aigw.chain.exchange import Exchange, Handler
 from aigw.chain.unmatched import answer_unmatched
 from aigw.errors import BadRequest, GatewayError, RouteNotFound
-from aigw.limits import Limits, MiB
+from aigw.limits import Limits
 
 if TYPE_CHECKING:
     from aigw.route import CompiledRoute
 
 __all__ = ["ModelDispatch", "model_dispatchers"]
 
-# AiProxyAdvancedConfig's default: a route that keeps it takes MULTIPART_LIMIT for uploads.
-_DEFAULT_BODY_LIMIT: Final = 8 * MiB
 _BODY_OUTCOMES: Final = {408: "client_body_timeout", 503: BODY_BUFFER_FULL}
 """The access log's outcome for a body that did not arrive in time, or had no room."""
 _SHOWN_MODEL: Final = 200
@@ -87,11 +85,13 @@ def model_dispatchers(
     """
     routes = {id(route): route for route in models.values()}.values()
     json_limit = _loosest(route.file.proxy.max_request_body_size for route in routes)
-    multipart_limit = _loosest(_multipart_limit(route) for route in routes)
+    upload_limit = _loosest(
+        multipart_limit(route.file.proxy.max_request_body_size) for route in routes
+    )
     dispatchers: dict[str, ModelDispatch] = {}
     for path, (operation, style) in MODEL_PATHS.items():
         if operation.body == "multipart":
-            handler = _multipart(operation, style, models, multipart_limit, limits)
+            handler = _multipart(operation, style, models, upload_limit, limits)
         else:
             handler = _json(operation, style, models, json_limit, limits)
         dispatchers[path] = ModelDispatch(path, operation, style, models, handler)
@@ -109,11 +109,6 @@ def _loosest(sizes: Iterable[int]) -> int:
             return 0
         largest = max(largest, size)
     return largest
-
-
-def _multipart_limit(route: CompiledRoute) -> int:
-    size = route.file.proxy.max_request_body_size
-    return MULTIPART_LIMIT if size == _DEFAULT_BODY_LIMIT else size
 
 
 def _json(

@@ -27,13 +27,29 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from aigw.chain.body_reader import BodyPieces, drop_unread_body
 from aigw.chain.exchange import Exchange
+from aigw.config.model import AiProxyAdvancedConfig
 from aigw.errors import BadRequest, UpstreamUnavailable
 from aigw.limits import Limits, MiB
 
-__all__ = ["MULTIPART_LIMIT", "PREFIX_LIMIT", "MultipartStream", "open_multipart"]
+__all__ = [
+    "MULTIPART_LIMIT",
+    "PREFIX_LIMIT",
+    "MultipartStream",
+    "multipart_limit",
+    "open_multipart",
+]
 
 MULTIPART_LIMIT = 25 * MiB
 """A multipart route's ``max_request_body_size`` when it sets none: Azure's file limit."""
+
+_ROUTE_DEFAULT = AiProxyAdvancedConfig(targets=()).max_request_body_size
+
+
+def multipart_limit(max_request_body_size: int) -> int:
+    """An upload's bound on a route: its ``max_request_body_size``, or `MULTIPART_LIMIT`
+    when the route keeps the default (sized for JSON, not for a 25 MiB audio file)."""
+    return MULTIPART_LIMIT if max_request_body_size == _ROUTE_DEFAULT else max_request_body_size
+
 
 PREFIX_LIMIT = 64 * 1024
 """Leading-field bytes read before the body is streamed on, model found or not."""
@@ -95,6 +111,10 @@ class MultipartStream:
     def received(self) -> int:
         """Body bytes received from the client so far."""
         return self._pieces.received
+
+    def tighten(self, limit: int) -> None:
+        """Bounds the upload by *limit* from now on, if stricter (see ``BodyPieces.tighten``)."""
+        self._pieces.tighten(limit)
 
     def rewrite_model(self, deployment: str) -> None:
         """Replaces the ``model`` field's value with *deployment* (before the stream is sent).

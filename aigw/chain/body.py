@@ -25,11 +25,11 @@ does not speak it is refused here, where an empty body is noticed anyway.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
 import orjson
 from aiohttp import web
 
+from aigw.apis.multipart import MultipartStream, multipart_limit, open_multipart
 from aigw.apis.operations import BY_ROUTE_TYPE, BY_SUFFIX, OPERATIONS, Operation
 from aigw.chain.body_budget import BODY_BUFFER_FULL
 from aigw.chain.body_ops import (
@@ -53,7 +53,7 @@ from aigw.errors import (
     RouteNotFound,
     ServiceUnavailable,
 )
-from aigw.limits import Limits, MiB
+from aigw.limits import Limits
 from aigw.realtime.upgrade import is_websocket_upgrade
 
 __all__ = [
@@ -70,11 +70,6 @@ _parse_object = parse_object  # the model dispatcher's name for it
 _BODY_OUTCOMES = {408: "client_body_timeout", 503: BODY_BUFFER_FULL}
 """The access log's outcome for a body that did not arrive in time (408), or
 that the worker's body budget had no room for (503)."""
-
-_DEFAULT_BODY_LIMIT: Final = 8 * MiB  # AiProxyAdvancedConfig's default
-_MULTIPART_LIMIT: Final = 25 * MiB
-"""A multipart upload's bound when its route keeps the default ``max_request_body_size``:
-Azure's own file limit (as the model dispatcher bounds it)."""
 
 
 def body_checks(
@@ -138,10 +133,10 @@ def _path_route_stage(
         return next_  # a realtime session: no body to check
     check = compile_payload_check(operation, proxy, target)
     if operation.body == "multipart":
-        multipart_limit = _multipart_limit(limit)
+        upload_limit = multipart_limit(limit)
 
         async def multipart_stage(ex: Exchange) -> web.StreamResponse:
-            await _open_form(ex, multipart_limit, limits, check, None)
+            await _open_form(ex, upload_limit, limits, check, None)
             return await next_(ex)
 
         return multipart_stage
@@ -204,7 +199,7 @@ class _ModelRouteStage:
             finally:
                 ex.body_budget.release(len(body))
         if operation.body == "multipart":
-            limit = _multipart_limit(self._limit)
+            limit = multipart_limit(self._limit)
             await _open_form(ex, limit, self._limits, check, self._deployment)
         return await self._next(ex)
 
@@ -233,13 +228,13 @@ async def _open_form(
 ) -> None:
     """Opens a multipart upload (unless the dispatcher did): checks its ``model`` field
     as a JSON body's, and names the deployment in it on a model-in-body request."""
-    # Imported here: the multipart reader is its own module, loaded with the first upload.
-    from aigw.apis.multipart import MultipartStream, open_multipart
-
     if ex.upstream_stream is None:
         model = await open_multipart(ex, limit, limits)
     else:
         model = ex.requested_model
+        if isinstance(ex.upstream_stream, MultipartStream):
+            # The dispatcher opened it under the loosest bound of all model routes.
+            ex.upstream_stream.tighten(limit)
     # The form's leading fields stand for a JSON body (only `model` is read).
     check(ex, {} if model is None else {"model": model})
     stream = ex.upstream_stream
@@ -251,10 +246,6 @@ async def _open_form(
         and isinstance(stream, MultipartStream)
     ):
         stream.rewrite_model(deployment)
-
-
-def _multipart_limit(limit: int) -> int:
-    return _MULTIPART_LIMIT if limit == _DEFAULT_BODY_LIMIT else limit
 
 
 def _within(size: int, limit: int) -> None:

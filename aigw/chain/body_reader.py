@@ -219,6 +219,26 @@ class BodyPieces:
             self.pause()
         return piece
 
+    def tighten(self, limit: int) -> None:
+        """Bounds the body by *limit* (0: no change) from now on, if it is stricter.
+
+        The model dispatcher opens an upload under the loosest bound of every
+        model route; the route the form's ``model`` names then applies its own.
+
+        Raises:
+            PayloadTooLarge: The declared size, or what already arrived, is over
+                *limit* (the connection then closes).
+        """
+        if not limit or limit >= self._limit:
+            return
+        self._limit = limit
+        declared = self._request.content_length
+        if (declared is not None and declared > limit) or self._content.total_bytes > limit:
+            self.abandon()
+            error = _too_large(limit, limit)
+            error.close_connection = True
+            raise error
+
     def pause(self) -> None:
         """Stops the deadline timer until the next ``read``."""
         if self._deadline is not None:

@@ -69,9 +69,10 @@ def chunk(data: bytes) -> bytes:
 class Gateway:
     """The server side: ``open_multipart`` then the stream drained, as the relay would."""
 
-    def __init__(self, limit: int, rewrite: str | None = None) -> None:
+    def __init__(self, limit: int, rewrite: str | None = None, tighten: int = 0) -> None:
         self.limit = limit
         self.rewrite = rewrite
+        self.tighten = tighten
         self.peeked = asyncio.Event()
         self.models: list[str | None] = []
         self.streams: list[MultipartStream] = []
@@ -95,6 +96,7 @@ class Gateway:
             self.peeked.set()
             if self.rewrite is not None:
                 stream.rewrite_model(self.rewrite)
+            stream.tighten(self.tighten)
             digest = hashlib.sha256()
             size = 0
             async for piece in stream.chunks():
@@ -110,8 +112,10 @@ class Gateway:
 async def gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     started: list[Gateway] = []
 
-    async def start(limit: int = 8 * 1024 * 1024, rewrite: str | None = None) -> Gateway:
-        gw = Gateway(limit, rewrite)
+    async def start(
+        limit: int = 8 * 1024 * 1024, rewrite: str | None = None, tighten: int = 0
+    ) -> Gateway:
+        gw = Gateway(limit, rewrite, tighten)
         await gw.runner.setup()
         site = web.TCPSite(gw.runner, "127.0.0.1", 0)
         await site.start()
@@ -260,6 +264,28 @@ async def test_a_declared_size_over_the_limit_is_refused_before_the_body_is_sent
     assert answer["error"]["code"] == "request_too_large"
     assert b"connection: close" in answer_head.lower()
     assert gw.models == []
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+async def test_the_named_routes_stricter_bound_applies_after_the_peek(
+    gateway: Callable[..., Awaitable[Gateway]], chunked: bool
+) -> None:
+    # The dispatcher peeks under the loosest bound of all model routes; the route the
+    # form names then tightens it to its own.
+    gw = await gateway(limit=8 * 1024 * 1024, tighten=64 * 1024)
+    body = form(("model", b"whisper"), file=AUDIO)
+    assert len(body) > 64 * 1024
+    if chunked:
+        request = head(None) + b"".join(
+            chunk(body[at : at + 8192]) for at in range(0, len(body), 8192)
+        )
+        request += b"0\r\n\r\n"
+    else:
+        request = head(len(body)) + body
+    status, answer, answer_head = await exchange(gw.port, request)
+    assert (status, answer["error"]["code"]) == (413, "request_too_large")
+    assert b"connection: close" in answer_head.lower()
+    assert gw.models == ["whisper"]
 
 
 @pytest.mark.parametrize("after_peek", [True, False], ids=["past-the-model", "in-the-fields"])

@@ -52,6 +52,7 @@ from aigw.metrics import StreamsInFlight
 from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
 from aigw.upstream.headers import ANSWERED_RESPONSE_POLICY, REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, UpstreamResponse
+from aigw.upstream.query import passthrough_query
 from aigw.upstream.retry_after import retry_after_s
 from aigw.upstream.sse import EventTooLarge, SSESplitter, StreamObserver
 from aigw.upstream.sse_responses import ResponsesObserver
@@ -255,8 +256,13 @@ async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
         # The version passed the syntax check above: it needs no escaping.
         path = f"{path}?api-version={api_version}"
     ex.api_version = api_version
-    if ex.extra_query:
-        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in ex.extra_query)
+    extra = ex.extra_query
+    if target.fixed_path is None and request.query_string:
+        # A pass-through (files, batches, stored responses) keeps the client's listing
+        # options (aigw.upstream.query); never a parameter that could carry a key.
+        extra = (*passthrough_query(request.query.items()), *extra)
+    if extra:
+        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in extra)
         path += f"&{query}" if api_version is not None else f"?{query}"
     headers = REQUEST_POLICY.filter(request.headers.items())
     headers += ex.extra_headers

@@ -13,10 +13,12 @@ The route files, the gateway and the client helpers here are shared with
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
 from openai import AsyncAzureOpenAI, AsyncOpenAI, AzureOpenAI, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
@@ -514,6 +516,21 @@ def test_v1_models_list_goes_through_the_preserve_route(
     assert "api-version" not in record["query"]
     assert record["headers"].get("api-key") == MockProcess.api_key
     assert "authorization" not in record["headers"]
+
+
+def test_a_pass_through_keeps_the_listing_options_and_drops_keys_in_the_query(
+    models_gateway: GatewayProcess, mock: MockProcess
+) -> None:
+    client = azure_client(models_gateway)
+    # files.list(purpose=..., limit=...) sends its filters in the query; a key a client
+    # put in the query (here a consumer-style `apikey` and Azure's `api-key`) never crosses.
+    with contextlib.suppress(openai.APIStatusError):
+        client.files.list(
+            purpose="batch", limit=2, extra_query={"apikey": "secret-1", "api-key": "secret-2"}
+        )
+    [record] = mock.requests()
+    assert (record["method"], record["path"]) == ("GET", "/openai/files")
+    assert record["query"] == {"api-version": AZURE_API_VERSION, "purpose": "batch", "limit": "2"}
 
 
 def test_stored_response_retrieve_and_delete_go_through_the_preserve_route(

@@ -22,7 +22,7 @@ loosest multipart bound).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -111,6 +111,18 @@ def _loosest(sizes: Iterable[int]) -> int:
     return largest
 
 
+def _route_of(
+    get_route: Callable[[str], CompiledRoute | None], model: object, param: str, where: str
+) -> CompiledRoute:
+    """The route serving *model* (the value of *param* in *where*), or the 400/404 to answer."""
+    if not isinstance(model, str) or not model:
+        raise _missing(model, param, where)
+    route = get_route(model)
+    if route is None:
+        raise _unknown(model, param)
+    return route
+
+
 def _json(
     operation: Operation,
     style: ApiStyle,
@@ -130,11 +142,7 @@ def _json(
         try:
             payload = parse_object(body)
             model = payload.get("model")
-            if not isinstance(model, str) or not model:
-                raise _missing(model, "model", "the request body")
-            route = get_route(model)
-            if route is None:
-                raise _unknown(model, "model")
+            route = _route_of(get_route, model, "model", "the request body")
         except GatewayError as error:
             ex.body_budget.release(len(body))
             return await answer_unmatched(ex, error)
@@ -164,11 +172,7 @@ def _multipart(
     async def dispatch(ex: Exchange) -> web.StreamResponse:
         try:
             model = await open_multipart(ex, limit, limits)
-            if not model:
-                raise _missing(model, "model", "the form (before its file)")
-            route = get_route(model)
-            if route is None:
-                raise _unknown(model, "model")
+            route = _route_of(get_route, model, "model", "the form (before its file)")
         except GatewayError as error:
             ex.outcome = _BODY_OUTCOMES.get(error.status, ex.outcome)
             return await answer_unmatched(ex, error)
@@ -187,11 +191,10 @@ def _realtime(param: str, style: ApiStyle, models: Mapping[str, CompiledRoute]) 
     # stays on the session's await chain.
     def dispatch(ex: Exchange) -> Awaitable[web.StreamResponse]:
         model = ex.request.query.get(param)
-        if not model:
-            return answer_unmatched(ex, _missing(model, param, "the query"))
-        route = get_route(model)
-        if route is None:
-            return answer_unmatched(ex, _unknown(model, param))
+        try:
+            route = _route_of(get_route, model, param, "the query")
+        except GatewayError as error:
+            return answer_unmatched(ex, error)
         ex.requested_model = model
         ex.operation = REALTIME
         ex.api_style = style

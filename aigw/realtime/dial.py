@@ -17,8 +17,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from aigw.chain.exchange import Exchange
-from aigw.errors import UpstreamTimeout, UpstreamUnavailable
+from aigw.errors import UpstreamUnavailable
 from aigw.realtime.handshake import client_protocols, upstream_headers, upstream_url
+from aigw.upstream.failures import quoting, upstream_failure
 from aigw.upstream.headers import RESPONSE_POLICY
 from aigw.upstream.relay import RetryableAnswer
 from aigw.upstream.retry_after import retry_after_s
@@ -26,11 +27,6 @@ from aigw.upstream.target import UpstreamTarget
 from aigw.upstream.websocket import HandshakeRefused, UpstreamSocket
 
 __all__ = ["dial_upstream"]
-
-
-def _quoting(ex: Exchange, what: str) -> str:
-    """A client-facing message that gives no upstream detail, only the id to quote."""
-    return f"{what}; quote request id {ex.request_id}"
 
 
 async def dial_upstream(
@@ -54,32 +50,20 @@ async def dial_upstream(
     except HandshakeRefused as refused:
         return _refused(ex, refused)
     except TimeoutError as exc:
-        ex.outcome = "upstream_connect_timeout"
-        ex.error = f"no WebSocket handshake with the upstream {where} in time"
-        raise UpstreamTimeout(
-            "upstream_timeout", _quoting(ex, "the upstream did not answer in time")
-        ) from exc
+        detail = f"no WebSocket handshake with the upstream {where} in time"
+        raise upstream_failure(ex, "upstream_connect_timeout", detail) from exc
     except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-        ex.outcome = "upstream_tls_error"
-        ex.error = f"TLS handshake with {where} failed: {type(exc).__name__}"
-        raise UpstreamUnavailable(
-            "upstream_tls_error", _quoting(ex, "the TLS handshake with the upstream failed")
-        ) from exc
+        detail = f"TLS handshake with {where} failed: {type(exc).__name__}"
+        raise upstream_failure(ex, "upstream_tls_error", detail) from exc
     except aiohttp.ClientConnectorError as exc:
-        ex.outcome = "upstream_unreachable"
-        ex.error = f"cannot connect to the upstream {where}: {exc.strerror or 'error'}"
-        raise UpstreamUnavailable(
-            "upstream_unreachable", _quoting(ex, "the upstream could not be reached")
-        ) from exc
+        detail = f"cannot connect to the upstream {where}: {exc.strerror or 'error'}"
+        raise upstream_failure(ex, "upstream_unreachable", detail) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        ex.outcome = "upstream_error"
-        ex.error = (
+        detail = (
             f"the upstream {where} closed the connection or broke the WebSocket handshake "
             f"({type(exc).__name__})"
         )
-        raise UpstreamUnavailable(
-            "upstream_error", _quoting(ex, "the upstream failed before answering")
-        ) from exc
+        raise upstream_failure(ex, "upstream_error", detail) from exc
     ex.upstream_headers_ns = time.perf_counter_ns()
     ex.upstream_status = 101
     return upstream
@@ -109,7 +93,7 @@ def _refused(ex: Exchange, refused: HandshakeRefused) -> web.Response:
         ex.outcome = "upstream_error"
         ex.error = f"the upstream answered the WebSocket upgrade with {status}"
         raise UpstreamUnavailable(
-            "upstream_error", _quoting(ex, "the upstream failed the WebSocket handshake")
+            "upstream_error", quoting(ex, "the upstream failed the WebSocket handshake")
         )
     kept = RESPONSE_POLICY.filter(headers.items()) if headers is not None else []
     kept.append(("x-request-id", ex.request_id))
@@ -117,7 +101,7 @@ def _refused(ex: Exchange, refused: HandshakeRefused) -> web.Response:
     error = {
         "error": {
             "code": "upstream_refused_websocket",
-            "message": _quoting(ex, f"the upstream refused the WebSocket upgrade with {status}"),
+            "message": quoting(ex, f"the upstream refused the WebSocket upgrade with {status}"),
             "param": None,
             "type": "upstream_error",
         }

@@ -50,6 +50,7 @@ from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import StreamsInFlight
 from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
+from aigw.upstream.failures import quoting, upstream_failure
 from aigw.upstream.headers import ANSWERED_RESPONSE_POLICY, REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, UpstreamResponse
 from aigw.upstream.query import passthrough_query
@@ -217,16 +218,11 @@ def _media_type(content_type: str) -> str:
     return content_type.partition(";")[0].strip().lower()
 
 
-def _quoting(ex: Exchange, what: str) -> str:
-    """A client-facing message that gives no upstream detail, only the id to quote."""
-    return f"{what}; quote request id {ex.request_id}"
-
-
 def _too_large(ex: Exchange, limit: int) -> UpstreamUnavailable:
     ex.outcome = _TOO_LARGE
     return UpstreamUnavailable(
         _TOO_LARGE,
-        _quoting(ex, f"the upstream response is larger than this gateway relays ({limit} bytes)"),
+        quoting(ex, f"the upstream response is larger than this gateway relays ({limit} bytes)"),
     )
 
 
@@ -283,43 +279,29 @@ async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
             write_timeout=target.write_timeout,
         )
     except ConnectTimeout as exc:
-        ex.outcome = "upstream_connect_timeout"
-        ex.error = f"no connection to the upstream {origin.host}:{origin.port} in time ({exc})"
-        raise UpstreamTimeout(
-            "upstream_timeout", _quoting(ex, "the upstream did not answer in time")
-        ) from exc
+        where = f"{origin.host}:{origin.port}"
+        detail = f"no connection to the upstream {where} in time ({exc})"
+        raise upstream_failure(ex, "upstream_connect_timeout", detail) from exc
     except TimeoutError as exc:
-        ex.outcome = "upstream_timeout"
-        ex.error = f"the upstream {origin.host}:{origin.port} did not answer in time ({exc})"
-        raise UpstreamTimeout(
-            "upstream_timeout", _quoting(ex, "the upstream did not answer in time")
-        ) from exc
+        detail = f"the upstream {origin.host}:{origin.port} did not answer in time ({exc})"
+        raise upstream_failure(ex, "upstream_timeout", detail) from exc
     except ssl.SSLError as exc:
-        ex.outcome = "upstream_tls_error"
-        ex.error = (
+        detail = (
             f"TLS handshake with {origin.host}:{origin.port} failed: "
             f"{exc.reason or type(exc).__name__}"
         )
-        raise UpstreamUnavailable(
-            "upstream_tls_error", _quoting(ex, "the TLS handshake with the upstream failed")
-        ) from exc
+        raise upstream_failure(ex, "upstream_tls_error", detail) from exc
     except ConnectError as exc:
-        ex.outcome = "upstream_unreachable"
-        ex.error = (
+        detail = (
             f"cannot connect to the upstream {origin.host}:{origin.port}: {exc.strerror or 'error'}"
         )
-        raise UpstreamUnavailable(
-            "upstream_unreachable", _quoting(ex, "the upstream could not be reached")
-        ) from exc
+        raise upstream_failure(ex, "upstream_unreachable", detail) from exc
     except (OSError, ProtocolError) as exc:
-        ex.outcome = "upstream_error"
-        ex.error = (
+        detail = (
             f"the upstream {origin.host}:{origin.port} closed the connection or broke HTTP "
             f"before answering ({type(exc).__name__}: {exc})"
         )
-        raise UpstreamUnavailable(
-            "upstream_error", _quoting(ex, "the upstream failed before answering")
-        ) from exc
+        raise upstream_failure(ex, "upstream_error", detail) from exc
     ex.upstream_headers_ns = time.perf_counter_ns()
     ex.upstream_status = upstream.status
     ex.upstream_request_id = upstream.head.get("apim-request-id")
@@ -426,14 +408,14 @@ def _body_failed(ex: Exchange, exc: BaseException) -> UpstreamTimeout | Upstream
         ex.outcome = "upstream_timeout"
         ex.error = "the upstream stopped sending its response body (read timeout)"
         return UpstreamTimeout(
-            "upstream_timeout", _quoting(ex, "the upstream stopped sending its response")
+            "upstream_timeout", quoting(ex, "the upstream stopped sending its response")
         )
     ex.outcome = "upstream_error"
     ex.error = (
         f"the upstream connection failed while reading its response ({type(exc).__name__}: {exc})"
     )
     return UpstreamUnavailable(
-        "upstream_error", _quoting(ex, "the upstream failed while sending its response")
+        "upstream_error", quoting(ex, "the upstream failed while sending its response")
     )
 
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aigw.apis.operations import OPERATIONS
+from aigw.apis.operations import MODEL_PATHS, OPERATIONS, REALTIME_PATHS
 from aigw.config.errors import ConfigError
 from aigw.config.model import BalancerConfig, RouteFile
 from aigw.reload import FileState, Reloader
@@ -196,7 +196,22 @@ def check_warnings(table: RouteTable) -> list[str]:
                 f"{where}: ai-rate-limiting-advanced identifier: {limit.identifier} without "
                 "key-auth (on the route or global): counted per client IP"
             )
+    warnings.extend(_model_path_warnings(table))
     return warnings
+
+
+def _model_path_warnings(table: RouteTable) -> list[str]:
+    """A path route holding a model-in-body path takes it from every model route."""
+    if not table.models:
+        return []
+    held = set(MODEL_PATHS) | set(REALTIME_PATHS)
+    return [
+        f"route {route.name} ({route.info.source}): claims {path}, so every model's "
+        f"{path} request goes to it, not to the model routes (route.models)"
+        for route in table.routes
+        for path in route.file.route.paths
+        if path in held
+    ]
 
 
 def _balancer_warnings(file: RouteFile) -> list[str]:

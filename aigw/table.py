@@ -17,11 +17,15 @@ A model route (``route.models``) claims its models the way a path route claims
 paths: a model already served by another file refuses the newcomer whole. Each
 model also claims ``/openai/deployments/{model}/*`` for POST (unless
 ``deployment_paths: false``): a static segment, so it beats ``{deployment}``
-templates and loses to a route's explicit static path. The first model route adds one trie entry per
-model-in-body path (``/openai/v1/chat/completions``, ``/openai/responses``,
-realtime...), whose value is a `ModelDispatch` bound, at `TableBuilder.build`, to
-the final model index; a path route claiming one of those paths conflicts with it
-like with any path.
+templates and loses to a route's explicit static path.
+
+Two kinds of entries are soft claims, added by `TableBuilder.build` once every
+file is in, only where no path route holds the path (whatever the file order):
+each operation's static classic path (`aigw.apis.classic`, the fast way to the
+same route), and one `ModelDispatch` per model-in-body path
+(``/openai/v1/chat/completions``, ``/openai/responses``, realtime...) bound to
+the final model index. A path route naming one of those paths therefore serves
+it, and the model routes keep every other.
 """
 
 from __future__ import annotations
@@ -130,10 +134,6 @@ class TableBuilder:
         self._router: RouterBuilder[Routed] = RouterBuilder()
         self._routes: list[CompiledRoute] = []
         self._models: dict[str, CompiledRoute] = {}  # model name -> the route serving it
-        # The dispatchers' trie entries, added with the first model route; their
-        # values are placeholders until `build` binds the final model index.
-        self._dispatching = False
-        self._classic_added = False
         self._names: dict[str, str] = {}  # route name -> file
         self._globals = _NO_PLUGINS
         self._global_owners: dict[str, str] = {}  # AccessPlugins field -> file
@@ -167,32 +167,29 @@ class TableBuilder:
             if self._consumers
             else EMPTY_CONSUMERS
         )
-        if self._models and not self._classic_added:
-            self._add_classic_paths()
-        if self._models:
-            # A copy: the built table's dispatchers never see a model offered later.
-            models = dict(self._models)
-            dispatchers = model_dispatchers(models, self._limits)
-
-            def bind(value: Routed) -> Routed:
-                return dispatchers[value.path] if isinstance(value, ModelDispatch) else value
-
-            router = self._router.build(bind)
-        else:
-            models, router = {}, self._router.build()
+        # A copy: the built table's dispatchers never see a model offered later.
+        models = dict(self._models)
+        router = self._router
+        if models:
+            # The soft claims go on a trie of their own, where no path route holds the
+            # path: the builder's stays as offered (more files may come).
+            router = RouterBuilder()
+            for route in self._routes:
+                _add_claims(router, route)
+            self._add_classic_paths(router)
+            self._add_dispatchers(router, models)
         return RouteTable(
             generation=generation,
-            router=router,
+            router=router.build(),
             routes=tuple(self._routes),
             consumers=consumers,
             global_plugins=self._globals,
             models=models,
         )
 
-    def _add_classic_paths(self) -> None:
+    def _add_classic_paths(self, router: RouterBuilder[Routed]) -> None:
         """Each model route's static classic paths (`aigw.apis.classic`), added once every
         file is in, so a route's explicit static path wins whatever the file order."""
-        self._classic_added = True
         for route in self._routes:
             config = route.file.route
             methods = _DEPLOYMENT_METHODS.intersection(config.methods or _DEPLOYMENT_METHODS)
@@ -202,7 +199,18 @@ class TableBuilder:
                 for path, entry in classic_paths(route, model):
                     # A path route that claimed it serves it, as it did beside the wildcard.
                     with contextlib.suppress(RouteConflict):
-                        self._router.add(path, methods, entry, route.file.source)
+                        router.add(path, methods, entry, route.file.source)
+
+    def _add_dispatchers(
+        self, router: RouterBuilder[Routed], models: dict[str, CompiledRoute]
+    ) -> None:
+        """One dispatcher per model-in-body path, bound to *models*, where no path route
+        holds the path: a route that names ``/openai/v1/chat/completions`` itself serves
+        it (every model's v1 chat then goes there), and the model routes keep the rest."""
+        for path, dispatcher in model_dispatchers(models, self._limits).items():
+            methods = frozenset({dispatcher.operation.method})
+            with contextlib.suppress(RouteConflict):
+                router.add(path, methods, dispatcher, _DISPATCHER_SOURCE)
 
     # -- each kind ----------------------------------------------------------
 
@@ -221,14 +229,13 @@ class TableBuilder:
                 return _refusal(file.source, "route.models", reason)
         route = self._compile(file, self._globals)
         try:
-            self._add(route)
+            _add_claims(self._router, route)
         except (RouteConflict, TemplateError) as exc:
             # Paths added before the failing one must go too: rebuild the trie
             # from the routes already taken (only on this rare path).
             self._router = RouterBuilder()
-            self._dispatching = False
             for kept in self._routes:
-                self._add(kept)
+                _add_claims(self._router, kept)
             key = "route.models" if isinstance(exc, _ModelPathConflict) else "route.paths"
             return _refusal(file.source, key, str(exc))
         self._routes.append(route)
@@ -236,25 +243,6 @@ class TableBuilder:
         for model in file.route.models:
             self._models[model] = route
         return None
-
-    def _add(self, route: CompiledRoute) -> None:
-        """Adds *route*'s trie entries (and, with the first model route, the dispatchers')."""
-        _add_paths(self._router, route)
-        config = route.file.route
-        if not config.models:
-            return
-        # Every operation of a deployment path is a POST: other methods stay free for
-        # other routes (a pass-through's GET) and are otherwise answered 405.
-        methods = _DEPLOYMENT_METHODS.intersection(config.methods or _DEPLOYMENT_METHODS)
-        try:
-            if config.deployment_paths and methods:
-                for model in config.models:
-                    self._router.add(deployment_path(model), methods, route, route.file.source)
-            if not self._dispatching:
-                _add_dispatchers(self._router, route.file.source, self._limits)
-                self._dispatching = True
-        except RouteConflict as exc:
-            raise _ModelPathConflict(str(exc)) from exc
 
     def _offer_consumers(self, file: ConsumerFile) -> ConfigError | None:
         # Everything is checked before anything is taken: the file goes in whole or not at all.
@@ -320,6 +308,7 @@ def _refusal(source: str, key_path: str, reason: str) -> ConfigError:
 
 
 _DEPLOYMENT_METHODS = frozenset({"POST"})
+_DISPATCHER_SOURCE = "the model routes' dispatcher (route.models)"
 
 
 class _ModelPathConflict(RouteConflict):
@@ -331,12 +320,27 @@ def deployment_path(model: str) -> str:
     return f"/openai/deployments/{model}/*"
 
 
-def _add_dispatchers(builder: RouterBuilder[Routed], source: str, limits: Limits) -> None:
-    """One entry per model-in-body path; the values are placeholders `build` replaces."""
-    label = f"the model routes' dispatcher (with {source})"
-    for path, dispatcher in model_dispatchers({}, limits).items():
-        method = dispatcher.operation.method
-        builder.add(path, frozenset({method}), dispatcher, label)
+def _add_claims(router: RouterBuilder[Routed], route: CompiledRoute) -> None:
+    """Adds *route*'s own trie entries: its paths, and its models' classic prefixes.
+
+    Raises:
+        RouteConflict: A path is taken (`_ModelPathConflict` for a model's prefix).
+        TemplateError: A path is malformed.
+    """
+    _add_paths(router, route)
+    config = route.file.route
+    if not (config.models and config.deployment_paths):
+        return
+    # Every operation of a deployment path is a POST: other methods stay free for
+    # other routes (a pass-through's GET) and are otherwise answered 405.
+    methods = _DEPLOYMENT_METHODS.intersection(config.methods or _DEPLOYMENT_METHODS)
+    if not methods:
+        return
+    try:
+        for model in config.models:
+            router.add(deployment_path(model), methods, route, route.file.source)
+    except RouteConflict as exc:
+        raise _ModelPathConflict(str(exc)) from exc
 
 
 def _add_paths(builder: RouterBuilder[Routed], route: CompiledRoute) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar
 
@@ -441,45 +441,17 @@ class RouterBuilder(Generic[T]):
                 self._static[entry.template] = node.endpoint
         return node.endpoint
 
-    def build(self, resolve: Callable[[T], T] | None = None) -> Router[T]:
+    def build(self) -> Router[T]:
         """Freeze the routes added so far into a `Router`.
-
-        Args:
-            resolve: Maps each value as added to the value the router returns: values
-                that can only be completed once every route is known (the model
-                dispatchers of `aigw.table`) are added as placeholders and replaced here.
 
         Returns:
             A new router that shares no mutable state with this builder.
         """
-        built = self._entries
-        resolved: dict[int, RouteEntry[T]] | None = None
-        if resolve is not None:
-            # Entries are matched by identity below: one resolved entry per added entry.
-            built = [replace(entry, value=resolve(entry.value)) for entry in built]
-            resolved = {id(entry): new for entry, new in zip(self._entries, built, strict=True)}
-        entries = tuple(sorted(built, key=_entry_order))
-        static = {
-            path: _freeze_static(_resolved(endpoint, resolved))
-            for path, endpoint in self._static.items()
-        }
+        entries = tuple(sorted(self._entries, key=_entry_order))
+        static = {path: _freeze_static(endpoint) for path, endpoint in self._static.items()}
         # Without any capture the whole-path map answers every lookup; skip the trie.
-        root = _freeze(self._root, resolved) if self._dynamic else None
+        root = _freeze(self._root) if self._dynamic else None
         return Router(entries=entries, root=root, static=static)
-
-
-def _resolved(
-    endpoint: _BuildEndpoint[T], resolved: Mapping[int, RouteEntry[T]] | None
-) -> _BuildEndpoint[T]:
-    """A copy of *endpoint* holding the resolved entries (the builder's stay as added);
-    *endpoint* itself when nothing is resolved."""
-    if resolved is None:
-        return endpoint
-    copy: _BuildEndpoint[T] = _BuildEndpoint(endpoint.param_names)
-    copy.by_method = {method: resolved[id(e)] for method, e in endpoint.by_method.items()}
-    if endpoint.any_method is not None:
-        copy.any_method = resolved[id(endpoint.any_method)]
-    return copy
 
 
 def _check_methods(endpoint: _BuildEndpoint[T], entry: RouteEntry[T]) -> None:
@@ -509,7 +481,7 @@ def _entry_order(entry: RouteEntry[T]) -> tuple[str, bool, tuple[str, ...]]:
     return (entry.template, entry.methods is not None, tuple(sorted(entry.methods or ())))
 
 
-def _freeze(root: _BuildNode[T], resolved: Mapping[int, RouteEntry[T]] | None) -> _Node[T]:
+def _freeze(root: _BuildNode[T]) -> _Node[T]:
     """Copy the builder trie bottom-up into frozen nodes (iterative: templates may be deep)."""
     order: list[_BuildNode[T]] = []
     pending = [root]
@@ -528,18 +500,15 @@ def _freeze(root: _BuildNode[T], resolved: Mapping[int, RouteEntry[T]] | None) -
         frozen[id(node)] = _Node(
             static=static,
             param=None if node.param is None else frozen[id(node.param)],
-            wildcard=_freeze_endpoint(node.wildcard, resolved),
-            endpoint=_freeze_endpoint(node.endpoint, resolved),
+            wildcard=_freeze_endpoint(node.wildcard),
+            endpoint=_freeze_endpoint(node.endpoint),
         )
     return frozen[id(root)]
 
 
-def _freeze_endpoint(
-    endpoint: _BuildEndpoint[T] | None, resolved: Mapping[int, RouteEntry[T]] | None
-) -> _Endpoint[T] | None:
+def _freeze_endpoint(endpoint: _BuildEndpoint[T] | None) -> _Endpoint[T] | None:
     if endpoint is None:
         return None
-    endpoint = _resolved(endpoint, resolved)
     names = endpoint.param_names
 
     def route(entry: RouteEntry[T]) -> _Route[T]:

@@ -16,6 +16,7 @@ from aigw.apis.dispatch import ModelDispatch
 from aigw.apis.operations import BY_ROUTE_TYPE, BY_SUFFIX, MODEL_PATHS, REALTIME, REALTIME_PATHS
 from aigw.chain.body_budget import BodyBudget
 from aigw.chain.exchange import Exchange
+from aigw.check import check_warnings
 from aigw.config.loader import parse_route_file
 from aigw.config.model import AccessPlugins, RouteFile
 from aigw.reload import Reloader
@@ -188,29 +189,27 @@ def test_an_explicit_static_path_beats_the_model_routes_classic_path() -> None:
     assert route_at(t, "/openai/deployments/other/chat/completions") == "any"
 
 
-def test_a_path_route_on_a_model_in_body_path_conflicts_either_way() -> None:
+@pytest.mark.parametrize("path_route_first", [False, True], ids=["model-first", "path-first"])
+def test_a_path_route_on_a_model_in_body_path_serves_it_and_models_keep_the_rest(
+    path_route_first: bool,
+) -> None:
+    files = [model_route("gpt-4o", "gpt-4o"), path_route("v1", "/openai/v1/chat/completions")]
     builder = TableBuilder(Compiler())
-    assert builder.offer(model_route("gpt-4o", "gpt-4o")) is None
-    error = builder.offer(path_route("v1", "/openai/v1/chat/completions"))
-    assert error is not None
-    assert error.issues[0].key_path == "route.paths"
-    assert "POST /openai/v1/chat/completions is already claimed by the model routes'" in str(error)
-    # The trie rebuilt without the refused file keeps the dispatchers.
-    assert isinstance(found(builder.build(1), "/openai/v1/chat/completions").value, ModelDispatch)
-
-    builder = TableBuilder(Compiler())
-    assert builder.offer(path_route("v1", "/openai/v1/chat/completions")) is None
-    error = builder.offer(model_route("gpt-4o", "gpt-4o"))
-    assert error is not None
-    assert error.issues[0].key_path == "route.models"
-    assert "is already claimed by conf.d/v1.yaml" in str(error)
+    for file in reversed(files) if path_route_first else files:
+        assert builder.offer(file) is None, file.source
     t = builder.build(1)
-    # The refused model route left nothing behind: no classic path, no dispatcher.
-    assert t.router.match("POST", "/openai/deployments/gpt-4o/chat/completions") is None
-    assert t.router.match("POST", "/openai/v1/embeddings") is None
+    # The path route's explicit claim wins the one path, whatever the file order...
     assert route_at(t, "/openai/v1/chat/completions") == "v1"
-    # While a path route holds a model-in-body path, no model route fits.
-    assert builder.offer(model_route("other", "other")) is not None
+    # ...and the model routes keep every other model-in-body path and their classic paths.
+    assert isinstance(found(t, "/openai/v1/embeddings").value, ModelDispatch)
+    assert route_at(t, "/openai/deployments/gpt-4o/chat/completions") == "gpt-4o"
+    # Another model route still fits.
+    assert builder.offer(model_route("other", "other")) is None
+    # aigw check says what the path route takes from the model routes.
+    assert check_warnings(t) == [
+        "route v1 (conf.d/v1.yaml): claims /openai/v1/chat/completions, so every model's "
+        "/openai/v1/chat/completions request goes to it, not to the model routes (route.models)"
+    ]
 
 
 def test_a_built_table_never_sees_models_offered_later() -> None:

@@ -13,7 +13,10 @@ from __future__ import annotations
 from aigw.chain.exchange import Exchange
 from aigw.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 
-__all__ = ["quoting", "upstream_failure"]
+__all__ = ["TOO_LARGE", "quoting", "upstream_failure"]
+
+TOO_LARGE = "upstream_response_too_large"
+"""The outcome of an upstream answer (body, stream or event) past aigw's size bounds."""
 
 _LATE = "the upstream did not answer in time"
 _BROKEN = "the upstream failed before answering"

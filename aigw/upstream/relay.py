@@ -7,7 +7,7 @@ Two shapes of answer, both relayed as they arrive, never held whole:
   Content-Length when it gave one, chunked otherwise), while a bounded window
   of it (``body_window``) is kept for the usage reader;
 * an SSE stream, relayed event by event, with a side-channel observer reading
-  usage and the first token.
+  usage and the first token (``aigw.upstream.sse_relay``).
 
 Failure mapping at this boundary: cannot connect → 502, no answer in time →
 504, an upstream redirect → 502 (never followed: following it would resend
@@ -34,14 +34,12 @@ reached the client, so the next target can be tried. Connect-phase failures
 from __future__ import annotations
 
 import contextlib
-import json
 import ssl
 import sys
 import time
 from urllib.parse import quote
 
 from aiohttp import web
-from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
 
 from aigw.apis.operations import Operation
@@ -50,13 +48,12 @@ from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import StreamsInFlight
 from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
-from aigw.upstream.failures import quoting, upstream_failure
+from aigw.upstream.failures import TOO_LARGE, quoting, upstream_failure
 from aigw.upstream.headers import ANSWERED_RESPONSE_POLICY, REQUEST_POLICY, RESPONSE_POLICY
 from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, UpstreamResponse
 from aigw.upstream.query import passthrough_query
 from aigw.upstream.retry_after import retry_after_s
-from aigw.upstream.sse import EventTooLarge, SSESplitter, StreamObserver
-from aigw.upstream.sse_responses import ResponsesObserver
+from aigw.upstream.sse_relay import relay_stream, stream_observer
 from aigw.upstream.target import UpstreamTarget, valid_api_version
 
 __all__ = [
@@ -72,7 +69,6 @@ MODEL_HEADER = "X-AIGW-LLM-Model"
 
 _SSE = "text/event-stream"
 _V1_PREFIX = "/openai/v1/"
-_TOO_LARGE = "upstream_response_too_large"
 
 CONNECT_PHASE_OUTCOMES = frozenset(
     {"upstream_unreachable", "upstream_connect_timeout", "upstream_tls_error"}
@@ -170,12 +166,12 @@ def make_relay(
                 )
                 op = ex.operation or operation
                 with tracking:
-                    response = await _relay_stream(
+                    response = await relay_stream(
                         ex,
                         upstream,
                         headers,
                         require_done if op is None else op.require_done,
-                        _observer(ex, op),
+                        stream_observer(ex, op),
                         capture_body,
                         max_body,
                         max_event,
@@ -206,22 +202,15 @@ def make_relay(
     return relay
 
 
-def _observer(ex: Exchange, operation: Operation | None) -> StreamObserver | ResponsesObserver:
-    """The stream's usage reader: Responses events are typed, anything else is chat's."""
-    if operation is not None and operation.usage == "responses":
-        return ResponsesObserver()
-    return StreamObserver(hide_usage_chunk=ex.hide_usage_chunk)
-
-
 def _media_type(content_type: str) -> str:
     """``type/subtype`` of a Content-Type, lower-cased (media types are case-insensitive)."""
     return content_type.partition(";")[0].strip().lower()
 
 
 def _too_large(ex: Exchange, limit: int) -> UpstreamUnavailable:
-    ex.outcome = _TOO_LARGE
+    ex.outcome = TOO_LARGE
     return UpstreamUnavailable(
-        _TOO_LARGE,
+        TOO_LARGE,
         quoting(ex, f"the upstream response is larger than this gateway relays ({limit} bytes)"),
     )
 
@@ -372,7 +361,7 @@ async def _stream_body(
         size += len(data)
         if size > max_body:
             ex.error = f"the upstream body passed {max_body} bytes; the response was cut"
-            ex.outcome = _TOO_LARGE
+            ex.outcome = TOO_LARGE
             return _abort(ex, upstream, response)
         if window is not None:
             window.add(data)
@@ -438,129 +427,3 @@ def _captured(body: bytes) -> bytes:
     capture = PayloadCapture()
     capture.add(body)
     return capture.value()
-
-
-async def _relay_stream(
-    ex: Exchange,
-    upstream: UpstreamResponse,
-    headers: list[tuple[str, str]],
-    require_done: bool,
-    observer: StreamObserver | ResponsesObserver,
-    capture: bool,
-    max_body: int,
-    max_event: int,
-) -> web.StreamResponse:
-    headers.append(("Cache-Control", "no-cache"))
-    headers.append(("X-Accel-Buffering", "no"))  # tell any proxy in front not to buffer
-    response = web.StreamResponse(status=upstream.status, headers=CIMultiDict(headers))
-    transport = ex.request.transport
-    if transport is not None:
-        tcp_nodelay(transport, True)
-    await response.prepare(ex.request)
-    splitter = SSESplitter(max_event)
-    captured = PayloadCapture() if capture else None
-    # PERF: this loop runs once per delta; everything it calls is bound once.
-    read, write, feed, observe = upstream.readany, response.write, splitter.feed, observer.observe
-    hide = observer.hide_usage_chunk
-    size = 0
-    try:
-        while True:
-            try:
-                chunk = await read()
-            except (TimeoutError, OSError, ProtocolError) as exc:
-                if isinstance(exc, TimeoutError):
-                    ex.outcome = "upstream_idle_timeout"
-                    message = "the upstream stopped sending (idle timeout)"
-                else:
-                    ex.outcome = "upstream_reset"
-                    message = f"the upstream connection was lost ({type(exc).__name__})"
-                await _fail_stream(ex, response, message)
-                return response
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > max_body:
-                ex.outcome = _TOO_LARGE
-                upstream.close()
-                await _fail_stream(ex, response, f"the upstream stream grew past {max_body} bytes")
-                return response
-            # Only whole events are forwarded: an error event written after a
-            # failure then starts on an event boundary of the client's parser.
-            try:
-                events = feed(chunk)
-            except EventTooLarge:
-                ex.outcome = "upstream_event_too_large"
-                upstream.close()
-                await _fail_stream(
-                    ex, response, f"an upstream event is larger than {max_event} bytes"
-                )
-                return response
-            if hide:  # leave out the usage chunk aigw asked for on its own
-                out = b"".join([event for event in events if observe(event)])
-            else:
-                for event in events:
-                    observe(event)
-                # PERF: joining one event returns it, no copy (the usual delta).
-                out = b"".join(events)
-            if out:
-                try:
-                    await write(out)
-                except ConnectionResetError:
-                    ex.outcome = "client_disconnect"
-                    raise
-                ex.bytes_out += len(out)
-                if captured is not None:
-                    captured.add(out)
-        await _end_stream(ex, response, splitter.pending, captured, require_done, observer)
-        return response
-    finally:
-        ex.usage = observer.usage
-        ex.response_model = observer.model
-        ex.first_token_ns = observer.first_token_ns
-        if captured is not None:
-            ex.response_body = captured.value()
-
-
-async def _end_stream(
-    ex: Exchange,
-    response: web.StreamResponse,
-    tail: bytes,
-    captured: PayloadCapture | None,
-    require_done: bool,
-    observer: StreamObserver | ResponsesObserver,
-) -> None:
-    """Finishes a stream the upstream ended: cleanly, or as cut if [DONE] never came."""
-    if tail:
-        # An unterminated last event: the bytes are the client's to judge.
-        await _write(ex, response, tail)
-        if captured is not None:
-            captured.add(tail)
-    if require_done and response.status < 300 and not observer.saw_done:
-        ex.outcome = "upstream_truncated"
-        await _fail_stream(ex, response, "the upstream ended the stream without [DONE]")
-        return
-    await response.write_eof()
-
-
-async def _write(ex: Exchange, response: web.StreamResponse, data: bytes) -> None:
-    try:
-        await response.write(data)
-    except ConnectionResetError:
-        ex.outcome = "client_disconnect"
-        raise
-    ex.bytes_out += len(data)
-
-
-async def _fail_stream(ex: Exchange, response: web.StreamResponse, message: str) -> None:
-    """Ends a started stream as an error the SDK raises, not as a clean finish."""
-    ex.error = message
-    error = {"error": {"code": ex.outcome, "message": message, "type": "upstream_error"}}
-    try:
-        await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-    except ConnectionResetError:
-        return
-    # Closing without the chunked terminator makes the HTTP client report an
-    # incomplete body even if it ignores the error event.
-    transport = ex.request.transport
-    if transport is not None:
-        transport.close()

@@ -65,8 +65,6 @@ __all__ = [
     "shared_option_defaults",
 ]
 
-_parse_object = parse_object  # the model dispatcher's name for it
-
 _BODY_OUTCOMES = {408: "client_body_timeout", 503: BODY_BUFFER_FULL}
 """The access log's outcome for a body that did not arrive in time (408), or
 that the worker's body budget had no room for (503)."""

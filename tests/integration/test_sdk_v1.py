@@ -6,16 +6,19 @@ the route by it (one file per deployment, ``route.models``), sends the call on t
 ``azure_deployment_id`` and the route's key in place of the client's (sent both as
 ``Authorization: Bearer`` and as ``api-key``). Each test asserts what the SDK got back,
 the access-log line (route, model, deployment, path, tokens), and what reached the mock.
+Responses runs with the classic client too (``/openai/responses?api-version=…``).
 
 The route files, the gateway and the client helpers here are shared with
-``test_sdk_apis.py`` (the classic client's Responses, images and speech).
+``test_sdk_apis.py`` (images and speech). A test run on both clients (``both_styles``)
+takes a ``ClientStyle``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -177,6 +180,33 @@ def async_azure_client(gateway: GatewayProcess) -> AsyncAzureOpenAI:
     )
 
 
+@dataclass(frozen=True)
+class ClientStyle:
+    """One of the two ways the SDK reaches a model route, for a test run on both."""
+
+    sync: Callable[[GatewayProcess], OpenAI]
+    asynchronous: Callable[[GatewayProcess], AsyncOpenAI]
+    api_version: str | None
+    """What the client sends and the mock must see: the v1 API takes none."""
+
+    def query(self) -> dict[str, str]:
+        """The query string the mock records for a call of this client."""
+        return {"api-version": self.api_version} if self.api_version else {}
+
+
+V1 = ClientStyle(v1_client, async_v1_client, None)
+CLASSIC = ClientStyle(azure_client, async_azure_client, AZURE_API_VERSION)
+
+
+def both_styles(v1_path: str, classic_path: str) -> list[Any]:
+    """``(style, path)`` parameters of a test run with each client: the path each calls
+    (and the gateway forwards unchanged)."""
+    return [
+        pytest.param(V1, v1_path, id="v1"),
+        pytest.param(CLASSIC, classic_path, id="classic"),
+    ]
+
+
 def logged(
     gateway: GatewayProcess,
     request_id: str,
@@ -236,50 +266,37 @@ def rid(request_id: str) -> dict[str, str]:
 # --- chat ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("model", "deployment"),
+    [
+        pytest.param("gpt-4o", "gpt-4o", id="deployment-name"),
+        # A name of the application's own: the body's model becomes the deployment id.
+        pytest.param("my-chat", "gpt-4.1-mini", id="own-name"),
+    ],
+)
 def test_v1_chat_is_routed_by_the_body_model(
-    models_gateway: GatewayProcess, mock: MockProcess, request_id: str
+    models_gateway: GatewayProcess, mock: MockProcess, request_id: str, model: str, deployment: str
 ) -> None:
     response = v1_client(models_gateway).chat.completions.create(
-        model="gpt-4o", messages=QUESTION, extra_headers=rid(request_id)
+        model=model, messages=QUESTION, extra_headers=rid(request_id)
     )
-    assert response.model == SNAPSHOTS["gpt-4o"]
+    assert response.model == SNAPSHOTS[deployment]
     assert response.choices[0].message.content
     assert response.usage is not None
     line = logged(
         models_gateway,
         request_id,
-        route="gpt-4o",
-        model="gpt-4o",
-        deployment="gpt-4o",
+        route=model,
+        model=model,
+        deployment=deployment,
         path="/openai/v1/chat/completions",
     )
     usage = response.usage
     assert_tokens(line, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
     record = upstream_call(
-        mock, path="/openai/v1/chat/completions", api_version=None, deployment="gpt-4o"
+        mock, path="/openai/v1/chat/completions", api_version=None, deployment=deployment
     )
-    assert body_model(record) == "gpt-4o"
-
-
-def test_v1_chat_body_model_becomes_the_deployment_id(
-    models_gateway: GatewayProcess, mock: MockProcess, request_id: str
-) -> None:
-    response = v1_client(models_gateway).chat.completions.create(
-        model="my-chat", messages=QUESTION, extra_headers=rid(request_id)
-    )
-    assert response.model == SNAPSHOTS["gpt-4.1-mini"]
-    logged(
-        models_gateway,
-        request_id,
-        route="my-chat",
-        model="my-chat",
-        deployment="gpt-4.1-mini",
-        path="/openai/v1/chat/completions",
-    )
-    record = upstream_call(
-        mock, path="/openai/v1/chat/completions", api_version=None, deployment="gpt-4.1-mini"
-    )
-    assert body_model(record) == "gpt-4.1-mini"
+    assert body_model(record) == deployment
 
 
 def test_one_model_route_also_serves_the_classic_deployment_path(
@@ -417,8 +434,19 @@ async def test_async_v1_embeddings(models_gateway: GatewayProcess, mock: MockPro
 # --- responses -------------------------------------------------------------------------
 
 
-def test_v1_responses(models_gateway: GatewayProcess, mock: MockProcess, request_id: str) -> None:
-    response = v1_client(models_gateway).responses.create(
+RESPONSES = both_styles("/openai/v1/responses", "/openai/responses")
+"""The classic client's Responses path is model-in-body too, with an api-version."""
+
+
+@pytest.mark.parametrize(("style", "path"), RESPONSES)
+def test_responses(
+    models_gateway: GatewayProcess,
+    mock: MockProcess,
+    request_id: str,
+    style: ClientStyle,
+    path: str,
+) -> None:
+    response = style.sync(models_gateway).responses.create(
         model="my-chat", input="What model are you?", extra_headers=rid(request_id)
     )
     assert response.status == "completed"
@@ -430,12 +458,13 @@ def test_v1_responses(models_gateway: GatewayProcess, mock: MockProcess, request
         route="my-chat",
         model="my-chat",
         deployment="gpt-4.1-mini",
-        path="/openai/v1/responses",
+        path=path,
     )
     usage = response.usage
     assert_tokens(line, usage.input_tokens, usage.output_tokens, usage.total_tokens)
+    assert line["api_version"] == style.api_version
     record = upstream_call(
-        mock, path="/openai/v1/responses", api_version=None, deployment="gpt-4.1-mini"
+        mock, path=path, api_version=style.api_version, deployment="gpt-4.1-mini"
     )
     sent = json.loads(record["body"])
     assert sent["model"] == "gpt-4.1-mini"
@@ -443,10 +472,15 @@ def test_v1_responses(models_gateway: GatewayProcess, mock: MockProcess, request
     assert "stream_options" not in sent and "max_tokens" not in sent
 
 
-def test_v1_responses_stream(
-    models_gateway: GatewayProcess, mock: MockProcess, request_id: str
+@pytest.mark.parametrize(("style", "path"), RESPONSES)
+def test_responses_stream(
+    models_gateway: GatewayProcess,
+    mock: MockProcess,
+    request_id: str,
+    style: ClientStyle,
+    path: str,
 ) -> None:
-    stream = v1_client(models_gateway).responses.create(
+    stream = style.sync(models_gateway).responses.create(
         model="gpt-4o", input="What model are you?", stream=True, extra_headers=rid(request_id)
     )
     events = list(stream)
@@ -464,19 +498,24 @@ def test_v1_responses_stream(
         route="gpt-4o",
         model="gpt-4o",
         deployment="gpt-4o",
-        path="/openai/v1/responses",
+        path=path,
     )
     assert line["stream"] is True
     assert line["ttft_ms"] is not None and line["ttft_ms"] <= line["latency_ms"]
     assert_tokens(line, usage.input_tokens, usage.output_tokens, usage.total_tokens)
-    record = upstream_call(mock, path="/openai/v1/responses", api_version=None, deployment="gpt-4o")
+    record = upstream_call(mock, path=path, api_version=style.api_version, deployment="gpt-4o")
     assert "stream_options" not in json.loads(record["body"])
 
 
-async def test_async_v1_responses_plain_and_stream(
-    models_gateway: GatewayProcess, mock: MockProcess, request_id: str
+@pytest.mark.parametrize(("style", "path"), RESPONSES)
+async def test_async_responses_plain_and_stream(
+    models_gateway: GatewayProcess,
+    mock: MockProcess,
+    request_id: str,
+    style: ClientStyle,
+    path: str,
 ) -> None:
-    async with async_v1_client(models_gateway) as client:
+    async with style.asynchronous(models_gateway) as client:
         response = await client.responses.create(model="gpt-4o", input="hi")
         stream = await client.responses.create(
             model="my-chat", input="hi", stream=True, extra_headers=rid(request_id)
@@ -486,11 +525,12 @@ async def test_async_v1_responses_plain_and_stream(
     completed = events[-1]
     assert completed.type == "response.completed" and completed.response.usage is not None
     line = models_gateway.access_log(request_id)
-    assert (line["route"], line["deployment"]) == ("my-chat", "gpt-4.1-mini")
+    assert (line["route"], line["deployment"], line["path"]) == ("my-chat", "gpt-4.1-mini", path)
     assert line["completion_tokens"] == completed.response.usage.output_tokens
-    assert [(r["path"], r["deployment"]) for r in mock.requests()] == [
-        ("/openai/v1/responses", "gpt-4o"),
-        ("/openai/v1/responses", "gpt-4.1-mini"),
+    assert line["total_tokens"] == completed.response.usage.total_tokens
+    assert [(r["path"], r["deployment"], r["query"]) for r in mock.requests()] == [
+        (path, "gpt-4o", style.query()),
+        (path, "gpt-4.1-mini", style.query()),
     ]
 
 

@@ -21,15 +21,13 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import scenario_access as sa
 import targets as tg
-from context import Context
 from measure import cpu_seconds
-from scenario_proxy import POINTS
+from scenario_proxy import POINTS, standalone
 from wrk import run_wrk, write_script
 
 
@@ -113,36 +111,23 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     matches = args.match or ["aigw/consumers", "aigw/quotas"]
-    procs = tg.Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="aigw-profile-"))
-    ctx = Context(
-        quick=False,
-        rounds=1,
-        duration=args.duration,
-        warmup=2,
-        streams=0,
-        stream_duration=0,
-        route_sizes=(),
-        workdir=workdir,
-        procs=procs,
-        uvloop=True,
-        sse_upstream="nginx",
-    )
-    try:
-        upstream = tg.start_nginx_upstream(procs, workdir / "upstream")
-        redis = sa.start_redis(procs, workdir / "redis")
+    with standalone("aigw-profile-", rounds=1, duration=args.duration, warmup=2) as (
+        ctx,
+        upstream,
+    ):
+        redis = sa.start_redis(ctx.procs, ctx.workdir / "redis")
         profiles: dict[str, tuple[Counter[str], int, float]] = {}
         for key in args.variant or ["plain", "local"]:
             variant = by_key[key]
             target = sa.start_variant(ctx, upstream, variant, redis.extra["port"])
             script = write_script(
-                workdir / f"wrk-{key}.lua",
+                ctx.workdir / f"wrk-{key}.lua",
                 method="POST",
                 body=tg.request_body(),
                 headers=tg.client_headers(target),
             )
             run_wrk(target.url + tg.chat_path(), script=script, connections=256, duration_s=2)
-            raw = workdir / f"{key}.raw"
+            raw = ctx.workdir / f"{key}.raw"
             cpu_us = profile(target, script, args.duration, args.rate, raw)
             inclusive, own, total = _frames(raw)
             profiles[key] = (own, total, cpu_us)
@@ -155,12 +140,9 @@ def main() -> None:
                     f"{own[frame] / total * cpu_us:8.1f}  {frame}"
                 )
             if target.proc is not None:
-                procs.stop(target.proc)
+                ctx.procs.stop(target.proc)
         if len(profiles) > 1:
             _print_diff(profiles, args.top)
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

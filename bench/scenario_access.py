@@ -49,7 +49,7 @@ from typing import Any
 import targets as tg
 from context import Context, say
 from measure import cpu_seconds, free_port
-from scenario_proxy import POINTS, _run_point, _warm_up, fmt, summarise_paired
+from scenario_proxy import POINTS, _run_point, _warm_up, fmt, report, standalone, summarise_paired
 
 __all__ = [
     "BREAKDOWN",
@@ -432,8 +432,6 @@ def run(
 def main() -> None:
     """Runs this scenario alone; ``--breakdown`` runs each plugin's share instead."""
     import argparse
-    import json
-    import tempfile
 
     from suite import ensure_redis, ensure_tools
 
@@ -446,31 +444,11 @@ def main() -> None:
     notes: list[str] = []
     ensure_tools(notes)
     ensure_redis()
-    procs = tg.Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="aigw-access-"))
-    ctx = Context(
-        quick=False,
-        rounds=args.rounds,
-        duration=args.duration,
-        warmup=1,
-        streams=0,
-        stream_duration=0,
-        route_sizes=(),
-        workdir=workdir,
-        procs=procs,
-        uvloop=True,
-        sse_upstream="nginx",
-        notes=notes,
-    )
-    try:
-        upstream = tg.start_nginx_upstream(procs, workdir / "upstream")
+    with standalone(
+        "aigw-access-", rounds=args.rounds, duration=args.duration, warmup=1, notes=notes
+    ) as (ctx, upstream):
         result = run(ctx, upstream, BREAKDOWN if args.breakdown else VARIANTS)
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print("\n".join(render(result)))
+    report(result, render(result), args.json)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,7 @@ must end at a healthy region.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +48,16 @@ from typing import Any
 import targets as tg
 from context import Context, say
 from measure import free_port
-from scenario_proxy import POINTS, Point, _run_point, _warm_up, fmt, summarise_paired
+from scenario_proxy import (
+    POINTS,
+    Point,
+    _run_point,
+    _warm_up,
+    fmt,
+    report,
+    standalone,
+    summarise_paired,
+)
 
 __all__ = ["VARIANTS", "Variant", "render", "run"]
 
@@ -325,7 +332,6 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
 def main() -> None:
     """Runs this scenario alone and prints its report section."""
     import argparse
-    import tempfile
 
     from suite import ensure_tools
 
@@ -337,32 +343,15 @@ def main() -> None:
     args = parser.parse_args()
     notes: list[str] = []
     ensure_tools(notes)
-    procs = tg.Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="aigw-balancer-"))
-    workdir.chmod(0o755)  # nginx workers run as nobody and must reach their temp dirs
-    ctx = Context(
-        quick=False,
+    with standalone(
+        "aigw-balancer-",
         rounds=args.rounds,
         duration=args.duration,
         warmup=args.warmup,
-        streams=0,
-        stream_duration=0,
-        route_sizes=(),
-        workdir=workdir,
-        procs=procs,
-        uvloop=True,
-        sse_upstream="nginx",
         notes=notes,
-    )
-    try:
-        upstream = tg.start_nginx_upstream(procs, workdir / "upstream")
+    ) as (ctx, upstream):
         result = run(ctx, upstream)
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print("\n".join(render(result)))
+    report(result, render(result), args.json)
 
 
 if __name__ == "__main__":

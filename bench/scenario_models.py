@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import targets as tg
 from context import Context, say
-from scenario_proxy import POINTS, _run_point, _warm_up, fmt, summarise_paired
+from scenario_proxy import POINTS, _run_point, _warm_up, fmt, report, standalone, summarise_paired
 
 __all__ = ["BAR", "VARIANTS", "Variant", "model_route_file", "render", "run"]
 
@@ -207,7 +206,6 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
 def main() -> None:
     """Runs this scenario alone."""
     import argparse
-    import tempfile
 
     from suite import ensure_tools
 
@@ -218,32 +216,11 @@ def main() -> None:
     args = parser.parse_args()
     notes: list[str] = []
     ensure_tools(notes)
-    procs = tg.Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="aigw-models-"))
-    workdir.chmod(0o755)  # nginx workers run as nobody
-    ctx = Context(
-        quick=False,
-        rounds=args.rounds,
-        duration=args.duration,
-        warmup=1,
-        streams=0,
-        stream_duration=0,
-        route_sizes=(),
-        workdir=workdir,
-        procs=procs,
-        uvloop=True,
-        sse_upstream="nginx",
-        notes=notes,
-    )
-    try:
-        upstream = tg.start_nginx_upstream(procs, workdir / "upstream")
+    with standalone(
+        "aigw-models-", rounds=args.rounds, duration=args.duration, warmup=1, notes=notes
+    ) as (ctx, upstream):
         result = run(ctx, upstream)
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print("\n".join(render(result)))
+    report(result, render(result), args.json)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,13 @@ the same machine noise), then the median over rounds is taken.
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,3 +262,41 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
                 info["access_log_lines"] = info.get("access_log_lines", 0) + lines
                 info["wrk_requests"] = info.get("wrk_requests", 0) + served.get(t.key, 0)
     return result
+
+
+@contextmanager
+def standalone(
+    prefix: str, *, rounds: int, duration: int, warmup: int, notes: list[str] | None = None
+) -> Iterator[tuple[Context, tg.Target]]:
+    """The context and the nginx upstream of a scenario run on its own (its ``main()``):
+    a scratch directory under *prefix* that nginx's workers (nobody) can reach; every
+    process is stopped and the directory removed on the way out."""
+    procs = tg.Processes()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o755)
+    ctx = Context(
+        quick=False,
+        rounds=rounds,
+        duration=duration,
+        warmup=warmup,
+        streams=0,
+        stream_duration=0,
+        route_sizes=(),
+        workdir=workdir,
+        procs=procs,
+        uvloop=True,
+        sse_upstream="nginx",
+        notes=[] if notes is None else notes,
+    )
+    try:
+        yield ctx, tg.start_nginx_upstream(procs, workdir / "upstream")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(result: dict[str, Any], lines: list[str], json_path: Path | None) -> None:
+    """Prints a standalone run's report section; writes its raw *result* to *json_path*."""
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print("\n".join(lines))

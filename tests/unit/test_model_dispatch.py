@@ -28,39 +28,31 @@ from tests.unit.test_chain import MiB, exchange
 ENV = {"KEY": "azure-key-123456"}
 
 
-def model_route(name: str, *models: str, extra: str = "", route_type: str = "") -> RouteFile:
-    text = f"""route:
-  name: {name}
-  models: [{", ".join(models)}]
-{extra}plugins:
+def route_text(head: str, model: str, deployment: str, route_type: str = "") -> str:
+    """A route file: *head* (``route:`` and what it claims), then one Azure target for
+    *deployment*."""
+    return f"""route:
+{head}plugins:
   - name: ai-proxy-advanced
     config:
       targets:
         - {route_type}auth: {{header_name: api-key, header_value: "${{KEY}}"}}
           model:
             provider: azure
-            name: {models[0]}
-            options: {{azure_instance: res, azure_deployment_id: {models[0]}}}
+            name: {model}
+            options: {{azure_instance: res, azure_deployment_id: {deployment}}}
 """
+
+
+def model_route(name: str, *models: str, extra: str = "", route_type: str = "") -> RouteFile:
+    head = f"  name: {name}\n  models: [{', '.join(models)}]\n{extra}"
+    text = route_text(head, models[0], models[0], route_type)
     return parse_route_file(f"conf.d/{name}.yaml", text.encode(), ENV)
 
 
 def path_route(name: str, path: str, methods: str = "[POST]") -> RouteFile:
-    text = f"""route:
-  name: {name}
-  paths: ["{path}"]
-  methods: {methods}
-plugins:
-  - name: ai-proxy-advanced
-    config:
-      targets:
-        - route_type: llm/v1/chat
-          auth: {{header_name: api-key, header_value: "${{KEY}}"}}
-          model:
-            provider: azure
-            name: m
-            options: {{azure_instance: res, azure_deployment_id: m}}
-"""
+    head = f'  name: {name}\n  paths: ["{path}"]\n  methods: {methods}\n'
+    text = route_text(head, "m", "m", "route_type: llm/v1/chat\n          ")
     return parse_route_file(f"conf.d/{name}.yaml", text.encode(), ENV)
 
 
@@ -376,20 +368,8 @@ async def test_realtime_takes_the_model_from_the_query(path: str, param: str) ->
 
 def model_route_text(name: str, model: str, deployment: str) -> str:
     # A specific route_type: the reloader compiles for real, and the chain is not under test.
-    return f"""route:
-  name: {name}
-  models: [{model}]
-plugins:
-  - name: ai-proxy-advanced
-    config:
-      targets:
-        - route_type: llm/v1/chat
-          auth: {{header_name: api-key, header_value: "${{KEY}}"}}
-          model:
-            provider: azure
-            name: {model}
-            options: {{azure_instance: res, azure_deployment_id: {deployment}}}
-"""
+    head = f"  name: {name}\n  models: [{model}]\n"
+    return route_text(head, model, deployment, "route_type: llm/v1/chat\n          ")
 
 
 def serving(r: Reloader, model: str) -> str | None:

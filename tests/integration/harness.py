@@ -15,7 +15,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GatewayProcess", "MockProcess", "run_check", "wait_until"]
+__all__ = [
+    "GatewayProcess",
+    "MockProcess",
+    "model_route_file",
+    "run_check",
+    "serve_routes",
+    "wait_until",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -305,3 +312,57 @@ def pool_route_file(
             f"              upstream_url: {base_url}/openai/deployments/{name}/chat/completions",
         ]
     return "\n".join(lines) + "\n"
+
+
+def model_route_file(
+    name: str,
+    models: Sequence[str],
+    deployments: Sequence[str],
+    *,
+    key: str = '"${AZURE_OPENAI_KEY}"',
+    instance: str = "${AZURE_INSTANCE}",
+    route_type: str | None = None,
+    config: Sequence[str] = (),
+) -> str:
+    """A model route file: *models* (the first is the targets' model name), one target per
+    deployment of *deployments*, each with the api-key *key* and the ``azure_instance``
+    *instance* (``{index}`` in it is the target's index); *route_type* None leaves it out
+    (``auto``); *config* are extra YAML lines of the plugin's config
+    (``max_request_body_size: 1024``)."""
+    lines = [
+        "route:",
+        f"  name: {name}",
+        f"  models: [{', '.join(models)}]",
+        "plugins:",
+        "  - name: ai-proxy-advanced",
+        "    config:",
+        *(f"      {line}" for line in config),
+        "      targets:",
+    ]
+    for index, deployment in enumerate(deployments):
+        lines += [
+            f"        - auth: {{header_name: api-key, header_value: {key}}}",
+            *([f"          route_type: {route_type}"] if route_type else []),
+            "          model:",
+            "            provider: azure",
+            f"            name: {models[0]}",
+            "            options:",
+            f"              azure_instance: {instance.replace('{index}', str(index))}",
+            f"              azure_deployment_id: {deployment}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def serve_routes(
+    conf: Path, files: Mapping[str, str], *extra: str, env: dict[str, str] | None = None
+) -> Iterator[GatewayProcess]:
+    """``aigw serve`` of the route files *files* (file name -> text), written into *conf*,
+    with the CLI arguments *extra*; closed on the way out."""
+    for name, text in files.items():
+        (conf / name).write_text(text)
+    process = GatewayProcess(conf, *extra, env=env)
+    try:
+        yield process
+    finally:
+        process.close()

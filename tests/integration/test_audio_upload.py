@@ -26,7 +26,13 @@ import openai
 import pytest
 from openai import AsyncAzureOpenAI, AsyncOpenAI, AzureOpenAI, OpenAI
 
-from tests.integration.harness import GatewayProcess, MockProcess, wait_until
+from tests.integration.harness import (
+    GatewayProcess,
+    MockProcess,
+    model_route_file,
+    serve_routes,
+    wait_until,
+)
 from tests.integration.rawnet import (
     RawResponse,
     ScriptedUpstream,
@@ -46,8 +52,19 @@ BODY_TIMEOUT = 1.0
 PIECE = 64 * 1024
 
 
-def upload_route(name: str, path: str, upstream: str, *, limit: int | None = None) -> str:
-    """A transcription route forwarding to *upstream* (a scripted one)."""
+def transcription_route(
+    name: str,
+    path: str,
+    *,
+    key: str,
+    instance: str,
+    deployment: str = "whisper",
+    limit: int | None = None,
+    target: str = "",
+    options: str = "",
+) -> str:
+    """A transcription route on *path*, its plugin bounding bodies at *limit*; *target*
+    and *options* are extra YAML lines of its target and of the target's model options."""
     limit_line = f"\n      max_request_body_size: {limit}" if limit is not None else ""
     return f"""route:
   name: {name}
@@ -58,16 +75,27 @@ plugins:
     config:{limit_line}
       targets:
         - route_type: audio/v1/audio/transcriptions
-          auth: {{header_name: api-key, header_value: upstream-secret-key}}
-          read_timeout: 5000
+          auth: {{header_name: api-key, header_value: {key}}}{target}
           model:
             provider: azure
             name: whisper
             options:
-              azure_instance: raw
-              azure_deployment_id: whisper
-              upstream_url: {upstream}{path}
+              azure_instance: {instance}
+              azure_deployment_id: {deployment}{options}
 """
+
+
+def upload_route(name: str, path: str, upstream: str, *, limit: int | None = None) -> str:
+    """A transcription route forwarding to *upstream* (a scripted one)."""
+    return transcription_route(
+        name,
+        path,
+        key="upstream-secret-key",
+        instance="raw",
+        limit=limit,
+        target="\n          read_timeout: 5000",
+        options=f"\n              upstream_url: {upstream}{path}",
+    )
 
 
 def form(model: str, audio: bytes) -> bytes:
@@ -189,21 +217,13 @@ def raw_gateway(
 ) -> Iterator[GatewayProcess]:
     conf = tmp_path_factory.mktemp("upload-raw")
     server, _ = upstream
-    (conf / "raw.yaml").write_text(upload_route("raw", RAW_PATH, server.url))
-    (conf / "small.yaml").write_text(
-        upload_route("raw-small", SMALL_PATH, server.url, limit=SMALL_LIMIT)
-    )
-    gateway = GatewayProcess(
-        conf,
-        "--client-body-timeout",
-        str(BODY_TIMEOUT),
-        "--client-body-total-timeout",
-        "20",
-    )
-    try:
+    files = {
+        "raw.yaml": upload_route("raw", RAW_PATH, server.url),
+        "small.yaml": upload_route("raw-small", SMALL_PATH, server.url, limit=SMALL_LIMIT),
+    }
+    timeouts = ("--client-body-timeout", str(BODY_TIMEOUT), "--client-body-total-timeout", "20")
+    with serve_routes(conf, files, *timeouts) as gateway:
         yield gateway
-    finally:
-        gateway.close()
 
 
 @pytest.fixture
@@ -427,61 +447,33 @@ def _peak_kib(pid: int) -> int:
 # -- the openai SDK, through aigw to the Azure mock -------------------------------------
 
 
-def model_route(name: str, models: str, deployment: str) -> str:
-    return f"""route:
-  name: {name}
-  models: [{models}]
-plugins:
-  - name: ai-proxy-advanced
-    config:
-      targets:
-        - auth: {{header_name: api-key, header_value: {MockProcess.api_key}}}
-          model:
-            provider: azure
-            name: {models}
-            options:
-              azure_instance: testresource
-              azure_deployment_id: {deployment}
-"""
-
-
 def classic_route(name: str, deployment: str, *, limit: int | None = None) -> str:
-    limit_line = f"\n      max_request_body_size: {limit}" if limit is not None else ""
-    return f"""route:
-  name: {name}
-  paths: [/openai/deployments/{name}/audio/transcriptions]
-  methods: [POST]
-plugins:
-  - name: ai-proxy-advanced
-    config:{limit_line}
-      targets:
-        - route_type: audio/v1/audio/transcriptions
-          auth: {{header_name: api-key, header_value: {MockProcess.api_key}}}
-          model:
-            provider: azure
-            name: whisper
-            options:
-              azure_instance: testresource
-              azure_deployment_id: {deployment}
-"""
+    path = f"/openai/deployments/{name}/audio/transcriptions"
+    key = MockProcess.api_key
+    return transcription_route(
+        name, path, key=key, instance="testresource", deployment=deployment, limit=limit
+    )
 
 
 @pytest.fixture(scope="module")
 def sdk_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockProcess
 ) -> Iterator[GatewayProcess]:
+    files = {
+        "whisper.yaml": classic_route("whisper", "whisper"),
+        "whisper-small.yaml": classic_route("whisper-small", "whisper", limit=SMALL_LIMIT),
+        # v1: the body's model names the route; the target's deployment goes upstream.
+        "whisper-v1.yaml": model_route_file(
+            "whisper-v1",
+            ["whisper-v1"],
+            ["whisper"],
+            key=MockProcess.api_key,
+            instance="testresource",
+        ),
+    }
     conf = tmp_path_factory.mktemp("upload-sdk")
-    (conf / "whisper.yaml").write_text(classic_route("whisper", "whisper"))
-    (conf / "whisper-small.yaml").write_text(
-        classic_route("whisper-small", "whisper", limit=SMALL_LIMIT)
-    )
-    # v1: the body's model names the route; the target's deployment goes upstream.
-    (conf / "whisper-v1.yaml").write_text(model_route("whisper-v1", "whisper-v1", "whisper"))
-    gateway = GatewayProcess(conf, "--azure-base-url", mock.url)
-    try:
+    with serve_routes(conf, files, "--azure-base-url", mock.url) as gateway:
         yield gateway
-    finally:
-        gateway.close()
 
 
 FILE = audio(3 * 1024 * 1024 + 17, seed=11)

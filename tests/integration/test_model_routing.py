@@ -22,7 +22,14 @@ import pytest
 from openai import AsyncOpenAI, AzureOpenAI, OpenAI
 
 from tests.integration.conftest import GATEWAY_ENV, route_yaml
-from tests.integration.harness import GatewayProcess, MockProcess, run_check, wait_until
+from tests.integration.harness import (
+    GatewayProcess,
+    MockProcess,
+    model_route_file,
+    run_check,
+    serve_routes,
+    wait_until,
+)
 from tests.integration.rawnet import RawResponse, error_of, post, post_head, read_response
 
 CLIENT_KEY = "client-key-never-forwarded"
@@ -36,22 +43,8 @@ MESSAGES: list[Any] = [{"role": "user", "content": "Say hi."}]
 
 def model_route(name: str, models: list[str], deployment: str) -> str:
     """A model route file (``route_type`` left out: ``auto``) forwarding to *deployment*."""
-    return f"""route:
-  name: {name}
-  models: [{", ".join(models)}]
-plugins:
-  - name: ai-proxy-advanced
-    config:
-      max_request_body_size: {BODY_LIMIT}
-      targets:
-        - auth: {{header_name: api-key, header_value: "${{AZURE_OPENAI_KEY}}"}}
-          model:
-            provider: azure
-            name: {models[0]}
-            options:
-              azure_instance: ${{AZURE_INSTANCE}}
-              azure_deployment_id: {deployment}
-"""
+    config = [f"max_request_body_size: {BODY_LIMIT}"]
+    return model_route_file(name, models, [deployment], config=config)
 
 
 # The application's own name `small` for the mock's gpt-4.1-mini deployment.
@@ -73,11 +66,8 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockProcess
 ) -> Iterator[GatewayProcess]:
     conf = tmp_path_factory.mktemp("model-routing-conf.d")
-    for name, text in ROUTES.items():
-        (conf / name).write_text(text)
-    process = GatewayProcess(conf, "--azure-base-url", mock.url, env=GATEWAY_ENV)
-    yield process
-    process.close()
+    with serve_routes(conf, ROUTES, "--azure-base-url", mock.url, env=GATEWAY_ENV) as process:
+        yield process
 
 
 def send(gateway: GatewayProcess, request: bytes) -> RawResponse:

@@ -22,34 +22,15 @@ import pytest
 from openai import AzureOpenAI, OpenAI
 
 from tests.integration.conftest import GATEWAY_ENV, route_yaml
-from tests.integration.harness import GatewayProcess, MockProcess
+from tests.integration.harness import GatewayProcess, MockProcess, model_route_file, serve_routes
 
 CLIENT_KEY = "client-key-never-forwarded"
 
 
 def model_route(name: str, models: list[str], targets: list[str], *, balancer: str = "") -> str:
     """A model route (``route_type`` left out: ``auto``), one target per deployment."""
-    lines = [
-        "route:",
-        f"  name: {name}",
-        f"  models: [{', '.join(models)}]",
-        "plugins:",
-        "  - name: ai-proxy-advanced",
-        "    config:",
-        *([f"      balancer: {balancer}"] if balancer else []),
-        "      targets:",
-    ]
-    for index, deployment in enumerate(targets):
-        lines += [
-            '        - auth: {header_name: api-key, header_value: "${AZURE_OPENAI_KEY}"}',
-            "          model:",
-            "            provider: azure",
-            f"            name: {models[0]}",
-            "            options:",
-            f"              azure_instance: region{index}",
-            f"              azure_deployment_id: {deployment}",
-        ]
-    return "\n".join(lines) + "\n"
+    config = [f"balancer: {balancer}"] if balancer else []
+    return model_route_file(name, models, targets, instance="region{index}", config=config)
 
 
 MODEL_ROUTES = {
@@ -69,11 +50,8 @@ def models_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockProcess
 ) -> Iterator[GatewayProcess]:
     conf = tmp_path_factory.mktemp("operations-models")
-    for name, text in MODEL_ROUTES.items():
-        (conf / name).write_text(text)
-    process = GatewayProcess(conf, "--azure-base-url", mock.url, env=GATEWAY_ENV)
-    yield process
-    process.close()
+    with serve_routes(conf, MODEL_ROUTES, "--azure-base-url", mock.url, env=GATEWAY_ENV) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +60,16 @@ def paths_gateway(
 ) -> Iterator[GatewayProcess]:
     # No model route here: /openai/responses is then an ordinary path a route may claim.
     conf: Path = tmp_path_factory.mktemp("operations-paths")
-    (conf / "responses.yaml").write_text(
-        route_yaml(
-            "responses",
-            "/openai/responses",
-            model="gpt-4o",
-            deployment="gpt-4o",
-            route_type="llm/v1/responses",
-        )
+    responses = route_yaml(
+        "responses",
+        "/openai/responses",
+        model="gpt-4o",
+        deployment="gpt-4o",
+        route_type="llm/v1/responses",
     )
-    process = GatewayProcess(conf, "--azure-base-url", mock.url, env=GATEWAY_ENV)
-    yield process
-    process.close()
+    files = {"responses.yaml": responses}
+    with serve_routes(conf, files, "--azure-base-url", mock.url, env=GATEWAY_ENV) as process:
+        yield process
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from openai import AsyncAzureOpenAI, AsyncOpenAI, AzureOpenAI, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import GATEWAY_ENV
-from tests.integration.harness import GatewayProcess, MockProcess
+from tests.integration.harness import GatewayProcess, MockProcess, model_route_file, serve_routes
 
 CLIENT_KEY = "client-key-never-forwarded"
 """What the application holds: sent by the SDK, never to reach Azure."""
@@ -41,36 +41,6 @@ QUESTION: list[ChatCompletionMessageParam] = [
 
 SNAPSHOTS = {"gpt-4o": "gpt-4o-2024-11-20", "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14"}
 """The mock's deployment -> the model snapshot it reports."""
-
-
-def model_route(
-    name: str,
-    models: list[str],
-    deployment: str,
-    *,
-    route_type: str | None = None,
-) -> str:
-    """A model route file: *models* on every model-in-body API (and their classic
-    deployment paths), forwarded to *deployment* with the mock's key."""
-    # Without a route_type the target is `auto`: the operation comes from the request path.
-    first = f"route_type: {route_type}\n          auth" if route_type else "auth"
-    return f"""route:
-  name: {name}
-  models: [{", ".join(models)}]
-plugins:
-  - name: ai-proxy-advanced
-    config:
-      targets:
-        - {first}:
-            header_name: api-key
-            header_value: ${{AZURE_OPENAI_KEY}}
-          model:
-            provider: azure
-            name: {models[0]}
-            options:
-              azure_instance: ${{AZURE_INSTANCE}}
-              azure_deployment_id: {deployment}
-"""
 
 
 PRESERVE_ROUTE = """route:
@@ -94,18 +64,20 @@ plugins:
 ``{upstream}`` (the client's path kept)."""
 
 ROUTE_FILES = {
-    "gpt-4o.yaml": model_route("gpt-4o", ["gpt-4o"], "gpt-4o"),
+    "gpt-4o.yaml": model_route_file("gpt-4o", ["gpt-4o"], ["gpt-4o"]),
     # A name of the application's own for another deployment: the body's model is rewritten.
-    "my-chat.yaml": model_route("my-chat", ["my-chat"], "gpt-4.1-mini"),
-    "embeddings.yaml": model_route(
-        "embeddings", ["text-embedding-3-small"], "text-embedding-3-small"
+    "my-chat.yaml": model_route_file("my-chat", ["my-chat"], ["gpt-4.1-mini"]),
+    "embeddings.yaml": model_route_file(
+        "embeddings", ["text-embedding-3-small"], ["text-embedding-3-small"]
     ),
-    "dall-e-3.yaml": model_route("dall-e-3", ["dall-e-3"], "dall-e-3"),
-    "gpt-image-1.yaml": model_route(
-        "gpt-image-1", ["gpt-image-1"], "gpt-image-1", route_type="image/v1/images/generations"
+    "dall-e-3.yaml": model_route_file("dall-e-3", ["dall-e-3"], ["dall-e-3"]),
+    "gpt-image-1.yaml": model_route_file(
+        "gpt-image-1", ["gpt-image-1"], ["gpt-image-1"], route_type="image/v1/images/generations"
     ),
-    "tts.yaml": model_route("tts", ["tts"], "tts", route_type="audio/v1/audio/speech"),
+    "tts.yaml": model_route_file("tts", ["tts"], ["tts"], route_type="audio/v1/audio/speech"),
 }
+"""Model routes (each on every model-in-body API and its classic deployment paths),
+forwarded with the mock's key; without a route_type the target is ``auto``."""
 
 
 @pytest.fixture(scope="session")
@@ -113,13 +85,10 @@ def models_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockProcess
 ) -> Iterator[GatewayProcess]:
     """aigw serving only model routes (and the pass-through), against the mock."""
+    files = {**ROUTE_FILES, "passthrough.yaml": PRESERVE_ROUTE.replace("{upstream}", mock.url)}
     conf = tmp_path_factory.mktemp("models-conf.d")
-    for name, text in ROUTE_FILES.items():
-        (conf / name).write_text(text)
-    (conf / "passthrough.yaml").write_text(PRESERVE_ROUTE.replace("{upstream}", mock.url))
-    process = GatewayProcess(conf, "--azure-base-url", mock.url, env=GATEWAY_ENV)
-    yield process
-    process.close()
+    with serve_routes(conf, files, "--azure-base-url", mock.url, env=GATEWAY_ENV) as process:
+        yield process
 
 
 _OPEN: list[OpenAI | AzureOpenAI] = []
@@ -133,51 +102,47 @@ def close_sdk_clients() -> Iterator[None]:
         _OPEN.pop().close()
 
 
+def _v1_options(gateway: GatewayProcess) -> dict[str, Any]:
+    return {
+        "base_url": f"{gateway.url}/openai/v1/",
+        "api_key": CLIENT_KEY,
+        "default_headers": {"api-key": CLIENT_KEY},
+        "max_retries": 0,
+        "timeout": 20,
+    }
+
+
+def _azure_options(gateway: GatewayProcess) -> dict[str, Any]:
+    return {
+        "api_key": CLIENT_KEY,
+        "azure_endpoint": gateway.url,
+        "api_version": AZURE_API_VERSION,
+        "max_retries": 0,
+        "timeout": 20,
+    }
+
+
 def v1_client(gateway: GatewayProcess) -> OpenAI:
     """The client Microsoft recommends: v1 base URL, the key as a Bearer token (and,
     as some applications do, also as ``api-key``)."""
-    client = OpenAI(
-        base_url=f"{gateway.url}/openai/v1/",
-        api_key=CLIENT_KEY,
-        default_headers={"api-key": CLIENT_KEY},
-        max_retries=0,
-        timeout=20,
-    )
+    client = OpenAI(**_v1_options(gateway))
     _OPEN.append(client)
     return client
 
 
 def async_v1_client(gateway: GatewayProcess) -> AsyncOpenAI:
-    return AsyncOpenAI(
-        base_url=f"{gateway.url}/openai/v1/",
-        api_key=CLIENT_KEY,
-        default_headers={"api-key": CLIENT_KEY},
-        max_retries=0,
-        timeout=20,
-    )
+    return AsyncOpenAI(**_v1_options(gateway))
 
 
 def azure_client(gateway: GatewayProcess) -> AzureOpenAI:
     """The classic client: ``api-key`` header, dated api-version."""
-    client = AzureOpenAI(
-        api_key=CLIENT_KEY,
-        azure_endpoint=gateway.url,
-        api_version=AZURE_API_VERSION,
-        max_retries=0,
-        timeout=20,
-    )
+    client = AzureOpenAI(**_azure_options(gateway))
     _OPEN.append(client)
     return client
 
 
 def async_azure_client(gateway: GatewayProcess) -> AsyncAzureOpenAI:
-    return AsyncAzureOpenAI(
-        api_key=CLIENT_KEY,
-        azure_endpoint=gateway.url,
-        api_version=AZURE_API_VERSION,
-        max_retries=0,
-        timeout=20,
-    )
+    return AsyncAzureOpenAI(**_azure_options(gateway))
 
 
 @dataclass(frozen=True)

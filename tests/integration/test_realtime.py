@@ -21,9 +21,17 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from openai import AsyncAzureOpenAI, AsyncOpenAI, AzureOpenAI, OpenAI
+from openai.resources.realtime.realtime import RealtimeConnection
 
-from tests.integration.harness import GatewayProcess, MockProcess, wait_until
+from tests.integration.harness import (
+    GatewayProcess,
+    MockProcess,
+    model_route_file,
+    serve_routes,
+    wait_until,
+)
 from tests.integration.realtime_peer import USAGE, PeerSession, RealtimePeer
+from tests.integration.realtime_turns import async_text_turn, text_turn
 
 ROUTE_KEY = "route-key-for-the-upstream"
 CLIENT_KEY = "client-key-never-forwarded"
@@ -92,11 +100,9 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, peer: RealtimePeer
 ) -> Iterator[GatewayProcess]:
     conf = tmp_path_factory.mktemp("realtime-conf.d")
-    for name, text in ROUTES.items():
-        (conf / name).write_text(text)
-    process = GatewayProcess(conf, "--azure-base-url", peer.url, "--max-event-size", str(MAX_FRAME))
-    yield process
-    process.close()
+    options = ("--azure-base-url", peer.url, "--max-event-size", str(MAX_FRAME))
+    with serve_routes(conf, ROUTES, *options) as process:
+        yield process
 
 
 @pytest.fixture(autouse=True)
@@ -132,25 +138,10 @@ def _ws_url(gateway: GatewayProcess, path: str) -> str:
     return f"ws://127.0.0.1:{gateway.port}{path}"
 
 
-def _text_turn_sync(connection: Any) -> tuple[str, dict[str, int]]:
+def _text_turn_sync(connection: RealtimeConnection) -> tuple[str, dict[str, int]]:
     """One text turn over an SDK connection: the deltas' text and the done event's usage."""
-    connection.conversation.item.create(
-        item={
-            "type": "message",
-            "role": "user",
-            "content": [{"type": "input_text", "text": "Say hello"}],
-        }
-    )
-    connection.response.create()
-    text = ""
-    for event in connection:
-        if event.type == "response.output_text.delta":
-            text += event.delta
-        elif event.type == "response.done":
-            usage = event.response.usage
-            assert usage is not None
-            return text, {"input": usage.input_tokens or 0, "output": usage.output_tokens or 0}
-    raise AssertionError("the session ended before response.done")
+    text, usage = text_turn(connection)
+    return text, {"input": usage.input_tokens or 0, "output": usage.output_tokens or 0}
 
 
 def _sync_client(gateway: GatewayProcess, style: str) -> OpenAI:
@@ -238,23 +229,8 @@ async def test_sdk_async_session_runs_and_logs(
     turns = []
     async with client.realtime.connect(model="my-name-for-it") as connection:
         for _ in range(2):
-            await connection.conversation.item.create(
-                item={
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Say hello"}],
-                }
-            )
-            await connection.response.create()
-            text = ""
-            async for event in connection:
-                if event.type == "response.output_text.delta":
-                    text += event.delta
-                elif event.type == "response.done":
-                    usage = event.response.usage
-                    assert usage is not None
-                    turns.append((text, usage.total_tokens))
-                    break
+            text, usage = await async_text_turn(connection)
+            turns.append((text, usage.total_tokens))
     await client.close()
     assert turns == [("Hello from the realtime peer", USAGE["total_tokens"])] * 2
     [upstream] = await asyncio.to_thread(peer.wait_ended)
@@ -393,23 +369,9 @@ def test_a_plain_get_on_the_realtime_route_is_400_websocket_required(
 # -- the model route and the bundled Azure mock -----------------------------------
 
 MOCK_DEPLOYMENT = "gpt-4o-realtime-preview"
-MODEL_ROUTE = f"""route:
-  name: realtime-model
-  models: [{MOCK_DEPLOYMENT}]
-plugins:
-  - name: ai-proxy-advanced
-    config:
-      targets:
-        - auth:
-            header_name: api-key
-            header_value: ${{AZURE_OPENAI_KEY}}
-          model:
-            provider: azure
-            name: {MOCK_DEPLOYMENT}
-            options:
-              azure_instance: testresource
-              azure_deployment_id: {MOCK_DEPLOYMENT}
-"""
+MODEL_ROUTE = model_route_file(
+    "realtime-model", [MOCK_DEPLOYMENT], [MOCK_DEPLOYMENT], instance="testresource"
+)
 
 
 @pytest.fixture(scope="module")
@@ -417,12 +379,10 @@ def mock_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockProcess
 ) -> Iterator[GatewayProcess]:
     conf = tmp_path_factory.mktemp("realtime-model-conf.d")
-    (conf / "realtime-model.yaml").write_text(MODEL_ROUTE)
-    process = GatewayProcess(
-        conf, "--azure-base-url", mock.url, env={"AZURE_OPENAI_KEY": MockProcess.api_key}
-    )
-    yield process
-    process.close()
+    files = {"realtime-model.yaml": MODEL_ROUTE}
+    env = {"AZURE_OPENAI_KEY": MockProcess.api_key}
+    with serve_routes(conf, files, "--azure-base-url", mock.url, env=env) as process:
+        yield process
 
 
 def _mock_session(mock: MockProcess, count: int) -> dict[str, Any]:
@@ -448,22 +408,10 @@ def test_sdk_sessions_through_a_model_route_to_the_azure_mock(
     done: list[tuple[int, int, int]] = []
     with client.realtime.connect(model=MOCK_DEPLOYMENT) as connection:
         for _ in range(2):
-            connection.conversation.item.create(
-                item={
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Say hello"}],
-                }
+            _, usage = text_turn(connection, {"output_modalities": ["text"]})
+            done.append(
+                (usage.input_tokens or 0, usage.output_tokens or 0, usage.total_tokens or 0)
             )
-            connection.response.create(response={"output_modalities": ["text"]})
-            for event in connection:
-                if event.type == "response.done":
-                    usage = event.response.usage
-                    assert usage is not None
-                    done.append(
-                        (usage.input_tokens or 0, usage.output_tokens or 0, usage.total_tokens or 0)
-                    )
-                    break
     client.close()
     record = _mock_session(mock, count + 1)
     assert record["session"]["closed_by"] == "client"

@@ -20,6 +20,7 @@ from openai import OpenAI
 
 from tests.integration.conftest import GATEWAY_ENV
 from tests.integration.harness import REPO, GatewayProcess, MockProcess, wait_until
+from tests.integration.realtime_turns import text_turn
 from tests.integration.test_sdk_v1 import (
     AZURE_API_VERSION,
     ClientStyle,
@@ -201,20 +202,9 @@ def shipped_gateway(mock: MockProcess) -> Iterator[GatewayProcess]:
 def _realtime_turn(client: OpenAI, model: str) -> int:
     """One text turn of a realtime session; the tokens its ``response.done`` reports."""
     with client.realtime.connect(model=model) as connection:
-        connection.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Say hello"}],
-            }
-        )
-        connection.response.create(response={"output_modalities": ["text"]})
-        for event in connection:
-            if event.type == "response.done":
-                usage = event.response.usage
-                assert usage is not None and usage.total_tokens
-                return usage.total_tokens
-    raise AssertionError("the session ended without response.done")
+        _, usage = text_turn(connection, {"output_modalities": ["text"]})
+    assert usage.total_tokens
+    return usage.total_tokens
 
 
 # The openai SDK's sync realtime client calls websockets' connect() the old way.

@@ -49,7 +49,16 @@ from typing import Any
 import targets as tg
 from context import Context, say
 from measure import cpu_seconds, free_port
-from scenario_proxy import POINTS, _run_point, _warm_up, fmt, report, standalone, summarise_paired
+from scenario_proxy import (
+    POINTS,
+    _run_point,
+    _warm_up,
+    fmt,
+    refuse_errors,
+    report,
+    standalone,
+    summarise_paired,
+)
 
 __all__ = [
     "BREAKDOWN",
@@ -397,9 +406,7 @@ def run(
         redis_requests = served.get("redis", 0) - redis_served0
         redis_cpu = cpu_seconds(redis.pid) - redis_cpu0
         calls = _redis_calls(redis.extra["port"]) - calls0
-        errors = {k: sum(sum(r["errors"].values()) for r in rows) for k, rows in runs.items()}
-        if any(errors.values()):
-            raise RuntimeError(f"non-2xx answers or socket errors during the runs: {errors}")
+        refuse_errors(runs)
         checks = _check_plugins(live)
         lines = {t.key: tg.count_access_lines(t.log) for t in live}
     finally:

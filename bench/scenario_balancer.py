@@ -54,6 +54,7 @@ from scenario_proxy import (
     _run_point,
     _warm_up,
     fmt,
+    refuse_errors,
     report,
     standalone,
     summarise_paired,
@@ -308,9 +309,7 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
             say(f"scenario balancer: {point.title}, {ctx.rounds} rounds of {ctx.duration} s")
             measured = [t for t in live if point.key in t.extra.get("points", (point.key,))]
             runs = _run_point(ctx, point, measured, upstream, served)
-            errors = {k: sum(sum(r["errors"].values()) for r in rows) for k, rows in runs.items()}
-            if any(errors.values()):
-                raise RuntimeError(f"non-2xx answers or socket errors during the runs: {errors}")
+            refuse_errors(runs)
             result["points"][point.key] = {
                 "title": point.title,
                 "connections": point.connections,

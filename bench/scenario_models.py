@@ -37,7 +37,16 @@ from typing import Any
 
 import targets as tg
 from context import Context, say
-from scenario_proxy import POINTS, _run_point, _warm_up, fmt, report, standalone, summarise_paired
+from scenario_proxy import (
+    POINTS,
+    _run_point,
+    _warm_up,
+    fmt,
+    refuse_errors,
+    report,
+    standalone,
+    summarise_paired,
+)
 
 __all__ = ["BAR", "VARIANTS", "Variant", "model_route_file", "render", "run"]
 
@@ -183,9 +192,7 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
             _warm_up(ctx, live, upstream, point, served)
         say(f"scenario models: {point.title}, {ctx.rounds} rounds of {ctx.duration} s")
         runs = _run_point(ctx, point, live, upstream, served)
-        errors = {k: sum(sum(r["errors"].values()) for r in rows) for k, rows in runs.items()}
-        if any(errors.values()):
-            raise RuntimeError(f"non-2xx answers or socket errors during the runs: {errors}")
+        refuse_errors(runs)
         checks = _check_routing(live)
         lines = {t.key: tg.count_access_lines(t.log) for t in live}
     finally:

@@ -205,6 +205,14 @@ def summarise_paired(
     return out
 
 
+def refuse_errors(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Raises if any measured run got a non-2xx answer or a socket error: its numbers
+    would not be those of the proxying being measured."""
+    errors = {k: sum(sum(r["errors"].values()) for r in rows) for k, rows in runs.items()}
+    if any(errors.values()):
+        raise RuntimeError(f"non-2xx answers or socket errors during the runs: {errors}")
+
+
 def fmt(value: float | None, spec: str, suffix: str = "") -> str:
     """*value* for a report table; an em dash when there is none."""
     return "—" if value is None or math.isnan(value) else f"{value:{spec}}{suffix}"

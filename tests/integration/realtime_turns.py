@@ -10,6 +10,7 @@ from openai.types.realtime import (
     ConversationItemParam,
     RealtimeResponseCreateParamsParam,
     RealtimeResponseUsage,
+    RealtimeServerEvent,
 )
 
 __all__ = ["SAY_HELLO", "async_text_turn", "text_turn"]
@@ -22,20 +23,27 @@ SAY_HELLO: ConversationItemParam = {
 """The turn's user message."""
 
 
+def _take(event: RealtimeServerEvent, text: list[str]) -> RealtimeResponseUsage | None:
+    """A text delta goes into *text*; ``response.done`` gives its usage (the turn's end)."""
+    if event.type == "response.output_text.delta":
+        text.append(event.delta)
+    elif event.type == "response.done":
+        usage = event.response.usage
+        assert usage is not None
+        return usage
+    return None
+
+
 def text_turn(
     connection: RealtimeConnection, response: RealtimeResponseCreateParamsParam | Omit = omit
 ) -> tuple[str, RealtimeResponseUsage]:
     """One turn: the output text deltas joined, and the usage ``response.done`` reports."""
     connection.conversation.item.create(item=SAY_HELLO)
     connection.response.create(response=response)
-    text = ""
+    text: list[str] = []
     for event in connection:
-        if event.type == "response.output_text.delta":
-            text += event.delta
-        elif event.type == "response.done":
-            usage = event.response.usage
-            assert usage is not None
-            return text, usage
+        if (usage := _take(event, text)) is not None:
+            return "".join(text), usage
     raise AssertionError("the session ended before response.done")
 
 
@@ -45,12 +53,8 @@ async def async_text_turn(
     """:func:`text_turn` on an async connection."""
     await connection.conversation.item.create(item=SAY_HELLO)
     await connection.response.create(response=response)
-    text = ""
+    text: list[str] = []
     async for event in connection:
-        if event.type == "response.output_text.delta":
-            text += event.delta
-        elif event.type == "response.done":
-            usage = event.response.usage
-            assert usage is not None
-            return text, usage
+        if (usage := _take(event, text)) is not None:
+            return "".join(text), usage
     raise AssertionError("the session ended before response.done")

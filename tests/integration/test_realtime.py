@@ -144,27 +144,26 @@ def _text_turn_sync(connection: RealtimeConnection) -> tuple[str, dict[str, int]
     return text, {"input": usage.input_tokens or 0, "output": usage.output_tokens or 0}
 
 
-def _sync_client(gateway: GatewayProcess, style: str) -> OpenAI:
+def _client_options(gateway: GatewayProcess, style: str) -> dict[str, Any]:
     if style == "v1":
-        return OpenAI(base_url=f"{gateway.url}/openai/v1/", api_key=CLIENT_KEY)
-    return AzureOpenAI(
-        azure_endpoint=gateway.url,
-        api_version=API_VERSION,
-        api_key=CLIENT_KEY,
+        return {"base_url": f"{gateway.url}/openai/v1/", "api_key": CLIENT_KEY}
+    return {
+        "azure_endpoint": gateway.url,
+        "api_version": API_VERSION,
+        "api_key": CLIENT_KEY,
         # AzureOpenAI dials wss:// unless told otherwise; aigw here is plain ws.
-        websocket_base_url=f"ws://127.0.0.1:{gateway.port}/openai",
-    )
+        "websocket_base_url": f"ws://127.0.0.1:{gateway.port}/openai",
+    }
+
+
+def _sync_client(gateway: GatewayProcess, style: str) -> OpenAI:
+    options = _client_options(gateway, style)
+    return OpenAI(**options) if style == "v1" else AzureOpenAI(**options)
 
 
 def _async_client(gateway: GatewayProcess, style: str) -> AsyncOpenAI:
-    if style == "v1":
-        return AsyncOpenAI(base_url=f"{gateway.url}/openai/v1/", api_key=CLIENT_KEY)
-    return AsyncAzureOpenAI(
-        azure_endpoint=gateway.url,
-        api_version=API_VERSION,
-        api_key=CLIENT_KEY,
-        websocket_base_url=f"ws://127.0.0.1:{gateway.port}/openai",
-    )
+    options = _client_options(gateway, style)
+    return AsyncOpenAI(**options) if style == "v1" else AsyncAzureOpenAI(**options)
 
 
 # What reaches the upstream per style: the client's style kept, the target's deployment

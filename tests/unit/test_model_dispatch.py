@@ -315,11 +315,14 @@ async def test_an_unknown_model_is_quoted_at_most_200_characters() -> None:
     assert "m" * 201 not in error["message"]
 
 
+def limited(file: RouteFile, size: int) -> RouteFile:
+    """*file* with its plugin's ``max_request_body_size`` at *size* (0: none)."""
+    return replace(file, proxy=replace(file.proxy, max_request_body_size=size))
+
+
 async def test_the_body_limit_is_the_loosest_model_routes() -> None:
-    small = model_route("a", "gpt-4o", extra="")
-    small = replace(small, proxy=replace(small.proxy, max_request_body_size=100))
-    big = model_route("b", "gpt-4o-mini")
-    big = replace(big, proxy=replace(big.proxy, max_request_body_size=1000))
+    small = limited(model_route("a", "gpt-4o"), 100)
+    big = limited(model_route("b", "gpt-4o-mini"), 1000)
     t, compiler = table(small, big)
     body = json.dumps({"model": "gpt-4o-mini", "input": "x" * 500}).encode()
     response = await dispatcher(t, "/openai/v1/embeddings").handler(exchange(body))
@@ -332,10 +335,8 @@ async def test_the_body_limit_is_the_loosest_model_routes() -> None:
 
 
 async def test_an_unlimited_model_route_makes_the_dispatcher_unlimited() -> None:
-    small = model_route("a", "gpt-4o")
-    small = replace(small, proxy=replace(small.proxy, max_request_body_size=100))
-    unlimited = model_route("b", "gpt-4o-mini")
-    unlimited = replace(unlimited, proxy=replace(unlimited.proxy, max_request_body_size=0))
+    small = limited(model_route("a", "gpt-4o"), 100)
+    unlimited = limited(model_route("b", "gpt-4o-mini"), 0)
     t, compiler = table(small, unlimited)
     body = json.dumps({"model": "gpt-4o-mini", "input": "x" * 100_000}).encode()
     response = await dispatcher(t, "/openai/v1/embeddings").handler(exchange(body))

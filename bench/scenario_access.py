@@ -46,19 +46,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import scenario_proxy as sp
 import targets as tg
 from context import Context, say
 from measure import cpu_seconds, free_port
-from scenario_proxy import (
-    POINTS,
-    _run_point,
-    _warm_up,
-    fmt,
-    refuse_errors,
-    report,
-    standalone,
-    summarise_paired,
-)
+from scenario_proxy import POINTS, _run_point, _warm_up, fmt, summarise_paired
 
 __all__ = [
     "BREAKDOWN",
@@ -406,7 +398,7 @@ def run(
         redis_requests = served.get("redis", 0) - redis_served0
         redis_cpu = cpu_seconds(redis.pid) - redis_cpu0
         calls = _redis_calls(redis.extra["port"]) - calls0
-        refuse_errors(runs)
+        sp.refuse_errors(runs)
         checks = _check_plugins(live)
         lines = {t.key: tg.count_access_lines(t.log) for t in live}
     finally:
@@ -451,11 +443,11 @@ def main() -> None:
     notes: list[str] = []
     ensure_tools(notes)
     ensure_redis()
-    with standalone(
+    with sp.standalone(
         "aigw-access-", rounds=args.rounds, duration=args.duration, warmup=1, notes=notes
     ) as (ctx, upstream):
         result = run(ctx, upstream, BREAKDOWN if args.breakdown else VARIANTS)
-    report(result, render(result), args.json)
+    sp.report(result, render(result), args.json)
 
 
 if __name__ == "__main__":

@@ -45,20 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import scenario_proxy as sp
 import targets as tg
 from context import Context, say
 from measure import free_port
-from scenario_proxy import (
-    POINTS,
-    Point,
-    _run_point,
-    _warm_up,
-    fmt,
-    refuse_errors,
-    report,
-    standalone,
-    summarise_paired,
-)
+from scenario_proxy import POINTS, Point, _run_point, _warm_up, fmt, summarise_paired
 
 __all__ = ["VARIANTS", "Variant", "render", "run"]
 
@@ -309,7 +300,7 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
             say(f"scenario balancer: {point.title}, {ctx.rounds} rounds of {ctx.duration} s")
             measured = [t for t in live if point.key in t.extra.get("points", (point.key,))]
             runs = _run_point(ctx, point, measured, upstream, served)
-            refuse_errors(runs)
+            sp.refuse_errors(runs)
             result["points"][point.key] = {
                 "title": point.title,
                 "connections": point.connections,
@@ -342,7 +333,7 @@ def main() -> None:
     args = parser.parse_args()
     notes: list[str] = []
     ensure_tools(notes)
-    with standalone(
+    with sp.standalone(
         "aigw-balancer-",
         rounds=args.rounds,
         duration=args.duration,
@@ -350,7 +341,7 @@ def main() -> None:
         notes=notes,
     ) as (ctx, upstream):
         result = run(ctx, upstream)
-    report(result, render(result), args.json)
+    sp.report(result, render(result), args.json)
 
 
 if __name__ == "__main__":

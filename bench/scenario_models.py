@@ -35,18 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import scenario_proxy as sp
 import targets as tg
 from context import Context, say
-from scenario_proxy import (
-    POINTS,
-    _run_point,
-    _warm_up,
-    fmt,
-    refuse_errors,
-    report,
-    standalone,
-    summarise_paired,
-)
+from scenario_proxy import POINTS, _run_point, _warm_up, fmt, summarise_paired
 
 __all__ = ["BAR", "VARIANTS", "Variant", "model_route_file", "render", "run"]
 
@@ -192,7 +184,7 @@ def run(ctx: Context, upstream: tg.Target) -> dict[str, Any]:
             _warm_up(ctx, live, upstream, point, served)
         say(f"scenario models: {point.title}, {ctx.rounds} rounds of {ctx.duration} s")
         runs = _run_point(ctx, point, live, upstream, served)
-        refuse_errors(runs)
+        sp.refuse_errors(runs)
         checks = _check_routing(live)
         lines = {t.key: tg.count_access_lines(t.log) for t in live}
     finally:
@@ -223,11 +215,11 @@ def main() -> None:
     args = parser.parse_args()
     notes: list[str] = []
     ensure_tools(notes)
-    with standalone(
+    with sp.standalone(
         "aigw-models-", rounds=args.rounds, duration=args.duration, warmup=1, notes=notes
     ) as (ctx, upstream):
         result = run(ctx, upstream)
-    report(result, render(result), args.json)
+    sp.report(result, render(result), args.json)
 
 
 if __name__ == "__main__":

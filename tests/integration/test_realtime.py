@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -136,6 +137,20 @@ def _lines(gateway: GatewayProcess, path: str) -> int:
 
 def _ws_url(gateway: GatewayProcess, path: str) -> str:
     return f"ws://127.0.0.1:{gateway.port}{path}"
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    gateway: GatewayProcess, path: str, headers: dict[str, str]
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A raw WebSocket session through *gateway* on *path*, its first frame (the
+    upstream's ``session.created``) already read."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(_ws_url(gateway, path), headers=headers) as ws,
+    ):
+        await ws.receive_str(timeout=5)
+        yield ws
 
 
 def _text_turn_sync(connection: RealtimeConnection) -> tuple[str, dict[str, int]]:
@@ -264,14 +279,9 @@ async def test_an_upstream_that_vanishes_closes_the_client_with_1011(
     gateway: GatewayProcess,
 ) -> None:
     before = _lines(gateway, "/openai/v1/realtime")
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            _ws_url(gateway, "/openai/v1/realtime?model=x"),
-            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-        ) as ws,
-    ):
-        await ws.receive_str(timeout=5)
+    async with _session(
+        gateway, "/openai/v1/realtime?model=x", {"Authorization": f"Bearer {CLIENT_KEY}"}
+    ) as ws:
         await ws.send_json({"type": "test.drop"})
         message = await ws.receive(timeout=5)
     assert (message.type, message.data) == (WSMsgType.CLOSE, 1011)
@@ -281,14 +291,9 @@ async def test_an_upstream_that_vanishes_closes_the_client_with_1011(
 
 async def test_a_frame_over_the_bound_closes_with_1009(gateway: GatewayProcess) -> None:
     before = _lines(gateway, "/openai/realtime")
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            _ws_url(gateway, f"/openai/realtime?deployment={DEPLOYMENT}"),
-            headers={"api-key": CLIENT_KEY},
-        ) as ws,
-    ):
-        await ws.receive_str(timeout=5)
+    async with _session(
+        gateway, f"/openai/realtime?deployment={DEPLOYMENT}", {"api-key": CLIENT_KEY}
+    ) as ws:
         await ws.send_str(json.dumps({"type": "x", "pad": "y" * MAX_FRAME}))
         message = await ws.receive(timeout=5)
     assert (message.type, message.data) == (WSMsgType.CLOSE, 1009)
@@ -327,14 +332,10 @@ def test_a_bad_consumer_key_is_refused_with_401_json_before_any_upgrade(
 async def test_a_consumer_key_opens_a_session_and_never_reaches_the_upstream(
     gateway: GatewayProcess, peer: RealtimePeer
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            _ws_url(gateway, f"/keyed/realtime?deployment={DEPLOYMENT}"),
-            headers={"api-key": CONSUMER_KEY},
-        ) as ws,
+    async with _session(
+        gateway, f"/keyed/realtime?deployment={DEPLOYMENT}", {"api-key": CONSUMER_KEY}
     ):
-        await ws.receive_str(timeout=5)
+        pass  # session.created came through; leaving closes the session
     [upstream] = await asyncio.to_thread(peer.wait_ended)
     assert upstream.headers["api-key"] == ROUTE_KEY
     assert CONSUMER_KEY not in json.dumps(upstream.headers)
@@ -429,14 +430,11 @@ def test_sdk_sessions_through_a_model_route_to_the_azure_mock(
 async def test_the_mock_dropping_a_session_closes_the_client_with_1011(
     mock_gateway: GatewayProcess, mock: MockProcess
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            _ws_url(mock_gateway, f"/openai/v1/realtime?model={MOCK_DEPLOYMENT}"),
-            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-        ) as ws,
-    ):
-        await ws.receive_str(timeout=5)
+    async with _session(
+        mock_gateway,
+        f"/openai/v1/realtime?model={MOCK_DEPLOYMENT}",
+        {"Authorization": f"Bearer {CLIENT_KEY}"},
+    ) as ws:
         assert await asyncio.to_thread(mock.drop_sessions) == 1
         message = await ws.receive(timeout=5)
     assert (message.type, message.data) == (WSMsgType.CLOSE, 1011)

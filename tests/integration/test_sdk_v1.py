@@ -232,61 +232,41 @@ def rid(request_id: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("model", "deployment"),
+    ("style", "model", "deployment", "path"),
     [
-        pytest.param("gpt-4o", "gpt-4o", id="deployment-name"),
+        pytest.param(V1, "gpt-4o", "gpt-4o", "/openai/v1/chat/completions", id="v1"),
         # A name of the application's own: the body's model becomes the deployment id.
-        pytest.param("my-chat", "gpt-4.1-mini", id="own-name"),
+        pytest.param(
+            V1, "my-chat", "gpt-4.1-mini", "/openai/v1/chat/completions", id="v1-own-name"
+        ),
+        # One model route also serves the classic deployment path.
+        pytest.param(
+            CLASSIC, "gpt-4o", "gpt-4o", "/openai/deployments/gpt-4o/chat/completions", id="classic"
+        ),
     ],
 )
-def test_v1_chat_is_routed_by_the_body_model(
-    models_gateway: GatewayProcess, mock: MockProcess, request_id: str, model: str, deployment: str
+def test_chat_is_routed_by_the_model(
+    models_gateway: GatewayProcess,
+    mock: MockProcess,
+    request_id: str,
+    style: ClientStyle,
+    model: str,
+    deployment: str,
+    path: str,
 ) -> None:
-    response = v1_client(models_gateway).chat.completions.create(
+    response = style.sync(models_gateway).chat.completions.create(
         model=model, messages=QUESTION, extra_headers=rid(request_id)
     )
     assert response.model == SNAPSHOTS[deployment]
     assert response.choices[0].message.content
     assert response.usage is not None
     line = logged(
-        models_gateway,
-        request_id,
-        route=model,
-        model=model,
-        deployment=deployment,
-        path="/openai/v1/chat/completions",
+        models_gateway, request_id, route=model, model=model, deployment=deployment, path=path
     )
     usage = response.usage
     assert_tokens(line, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
-    record = upstream_call(
-        mock, path="/openai/v1/chat/completions", api_version=None, deployment=deployment
-    )
+    record = upstream_call(mock, path=path, api_version=style.api_version, deployment=deployment)
     assert body_model(record) == deployment
-
-
-def test_one_model_route_also_serves_the_classic_deployment_path(
-    models_gateway: GatewayProcess, mock: MockProcess, request_id: str
-) -> None:
-    response = azure_client(models_gateway).chat.completions.create(
-        model="gpt-4o", messages=QUESTION, extra_headers=rid(request_id)
-    )
-    assert response.model == SNAPSHOTS["gpt-4o"]
-    line = logged(
-        models_gateway,
-        request_id,
-        route="gpt-4o",
-        model="gpt-4o",
-        deployment="gpt-4o",
-        path="/openai/deployments/gpt-4o/chat/completions",
-    )
-    assert response.usage is not None
-    assert line["completion_tokens"] == response.usage.completion_tokens
-    upstream_call(
-        mock,
-        path="/openai/deployments/gpt-4o/chat/completions",
-        api_version=AZURE_API_VERSION,
-        deployment="gpt-4o",
-    )
 
 
 def test_v1_chat_stream(models_gateway: GatewayProcess, mock: MockProcess, request_id: str) -> None:

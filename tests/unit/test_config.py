@@ -649,7 +649,7 @@ def test_shipped_example_files_load(file: str, name: str, deployment: str) -> No
             provider="azure",
             name=deployment,
             options=ModelOptions(azure_instance="myresource", azure_deployment_id=deployment),
-        )
+        ),
     )
 
 

@@ -81,6 +81,7 @@ class MultipartStream:
         "_model_part",
         "_pieces",
         "_prefix",
+        "_sent_model",
         "_span",
         "_started",
         "length",
@@ -106,6 +107,7 @@ class MultipartStream:
         self.length = length
         self.prefix_size = len(prefix)
         self.model = model.decode("utf-8", "replace") if model is not None else None
+        self._sent_model = model  # the value the prefix holds now
 
     @property
     def received(self) -> int:
@@ -121,13 +123,16 @@ class MultipartStream:
 
         The v1 API names the deployment in the body; the route's target may
         call it something else than the client did. A form without a leading
-        ``model`` field is left as it is.
+        ``model`` field is left as it is, and so is one that names *deployment*
+        already. Each attempt of a balanced route names its own target's: the
+        value is compared with what the prefix holds now, not with the client's.
         """
-        if self.model is None or self._started:
+        value = deployment.encode()
+        if self.model is None or self._started or value == self._sent_model:
             return
         span = self._span or self._find_model()
         start, end = span
-        value = deployment.encode()
+        self._sent_model = value
         self._prefix = self._prefix[:start] + value + self._prefix[end:]
         self._span = (start, start + len(value))
         if self.length is not None:

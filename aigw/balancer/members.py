@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aigw.apis.multipart import MultipartStream
 from aigw.balancer.state import TargetKey, TargetState, TargetStates
 from aigw.chain.body_ops import (
     MODEL_IN_BODY,
@@ -89,8 +90,9 @@ class Member:
         deployment = self.target.deployment
         rename = ex is not None and deployment is not None and ex.api_style in MODEL_IN_BODY
         if payload is None:
-            if rename and ex is not None and ex.upstream_stream is not None and deployment:
-                _rename_upload(ex, deployment)
+            stream = ex.upstream_stream if ex is not None else None
+            if rename and deployment is not None and isinstance(stream, MultipartStream):
+                stream.rewrite_model(deployment)
             return sent
         copy: dict[str, Any] | None = None
         if takes_defaults(ex.operation if ex is not None else None):
@@ -105,16 +107,6 @@ class Member:
                 copy = copy if copy is not None else dict(payload)
                 copy[name] = value
         return sent if copy is None else dump_json(copy)
-
-
-def _rename_upload(ex: Exchange, deployment: str) -> None:
-    """Names *deployment* in a multipart upload's ``model`` field (before it is sent)."""
-    # Imported here: the multipart reader is its own module, loaded with the first upload.
-    from aigw.apis.multipart import MultipartStream
-
-    stream = ex.upstream_stream
-    if isinstance(stream, MultipartStream) and stream.model not in (None, deployment):
-        stream.rewrite_model(deployment)
 
 
 def target_names(targets: Sequence[TargetConfig], compiled: Sequence[UpstreamTarget]) -> list[str]:

@@ -238,8 +238,6 @@ async def _open_form(
     stream = ex.upstream_stream
     if (
         deployment is not None
-        and model is not None
-        and model != deployment
         and ex.api_style in MODEL_IN_BODY
         and isinstance(stream, MultipartStream)
     ):

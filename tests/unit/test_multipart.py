@@ -69,7 +69,7 @@ def chunk(data: bytes) -> bytes:
 class Gateway:
     """The server side: ``open_multipart`` then the stream drained, as the relay would."""
 
-    def __init__(self, limit: int, rewrite: str | None = None, tighten: int = 0) -> None:
+    def __init__(self, limit: int, rewrite: tuple[str, ...] = (), tighten: int = 0) -> None:
         self.limit = limit
         self.rewrite = rewrite
         self.tighten = tighten
@@ -94,8 +94,8 @@ class Gateway:
             self.models.append(model)
             self.streams.append(stream)
             self.peeked.set()
-            if self.rewrite is not None:
-                stream.rewrite_model(self.rewrite)
+            for deployment in self.rewrite:  # as successive attempts of a pool would
+                stream.rewrite_model(deployment)
             stream.tighten(self.tighten)
             digest = hashlib.sha256()
             size = 0
@@ -113,7 +113,7 @@ async def gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     started: list[Gateway] = []
 
     async def start(
-        limit: int = 8 * 1024 * 1024, rewrite: str | None = None, tighten: int = 0
+        limit: int = 8 * 1024 * 1024, rewrite: tuple[str, ...] = (), tighten: int = 0
     ) -> Gateway:
         gw = Gateway(limit, rewrite, tighten)
         await gw.runner.setup()
@@ -203,7 +203,7 @@ async def test_a_file_before_the_model_streams_with_the_model_unknown(
 async def test_rewrite_model_replaces_the_field_and_the_length(
     gateway: Callable[..., Awaitable[Gateway]], framing: str
 ) -> None:
-    gw = await gateway(rewrite="whisper-prod-eastus")
+    gw = await gateway(rewrite=("whisper-prod-eastus",))
     body = form(("model", b"whisper"), ("language", b"en"), file=AUDIO[:5000])
     expected = form(("model", b"whisper-prod-eastus"), ("language", b"en"), file=AUDIO[:5000])
     if framing == "length":
@@ -216,6 +216,18 @@ async def test_rewrite_model_replaces_the_field_and_the_length(
     assert answer["sha"] == sha(expected)
     assert answer["size"] == len(expected)
     assert answer["length"] == (len(expected) if framing == "length" else None)
+
+
+async def test_a_later_attempt_names_its_own_deployment_even_the_clients(
+    gateway: Callable[..., Awaitable[Gateway]],
+) -> None:
+    # A pool's first target renamed the field; the next one is deployed under the very
+    # name the client sent: the form must say it again, not keep the first's.
+    gw = await gateway(rewrite=("whisper-prod-eastus", "whisper"))
+    body = form(("model", b"whisper"), ("language", b"en"), file=AUDIO[:5000])
+    status, answer, _ = await exchange(gw.port, head(len(body)) + body)
+    assert status == 200
+    assert (answer["sha"], answer["size"], answer["length"]) == (sha(body), len(body), len(body))
 
 
 @pytest.mark.parametrize(

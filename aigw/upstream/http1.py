@@ -100,20 +100,10 @@ def encode_request(
         ProtocolError: a header name or value holds a line break (which would
             let it smuggle a second header or request).
     """
-    parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    for name, value in headers:
-        parts.append(f"{name}: {value}\r\n")
+    framing = None
     if body or method in ("POST", "PUT", "PATCH"):
-        parts.append(f"Content-Length: {len(body)}\r\n")
-    parts.append("\r\n")
-    head = "".join(parts)
-    # PERF: one C-speed count over the whole head instead of two checks per
-    # header: exactly one CR and one LF per line means no value carried its own.
-    lines = len(parts) + 1  # the request line and Host share parts[0]
-    if head.count("\n") != lines or head.count("\r") != lines:
-        raise ProtocolError("a header name or value contains a line break")
-    # surrogateescape gives back the exact bytes aiohttp's server decoded.
-    encoded = head.encode("utf-8", "surrogateescape")
+        framing = f"Content-Length: {len(body)}\r\n"
+    encoded = _encode_head(method, target, host, headers, framing)
     return encoded + body if body else encoded
 
 
@@ -130,17 +120,30 @@ def encode_stream_head(
     Raises:
         ProtocolError: a header name or value holds a line break.
     """
-    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    framing = (
+        "Transfer-Encoding: chunked\r\n" if length is None else f"Content-Length: {length}\r\n"
+    )
+    return _encode_head(method, target, host, headers, framing)
+
+
+def _encode_head(
+    method: str, target: str, host: str, headers: list[tuple[str, str]], framing: str | None
+) -> bytes:
+    """The request line, ``Host``, *headers* and the *framing* line, checked for smuggled
+    line breaks."""
     parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in headers:
         parts.append(f"{name}: {value}\r\n")
-    parts.append(f"{framing}\r\n\r\n")
+    if framing is not None:
+        parts.append(framing)
+    parts.append("\r\n")
     head = "".join(parts)
-    # As encode_request: one CR and one LF per line, or a value carried its own.
-    # The request line and Host share parts[0]; the framing line ends with the blank one.
-    lines = len(parts) + 2
+    # PERF: one C-speed count over the whole head instead of two checks per
+    # header: exactly one CR and one LF per line means no value carried its own.
+    lines = len(parts) + 1  # the request line and Host share parts[0]
     if head.count("\n") != lines or head.count("\r") != lines:
         raise ProtocolError("a header name or value contains a line break")
+    # surrogateescape gives back the exact bytes aiohttp's server decoded.
     return head.encode("utf-8", "surrogateescape")
 
 

@@ -25,6 +25,7 @@ from aigw.upstream.http1 import (
     ProtocolError,
     ResponseHead,
     encode_request,
+    encode_stream_head,
 )
 
 _ORIGIN = Origin("http", "upstream.test", 80)
@@ -748,6 +749,20 @@ def test_encode_rejects_line_breaks_in_several_headers() -> None:
 def test_encode_rejects_line_breaks_in_target_or_host(target: str, host: str) -> None:
     with pytest.raises(ProtocolError):
         encode_request("GET", target, host, [], b"")
+
+
+@pytest.mark.parametrize(
+    ("length", "framing"),
+    [(12, b"Content-Length: 12"), (None, b"Transfer-Encoding: chunked")],
+    ids=["length", "chunked"],
+)
+def test_encode_stream_head_announces_the_body_it_does_not_hold(
+    length: int | None, framing: bytes
+) -> None:
+    head = encode_stream_head("POST", "/up", "h", [("A", "1")], length)
+    assert head == b"POST /up HTTP/1.1\r\nHost: h\r\nA: 1\r\n" + framing + b"\r\n\r\n"
+    with pytest.raises(ProtocolError, match="line break"):
+        encode_stream_head("POST", "/up", "h", [("A", "1\r\nEvil: 1")], length)
 
 
 def test_encode_non_latin_values_round_trip_via_surrogateescape() -> None:

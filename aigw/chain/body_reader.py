@@ -159,12 +159,6 @@ class BodyPieces:
         expect = request.headers.get(hdrs.EXPECT)
         if expect is not None:
             expect = _expectation(request, expect)
-        declared = request.content_length
-        if limit and declared is not None and declared > limit:
-            error = _too_large(limit, limit)
-            error.close_connection = True
-            _stop_waiting(request.content)
-            raise error
         self._request = request
         self._content = request.content
         self._limit = limit or sys.maxsize
@@ -173,6 +167,9 @@ class BodyPieces:
         self._clock = asyncio.get_running_loop().time
         self._end = self._clock() + limits.client_body_total_timeout
         self._deadline: _BodyDeadline | None = None
+        declared = request.content_length
+        if limit and declared is not None and declared > limit:
+            raise self._refuse(limit)
 
     @property
     def received(self) -> int:
@@ -211,10 +208,7 @@ class BodyPieces:
         if deadline is not None:
             deadline.last_read = self._clock()
         if content.total_bytes > self._limit:
-            self.abandon()
-            error = _too_large(self._limit, self._limit)
-            error.close_connection = True
-            raise error
+            raise self._refuse(self._limit)
         if not piece:
             self.pause()
         return piece
@@ -234,10 +228,7 @@ class BodyPieces:
         self._limit = limit
         declared = self._request.content_length
         if (declared is not None and declared > limit) or self._content.total_bytes > limit:
-            self.abandon()
-            error = _too_large(limit, limit)
-            error.close_connection = True
-            raise error
+            raise self._refuse(limit)
 
     def pause(self) -> None:
         """Stops the deadline timer until the next ``read``."""
@@ -249,6 +240,13 @@ class BodyPieces:
         """The rest of the body will not be read: stop the timer, let the connection close."""
         self.pause()
         _stop_waiting(self._content)
+
+    def _refuse(self, limit: int) -> PayloadTooLarge:
+        """The 413 for a body past *limit*; the rest stays unread, so the connection closes."""
+        self.abandon()
+        error = _too_large(limit, limit)
+        error.close_connection = True
+        return error
 
 
 def drop_unread_body(request: web.BaseRequest) -> bool:

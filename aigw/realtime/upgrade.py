@@ -23,9 +23,9 @@ def is_websocket_handshake(request: web.BaseRequest) -> bool:
     Checked before the upstream is dialled, so a request that could never be
     upgraded costs no upstream connection.
     """
-    headers = request.headers
-    if request.method != "GET" or headers.get("Upgrade", "").lower() != "websocket":
+    if request.method != "GET" or not is_websocket_upgrade(request):
         return False
+    headers = request.headers
     if "upgrade" not in headers.get("Connection", "").lower():
         return False
     if headers.get("Sec-WebSocket-Version", "") not in _VERSIONS:

@@ -102,8 +102,10 @@ class RouteTable:
         """Every credential value the table injects or uses (for log scrubbing)."""
         values: set[str] = set()
         for route in self.routes:
-            auth = route.file.proxy.targets[0].auth
-            values.update(v for v in (auth.header_value, auth.param_value) if v)
+            for target in route.file.proxy.targets:  # a pool's every target
+                auth = target.auth
+                secrets = (auth.header_value, auth.param_value, auth.azure_client_secret)
+                values.update(v for v in secrets if v)
             limit = route.file.plugins.over(self.global_plugins).token_limit
             if limit is not None and limit.redis is not None and limit.redis.password:
                 values.add(limit.redis.password)

@@ -11,6 +11,7 @@ from aigw.config.loader import parse_route_file
 from aigw.config.model import (
     AccessPlugins,
     AclConfig,
+    AuthConfig,
     ConsumerConfig,
     ConsumerFile,
     GlobalPluginsFile,
@@ -183,3 +184,32 @@ def test_secrets_include_each_routes_effective_redis_password() -> None:
     alone.offer(global_plugins("g.yaml", AccessPlugins(token_limit=limit("global-pass"))))
     alone.offer(replace(route("own"), plugins=AccessPlugins(token_limit=limit("own-pass"))))
     assert alone.build(1).secrets() == {"own-pass", ENV["KEY"]}
+
+
+def test_secrets_include_every_target_of_a_pool() -> None:
+    # The second target's key and an Entra target's client secret are scrubbed from
+    # log lines as the first target's key is.
+    file = route("pool")
+    first = file.proxy.targets[0]
+    second = replace(
+        first,
+        auth=AuthConfig(header_name="api-key", header_value="second-target-key-0123"),
+        model=replace(first.model, options=replace(first.model.options, azure_instance="east")),
+    )
+    entra = replace(
+        first,
+        auth=AuthConfig(
+            azure_client_id="00000000-0000-0000-0000-000000000001",
+            azure_client_secret="entra-client-secret-0123",
+            azure_tenant_id="contoso.onmicrosoft.com",
+        ),
+        model=replace(first.model, options=replace(first.model.options, azure_instance="north")),
+    )
+    pool = replace(file, proxy=replace(file.proxy, targets=(first, second, entra)))
+    builder = TableBuilder(Compiler())
+    assert builder.offer(pool) is None
+    assert builder.build(1).secrets() == {
+        ENV["KEY"],
+        "second-target-key-0123",
+        "entra-client-secret-0123",
+    }

@@ -43,6 +43,7 @@ from aigw.config.model import (
     ConfFile,
     ConsumerFile,
     GlobalPluginsFile,
+    RouteConfig,
     RouteFile,
 )
 from aigw.consumers.index import EMPTY_CONSUMERS, Consumer, ConsumerIndex
@@ -175,9 +176,7 @@ class TableBuilder:
         if models:
             # The soft claims go on a trie of their own, where no path route holds the
             # path: the builder's stays as offered (more files may come).
-            router = RouterBuilder()
-            for route in self._routes:
-                _add_claims(router, route)
+            router = self._claims()
             self._add_classic_paths(router)
             self._add_dispatchers(router, models)
         return RouteTable(
@@ -189,13 +188,20 @@ class TableBuilder:
             models=models,
         )
 
+    def _claims(self) -> RouterBuilder[Routed]:
+        """A trie of the routes taken so far, their own claims only."""
+        router: RouterBuilder[Routed] = RouterBuilder()
+        for route in self._routes:
+            _add_claims(router, route)
+        return router
+
     def _add_classic_paths(self, router: RouterBuilder[Routed]) -> None:
         """Each model route's static classic paths (`aigw.apis.classic`), added once every
         file is in, so a route's explicit static path wins whatever the file order."""
         for route in self._routes:
             config = route.file.route
-            methods = _DEPLOYMENT_METHODS.intersection(config.methods or _DEPLOYMENT_METHODS)
-            if not (config.models and config.deployment_paths and methods):
+            methods = _deployment_methods(config)
+            if not methods:
                 continue
             for model in config.models:
                 for path, entry in classic_paths(route, model):
@@ -235,9 +241,7 @@ class TableBuilder:
         except (RouteConflict, TemplateError) as exc:
             # Paths added before the failing one must go too: rebuild the trie
             # from the routes already taken (only on this rare path).
-            self._router = RouterBuilder()
-            for kept in self._routes:
-                _add_claims(self._router, kept)
+            self._router = self._claims()
             key = "route.models" if isinstance(exc, _ModelPathConflict) else "route.paths"
             return _refusal(file.source, key, str(exc))
         self._routes.append(route)
@@ -322,6 +326,17 @@ def deployment_path(model: str) -> str:
     return f"/openai/deployments/{model}/*"
 
 
+def _deployment_methods(config: RouteConfig) -> frozenset[str]:
+    """The methods a route claims its models' classic paths for (none: it claims none).
+
+    Every operation of a deployment path is a POST: other methods stay free for other
+    routes (a pass-through's GET) and are otherwise answered 405.
+    """
+    if not (config.models and config.deployment_paths):
+        return frozenset()
+    return _DEPLOYMENT_METHODS.intersection(config.methods or _DEPLOYMENT_METHODS)
+
+
 def _add_claims(router: RouterBuilder[Routed], route: CompiledRoute) -> None:
     """Adds *route*'s own trie entries: its paths, and its models' classic prefixes.
 
@@ -331,11 +346,7 @@ def _add_claims(router: RouterBuilder[Routed], route: CompiledRoute) -> None:
     """
     _add_paths(router, route)
     config = route.file.route
-    if not (config.models and config.deployment_paths):
-        return
-    # Every operation of a deployment path is a POST: other methods stay free for
-    # other routes (a pass-through's GET) and are otherwise answered 405.
-    methods = _DEPLOYMENT_METHODS.intersection(config.methods or _DEPLOYMENT_METHODS)
+    methods = _deployment_methods(config)
     if not methods:
         return
     try:

@@ -24,9 +24,8 @@ from aiohttp import web
 
 from aigw.apis.operations import REALTIME, ApiStyle
 from aigw.chain.exchange import Exchange
-from aigw.errors import BadRequest
 from aigw.upstream.headers import REQUEST_POLICY
-from aigw.upstream.target import DEFAULT_API_VERSION, UpstreamTarget, valid_api_version
+from aigw.upstream.target import UpstreamTarget, client_api_version
 
 __all__ = ["api_style", "client_protocols", "upstream_headers", "upstream_url"]
 
@@ -52,23 +51,16 @@ def upstream_url(ex: Exchange, target: UpstreamTarget) -> str:
     origin = target.origin
     scheme = _WS_SCHEMES.get(origin.scheme, origin.scheme)
     deployment = quote(target.deployment or "", safe="")
-    query = ex.request.query
-    given = query.get("api-version")
-    if given is not None and not valid_api_version(given):
-        raise BadRequest(
-            "invalid_api_version",
-            f"api-version {given[:40]!r} is not an Azure OpenAI API version "
-            "(expected YYYY-MM-DD, YYYY-MM-DD-preview, v1 or preview)",
-            param="api-version",
-        )
+    given = client_api_version(ex.request)
     if api_style(ex) == "v1":
         path = f"{_V1_PATH}?model={deployment}"
         if given is not None:
             path += f"&api-version={given}"
     else:
-        version = given or _configured_version(target)
-        path = f"/openai/realtime?api-version={version}&deployment={deployment}"
-        given = version
+        # The gateway-wide default predates the Realtime API: a target that names no
+        # version of its own gets the first one that knows it.
+        given = target.operation_api_version(REALTIME, "openai", given)
+        path = f"/openai/realtime?api-version={given}&deployment={deployment}"
     ex.api_version = given
     if ex.extra_query:  # a credential sent as a query parameter
         path += "".join(f"&{quote(k, safe='')}={quote(v, safe='')}" for k, v in ex.extra_query)
@@ -76,15 +68,6 @@ def upstream_url(ex: Exchange, target: UpstreamTarget) -> str:
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     return f"{scheme}://{host}:{origin.port}{path}"
-
-
-def _configured_version(target: UpstreamTarget) -> str:
-    # The gateway-wide default predates the Realtime API: a target that names no
-    # version of its own gets the first one that knows it.
-    version = target.default_api_version
-    if version == DEFAULT_API_VERSION and REALTIME.default_api_version is not None:
-        return REALTIME.default_api_version
-    return version
 
 
 def upstream_headers(ex: Exchange) -> list[tuple[str, str]]:

@@ -44,7 +44,7 @@ from multidict import CIMultiDict
 
 from aigw.apis.operations import Operation
 from aigw.chain.exchange import Exchange, Handler
-from aigw.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
+from aigw.errors import UpstreamTimeout, UpstreamUnavailable
 from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.metrics import StreamsInFlight
 from aigw.upstream.body_window import BodyWindow, PayloadCapture, read_body_usage
@@ -54,7 +54,7 @@ from aigw.upstream.pool import ConnectError, ConnectTimeout, ProtocolError, Upst
 from aigw.upstream.query import passthrough_query
 from aigw.upstream.retry_after import retry_after_s
 from aigw.upstream.sse_relay import relay_stream, stream_observer
-from aigw.upstream.target import UpstreamTarget, valid_api_version
+from aigw.upstream.target import UpstreamTarget, client_api_version
 
 __all__ = [
     "CONNECT_PHASE_OUTCOMES",
@@ -217,14 +217,7 @@ def _too_large(ex: Exchange, limit: int) -> UpstreamUnavailable:
 
 async def _send(ex: Exchange, target: UpstreamTarget) -> UpstreamResponse:
     request = ex.request
-    api_version = request.query.get("api-version") if request.query_string else None
-    if api_version is not None and not valid_api_version(api_version):
-        raise BadRequest(
-            "invalid_api_version",
-            f"api-version {api_version[:40]!r} is not an Azure OpenAI API version "
-            "(expected YYYY-MM-DD, YYYY-MM-DD-preview, v1 or preview)",
-            param="api-version",
-        )
+    api_version = client_api_version(request)
     style, operation = ex.api_style, ex.operation
     if style is None or operation is None:
         # A path route: its upstream path and default version were fixed at load.

@@ -5,16 +5,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from aiohttp import web
 from yarl import URL
 
 from aigw.apis.operations import BY_ROUTE_TYPE, ApiStyle, Operation
 from aigw.config.model import RouteType, TargetConfig
+from aigw.errors import BadRequest
 from aigw.upstream.connection import Origin
 
 __all__ = [
     "DEFAULT_API_VERSION",
     "OPERATION_PATHS",
     "UpstreamTarget",
+    "client_api_version",
     "compile_target",
     "valid_api_version",
 ]
@@ -39,6 +42,24 @@ _API_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?|v1|preview|lat
 def valid_api_version(value: str) -> bool:
     """True if *value* looks like an Azure api-version (dated, or a v1 alias)."""
     return _API_VERSION.fullmatch(value) is not None
+
+
+def client_api_version(request: web.BaseRequest) -> str | None:
+    """The ``api-version`` the client sent, if any.
+
+    Raises:
+        BadRequest: It is not an Azure API version (it would go into the upstream
+            request line as it is).
+    """
+    version = request.query.get("api-version") if request.query_string else None
+    if version is not None and not valid_api_version(version):
+        raise BadRequest(
+            "invalid_api_version",
+            f"api-version {version[:40]!r} is not an Azure OpenAI API version "
+            "(expected YYYY-MM-DD, YYYY-MM-DD-preview, v1 or preview)",
+            param="api-version",
+        )
+    return version
 
 
 @dataclass(frozen=True, slots=True)

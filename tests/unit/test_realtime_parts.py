@@ -94,10 +94,10 @@ def _exchange(path_qs: str, headers: dict[str, str] | None = None) -> Exchange:
             "ws://127.0.0.1:80/openai/realtime?api-version=2025-04-01-preview"
             "&deployment=gpt%20realtime",
         ),
-        # The target's own api-version stands.
+        # The target's own api-version stands (compile_target sets both fields from it).
         (
             "/openai/realtime?deployment=mine",
-            _target(default_api_version="2025-06-01"),
+            _target(default_api_version="2025-06-01", api_version="2025-06-01"),
             "wss://res.openai.azure.com:443/openai/realtime?api-version=2025-06-01"
             "&deployment=gpt%20realtime",
         ),

@@ -41,10 +41,11 @@ from aigw.limits import DEFAULT_LIMITS, Limits
 from aigw.listener.connection import client_connection
 from aigw.realtime.dial import dial_upstream
 from aigw.realtime.pump import ClientSocket
-from aigw.realtime.session import CLOSE_TIMEOUT_S, bounded, run_session
+from aigw.realtime.session import bounded, run_session
 from aigw.realtime.stats import SessionStats
 from aigw.realtime.upgrade import is_websocket_handshake
 from aigw.upstream.target import UpstreamTarget
+from aigw.upstream.websocket import CLOSE_TIMEOUT_S
 
 __all__ = ["HEARTBEAT_S", "make_realtime_relay"]
 

@@ -30,14 +30,11 @@ from aigw.realtime.pump import (
 )
 from aigw.realtime.stats import SessionStats
 from aigw.realtime.usage import SessionUsage
-from aigw.upstream.websocket import UpstreamSocket
+from aigw.upstream.websocket import CLOSE_TIMEOUT_S, UpstreamSocket
 
-__all__ = ["CLOSE_TIMEOUT_S", "bounded", "run_session"]
+__all__ = ["bounded", "run_session"]
 
 _log = get_logger("aigw.realtime")
-
-CLOSE_TIMEOUT_S = 3.0
-"""How long a close handshake may take on each side before the socket is dropped."""
 
 # The idle bound is checked this many times per bound (a session is cut between
 # one bound and 1 + 1/_IDLE_CHECKS bounds of silence).

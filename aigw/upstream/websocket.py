@@ -21,14 +21,14 @@ from typing import Literal, TypeAlias
 import aiohttp
 from multidict import MultiMapping
 
-__all__ = ["HandshakeRefused", "UpstreamSocket", "WebSocketDialer"]
+__all__ = ["CLOSE_TIMEOUT_S", "HandshakeRefused", "UpstreamSocket", "WebSocketDialer"]
 
 UpstreamSocket: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[False]]
 """An upstream WebSocket whose text frames are read as bytes (never decoded)."""
 
-# The close handshake: how long close() waits for the upstream's close frame
-# before dropping the connection (aiohttp's default is 10 s).
-_CLOSE_TIMEOUT = 3.0
+CLOSE_TIMEOUT_S = 3.0
+"""How long a close handshake may take on each side (client and upstream) before the
+socket is dropped (aiohttp's default is 10 s)."""
 
 
 class HandshakeRefused(Exception):
@@ -132,7 +132,7 @@ class WebSocketDialer:
                     autoclose=False,
                     # Frames are relayed as bytes: no decode here, no encode on the way out.
                     decode_text=False,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT),
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
                 )
         except aiohttp.WSServerHandshakeError as exc:
             raise HandshakeRefused(exc.status, exc.headers) from exc

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol, TypeVar
@@ -59,6 +60,7 @@ __all__ = [
     "ListenerSeries",
     "Metrics",
     "RouteActivity",
+    "RouteLifetimes",
     "RouteMetrics",
     "StreamsInFlight",
     "counter_family",
@@ -144,6 +146,34 @@ class CounterSeries:
     def inc(self, amount: float = 1) -> None:
         """Adds *amount* (never negative)."""
         self.value += amount
+
+
+class RouteLifetimes:
+    """Which routes have a compiled stage alive, to drop their series with the last one.
+
+    A route's series outlive any one compile of it (totals carry on across reloads,
+    where the new chain is compiled before the old one is dropped) and go with the
+    route itself: *forget* is called with a route once no stage holding it is alive.
+    """
+
+    __slots__ = ("_alive", "_forget")
+
+    def __init__(self, forget: Callable[[str], None]) -> None:
+        self._alive: dict[str, int] = {}  # route -> its compiled stages alive
+        self._forget = forget
+
+    def hold(self, route: str, stage: object) -> None:
+        """Keeps *route*'s series while *stage* is alive."""
+        self._alive[route] = self._alive.get(route, 0) + 1
+        weakref.finalize(stage, self._release, route)
+
+    def _release(self, route: str) -> None:
+        left = self._alive[route] - 1
+        if left:
+            self._alive[route] = left
+            return
+        del self._alive[route]
+        self._forget(route)
 
 
 class HistogramSeries:

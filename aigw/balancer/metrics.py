@@ -28,7 +28,6 @@ dropped once no compiled stage of the route is alive (as :mod:`aigw.quotas.metri
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Final
@@ -38,7 +37,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from aigw.balancer.state import TargetState, TargetStatus
 from aigw.chain.exchange import Attempt
-from aigw.metrics import CounterSeries, FamiliesCollector, counter_family
+from aigw.metrics import CounterSeries, FamiliesCollector, RouteLifetimes, counter_family
 
 __all__ = [
     "BALANCER_METRICS",
@@ -138,7 +137,7 @@ class BalancerMetrics:
         self.upstream_requests: dict[tuple[str, ...], CounterSeries] = {}  # route, target, status
         self.failovers: dict[tuple[str, ...], CounterSeries] = {}  # route, from, reason
         self.ejections: dict[tuple[str, ...], CounterSeries] = {}  # route, target
-        self._stages: dict[str, int] = {}  # route -> its compiled stages alive
+        self._lifetimes = RouteLifetimes(self._forget)
         self._pools: Callable[[], Iterable[PoolView]] = tuple
         self._clock: Callable[[], float] = time.monotonic
         registry.register(FamiliesCollector(partial(_families, self)))
@@ -146,8 +145,7 @@ class BalancerMetrics:
     def bind(self, route: str, stage: object) -> RouteBalancerMetrics:
         """*route*'s series, kept while *stage* (or another compiled stage of the route)
         is alive; the totals carry on across recompiles."""
-        self._stages[route] = self._stages.get(route, 0) + 1
-        weakref.finalize(stage, self._release, route)
+        self._lifetimes.hold(route, stage)
         return RouteBalancerMetrics(self, route)
 
     def for_route(self, route: str) -> RouteBalancerMetrics:
@@ -171,12 +169,7 @@ class BalancerMetrics:
             series = store[key] = CounterSeries()
         return series
 
-    def _release(self, route: str) -> None:
-        left = self._stages[route] - 1
-        if left:
-            self._stages[route] = left
-            return
-        del self._stages[route]
+    def _forget(self, route: str) -> None:
         for store in (self.upstream_requests, self.failovers, self.ejections):
             for key in [key for key in store if key[0] == route]:
                 del store[key]

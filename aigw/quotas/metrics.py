@@ -10,14 +10,13 @@ last request ended), so deleted routes do not stay exported forever.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from functools import partial
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import Metric
 
-from aigw.metrics import CounterSeries, FamiliesCollector, counter_family
+from aigw.metrics import CounterSeries, FamiliesCollector, RouteLifetimes, counter_family
 
 __all__ = ["QUOTA_METRICS", "QuotaMetrics"]
 
@@ -42,22 +41,16 @@ class QuotaMetrics:
         self.rejections: dict[str, CounterSeries] = {}  # route
         self.backend_errors: dict[str, CounterSeries] = {}  # backend
         self.charged: dict[str, CounterSeries] = {}  # route
-        self._stages: dict[str, int] = {}  # route -> its compiled stages alive
+        self._lifetimes = RouteLifetimes(self._forget)
         registry.register(FamiliesCollector(partial(_families, self)))
 
     def bind(self, route: str, stage: object) -> tuple[CounterSeries, CounterSeries]:
         """*route*'s rejections and charged-tokens series, kept while *stage* (or another
         stage of the route) is alive."""
-        self._stages[route] = self._stages.get(route, 0) + 1
-        weakref.finalize(stage, self._release, route)
+        self._lifetimes.hold(route, stage)
         return self.rejections_for(route), self.charged_for(route)
 
-    def _release(self, route: str) -> None:
-        left = self._stages[route] - 1
-        if left:
-            self._stages[route] = left
-            return
-        del self._stages[route]
+    def _forget(self, route: str) -> None:
         self.rejections.pop(route, None)
         self.charged.pop(route, None)
 

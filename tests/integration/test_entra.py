@@ -156,21 +156,28 @@ def test_token_refreshed_across_expiry_without_a_401(
 def test_a_refused_token_is_replaced_and_the_request_retried_once(
     entra_gateway: GatewayProcess, entra_mock: MockProcess, tokens: TokenEndpoint
 ) -> None:
-    _ask(entra_gateway, "entra")  # a cached token
-    entra_mock.reset()
-    fetches = tokens.fetches
-    entra_mock.fail_next(1, 401)  # Azure refuses the token (revoked)
-    assert _ask(entra_gateway, "entra").choices
-    first, second = entra_mock.requests()
-    assert (first["status"], second["status"]) == (401, 200)
-    assert _bearer(first) != _bearer(second)
-    assert tokens.fetches == fetches + 1
-    # Only once: a second refusal reaches the client.
-    entra_mock.reset()
-    entra_mock.fail_next(2, 401)
-    with pytest.raises(openai.AuthenticationError):
+    # A cached token far from its refresh: with the module's 3 s tokens, a background
+    # refresh could fall inside this test and count as a fetch of its own.
+    tokens.lifetime_s = 60
+    try:
+        entra_mock.fail_next(1, 401)  # replaces the cached short-lived token
         _ask(entra_gateway, "entra")
-    assert len(entra_mock.requests()) == 2
+        entra_mock.reset()
+        fetches = tokens.fetches
+        entra_mock.fail_next(1, 401)  # Azure refuses the token (revoked)
+        assert _ask(entra_gateway, "entra").choices
+        first, second = entra_mock.requests()
+        assert (first["status"], second["status"]) == (401, 200)
+        assert _bearer(first) != _bearer(second)
+        assert tokens.fetches == fetches + 1
+        # Only once: a second refusal reaches the client.
+        entra_mock.reset()
+        entra_mock.fail_next(2, 401)
+        with pytest.raises(openai.AuthenticationError):
+            _ask(entra_gateway, "entra")
+        assert len(entra_mock.requests()) == 2
+    finally:
+        tokens.lifetime_s = LIFETIME_S
 
 
 def test_token_kept_across_reloads_and_shared_by_routes(
